@@ -1,0 +1,87 @@
+"""Frozen config dataclasses become command-line parsers.
+
+Every run config in the package is a frozen dataclass whose fields carry a default and a help string
+(``field(default=..., metadata={"help": "..."})``). :func:`add_dataclass_arguments` turns such a class into
+argparse options, so ``--help`` and the config can never drift apart, and :func:`config_from_args` builds
+the config back from the parsed namespace (``__post_init__`` then checks the values).
+
+>>> from dataclasses import dataclass, field
+>>> @dataclass(frozen=True)
+... class Demo:
+...     steps: int = field(default=3, metadata={"help": "optimizer steps"})
+...     algo: str = field(default="grpo", metadata={"help": "which loss", "choices": ("grpo", "dr_grpo")})
+...     lora: bool = field(default=False, metadata={"help": "train LoRA adapters"})
+>>> import argparse
+>>> parser = argparse.ArgumentParser()
+>>> add_dataclass_arguments(parser, Demo)
+>>> config_from_args(Demo, parser.parse_args(["--steps", "5", "--lora"]))
+Demo(steps=5, algo='grpo', lora=True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> Any:
+    hints = typing.get_type_hints(cls)
+    tp = hints.get(f.name, str)
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if len(args) == 1 else str
+    return tp
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--field-name`` option per dataclass field, with its help string and default."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "")
+        tp = _field_type(cls, f)
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{help_text} (default: {default})")
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": f"{help_text} (default: {default})"}
+        if tp in (int, float, str):
+            kwargs["type"] = tp
+        elif typing.get_origin(tp) is tuple:
+            inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
+            kwargs.update(type=inner, nargs="+")
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
+    """Build ``cls`` from the parsed options (plus ``overrides``); lists become tuples."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.init and hasattr(args, f.name):
+            value = getattr(args, f.name)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    values.update(overrides)
+    return cls(**values)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write the resolved config as JSON next to a run's outputs."""
+    Path(path).write_text(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True) + "\n")
+
+
+def load_config(cls: type, path: str | Path):
+    """Read a config written by :func:`save_config` (JSON lists become tuples)."""
+    raw = json.loads(Path(path).read_text())
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"{path}: unknown config fields {unknown}; was it written by another version of companion?")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})

@@ -1,0 +1,329 @@
+"""Verifiers: the reward functions, pure Python and safe on any string a model can write.
+
+The reward is the only signal a trainer sees, so these functions are exact (rational arithmetic,
+never floats), bounded (every input is capped before any parsing) and never raise on a completion
+string: a wrong, malformed or hostile completion just earns 0.
+
+Rules (the book's chapter 4 walks through them with the adversarial cases in
+``tests/data/adversarial_completions.jsonl``):
+
+* **The answer is the last** ``<answer>...</answer>`` **pair** in the completion: the last
+  ``</answer>`` and the last ``<answer>`` before it. ``<think>`` tags are not parsed, so an answer
+  written inside the thinking counts like any other (the TinyZero rule); a later answer overrides
+  an earlier one, and an unclosed ``<answer>`` is no answer.
+* **Completions longer than** :data:`MAX_COMPLETION_CHARS` **earn 0** without being read. No
+  real completion within a trainer's ``max_completion_length`` is that long, and refusing keeps
+  the cost of a megabyte of junk to a length check.
+* **ASCII only.** Digits in other scripts (Arabic-Indic ``٣``, fullwidth ``３``) are not numbers
+  here: the prompts ask for ASCII and the tiny model's vocabulary has no other digits, so
+  accepting them would reward output nobody asked for.
+* **Countdown answers** are arithmetic over integer literals with ``+ - * /``, unary minus and
+  parentheses, parsed with :mod:`ast` against a whitelist and evaluated with
+  :class:`fractions.Fraction` (never ``eval``). The answer may be written ``expr = target``;
+  the right-hand side must then be the target as a plain integer. Division by zero makes an
+  answer wrong, not malformed.
+* **GSM8K answers**: the last answer marker in the completion decides -- ``#### N``,
+  ``\\boxed{N}`` or ``<answer>N</answer>``, whichever comes last; its last number is the answer.
+  Only when there is no marker at all, and ``strict=False``, the last number in the completion
+  is the answer. Numbers are compared exactly after dropping ``$``, thousands commas and a
+  trailing ``.0``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from decimal import Decimal
+from fractions import Fraction
+from functools import lru_cache
+from typing import NamedTuple
+
+MAX_COMPLETION_CHARS = 100_000
+"""Completions longer than this earn 0 without being parsed."""
+
+MAX_EXPRESSION_CHARS = 256
+"""Longest Countdown answer parsed; an honest one with six 3-digit numbers is under 60 chars."""
+
+MAX_DEPTH = 32
+"""Deepest nesting of parentheses and operators accepted in a Countdown answer."""
+
+MAX_MAGNITUDE = 10**30
+"""Intermediate values whose numerator or denominator exceed this make the answer wrong."""
+
+MAX_NUMBER_CHARS = 40
+"""Longer digit strings in a GSM8K answer never match a gold answer (and are not converted)."""
+
+_OPEN, _CLOSE = "<answer>", "</answer>"
+_EXPRESSION_CHARS = frozenset("0123456789+-*/() \t\n")
+_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+# ASCII digits only (no \d, which matches every script). A thousands group must be exactly three
+# digits; a minus sign counts only where it cannot be a binary minus (not after a digit or letter).
+_NUMBER = re.compile(
+    r"(?<![0-9A-Za-z.)])(?P<sign>-)?\$?(?P<digits>[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])|[0-9]+)(?P<frac>\.[0-9]+)?"
+)
+_FULL_NUMBER = re.compile(r"\s*(-)?\$?\s*([0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(\.[0-9]+)?\s*")
+
+
+def extract_answer(completion: str) -> str | None:
+    """The text inside the last complete ``<answer>...</answer>`` pair, or ``None``.
+
+    >>> extract_answer("<think>3+5=8</think><answer>(3+5)*2</answer>")
+    '(3+5)*2'
+    >>> extract_answer("<answer>1</answer> then <answer>2</answer>")
+    '2'
+    >>> extract_answer("<answer>unclosed") is None
+    True
+    """
+    end = completion.rfind(_CLOSE)
+    if end < 0:
+        return None
+    start = completion.rfind(_OPEN, 0, end)
+    if start < 0:
+        return None
+    return completion[start + len(_OPEN) : end]
+
+
+class Evaluation(NamedTuple):
+    """A well-formed Countdown expression: its exact value (``None`` when undefined, e.g. a
+    division by zero or a value beyond :data:`MAX_MAGNITUDE`) and its integer literals in order."""
+
+    value: Fraction | None
+    numbers: tuple[int, ...]
+
+
+class _Undefined(Exception):
+    """Division by zero or an oversized intermediate: the expression is well-formed but has no
+    usable value."""
+
+
+def _paren_depth(text: str) -> int | None:
+    """Maximum parenthesis depth, or ``None`` when the parentheses do not balance."""
+    depth = deepest = 0
+    for ch in text:
+        if ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                return None
+    return deepest if depth == 0 else None
+
+
+def _evaluate(node: ast.AST, numbers: list[int], depth: int) -> Fraction:
+    """Evaluate a whitelisted node; ``ValueError`` for anything off the whitelist."""
+    if depth > MAX_DEPTH:
+        raise ValueError("too deep")
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        numbers.append(node.value)
+        return Fraction(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_evaluate(node.operand, numbers, depth + 1)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        a = _evaluate(node.left, numbers, depth + 1)
+        b = _evaluate(node.right, numbers, depth + 1)
+        op = _BINOPS[type(node.op)]
+        if op == "/" and b == 0:
+            raise _Undefined
+        value = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
+        if abs(value.numerator) > MAX_MAGNITUDE or value.denominator > MAX_MAGNITUDE:
+            raise _Undefined
+        return value
+    raise ValueError(f"not allowed: {type(node).__name__}")
+
+
+def evaluate_expression(text: str) -> Evaluation | None:
+    """Parse and evaluate a Countdown expression exactly; ``None`` when it is malformed.
+
+    Malformed means: empty, too long or too deep, a character other than ASCII digits,
+    ``+ - * / ( )`` and whitespace, a syntax error, or anything the whitelist does not allow
+    (``**``, calls, names, floats, unary plus, leading zeros). Never raises on a string.
+
+    >>> evaluate_expression("(3+5)*2")
+    Evaluation(value=Fraction(16, 1), numbers=(3, 5, 2))
+    >>> evaluate_expression("8/(3-8/3)").value
+    Fraction(24, 1)
+    >>> evaluate_expression("4/(2-2)")
+    Evaluation(value=None, numbers=(4, 2, 2))
+    >>> evaluate_expression("2**10") is None, evaluate_expression("__import__('os')") is None
+    (True, True)
+    """
+    if not isinstance(text, str) or len(text) > MAX_EXPRESSION_CHARS or not _EXPRESSION_CHARS.issuperset(text):
+        return None
+    depth = _paren_depth(text)
+    if depth is None or depth > MAX_DEPTH:
+        return None
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+    numbers: list[int] = []
+    try:
+        value = _evaluate(tree.body, numbers, 0)
+    except _Undefined:
+        return Evaluation(None, tuple(numbers))
+    except (ValueError, RecursionError):
+        return None
+    return Evaluation(value, tuple(numbers))
+
+
+def _check_format_score(format_score: float) -> None:
+    if not 0.0 <= format_score < 1.0:
+        raise ValueError(f"format_score must be in [0, 1) so a wrong answer earns less than a right one, got {format_score}")
+
+
+def countdown_reward(completion: str, numbers: list[int], target: int, *, format_score: float = 0.1) -> float:
+    """1.0 for a correct Countdown answer, ``format_score`` for a well-formed wrong one, else 0.0.
+
+    Correct: the last ``<answer>`` holds an expression (optionally ``expr = target``) whose
+    integer literals are exactly ``numbers`` (as a multiset, any order) and whose exact value is
+    ``target``. Raises ``TypeError`` only for a non-string completion (a caller's bug).
+
+    >>> countdown_reward("<think>3+5=8, 8*2=16</think>\\n<answer>(3+5)*2</answer>", [3, 5, 2], 16)
+    1.0
+    >>> countdown_reward("<answer>(3+5)*2 = 16</answer>", [3, 5, 2], 16)
+    1.0
+    >>> countdown_reward("<answer>3*5+2</answer>", [3, 5, 2], 16)  # well-formed, equals 17
+    0.1
+    >>> countdown_reward("<answer>8*2</answer>", [3, 5, 2], 16)  # 16, but not from these numbers
+    0.1
+    >>> countdown_reward("<answer>2**4</answer>", [3, 5, 2], 16), countdown_reward("16", [3, 5, 2], 16)
+    (0.0, 0.0)
+    """
+    if not isinstance(completion, str):
+        raise TypeError(f"completion must be a str, got {type(completion).__name__}")
+    _check_format_score(format_score)
+    if len(completion) > MAX_COMPLETION_CHARS:
+        return 0.0
+    answer = extract_answer(completion)
+    if answer is None or len(answer) > MAX_EXPRESSION_CHARS:
+        return 0.0
+    expression, eq, claimed = answer.partition("=")
+    if eq:
+        claimed = claimed.strip()
+        if not (claimed.isascii() and claimed.isdigit() and len(claimed) <= MAX_NUMBER_CHARS):
+            return 0.0
+    evaluation = evaluate_expression(expression.strip())
+    if evaluation is None:
+        return 0.0
+    correct = (
+        evaluation.value is not None
+        and evaluation.value == target
+        and sorted(evaluation.numbers) == sorted(numbers)
+        and (not eq or int(claimed) == target)
+    )
+    return 1.0 if correct else format_score
+
+
+def _to_fraction(sign: str | None, digits: str, frac: str | None) -> Fraction | None:
+    if len(digits) + len(frac or "") > MAX_NUMBER_CHARS:
+        return None
+    value = Fraction(Decimal(digits.replace(",", "") + (frac or "")))
+    return -value if sign else value
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The exact value of a text that is one number (``"$1,234.50"``, ``"-7"``, ``"72.0"``), else ``None``.
+
+    >>> parse_number("$1,234.50"), parse_number(" 72.0 "), parse_number("seven")
+    (Fraction(2469, 2), Fraction(72, 1), None)
+    """
+    m = _FULL_NUMBER.fullmatch(text) if isinstance(text, str) and len(text) <= 2 * MAX_NUMBER_CHARS else None
+    return _to_fraction(*m.groups()) if m else None
+
+
+def _last_number(text: str) -> Fraction | None:
+    last = None
+    for last in _NUMBER.finditer(text):
+        pass
+    return _to_fraction(last["sign"], last["digits"], last["frac"]) if last else None
+
+
+def _boxed(completion: str) -> tuple[int, str] | None:
+    """Position and content of the last complete ``\\boxed{...}`` (braces matched), or ``None``.
+
+    Linear time: when a ``\\boxed{`` never closes, an earlier one can only close before it
+    (after it, the earlier one's braces are nested deeper still), so each scan stops where the
+    previous one started.
+    """
+    limit = len(completion)
+    start = completion.rfind("\\boxed{")
+    while start >= 0:
+        depth = 0
+        for k in range(start + len("\\boxed"), limit):
+            ch = completion[k]
+            depth += ch == "{"
+            depth -= ch == "}"
+            if depth == 0:
+                return start, completion[start + len("\\boxed{") : k]
+        limit = start
+        start = completion.rfind("\\boxed{", 0, start)
+    return None
+
+
+def extract_final_answer(completion: str, *, strict: bool = False) -> Fraction | None:
+    """The final numeric answer of a GSM8K-style completion, exactly, or ``None``.
+
+    The last marker (``#### N``, ``\\boxed{N}``, ``<answer>N</answer>``) decides and its last
+    number is the answer; a marker with no number means no answer. Without any marker, the last
+    number in the completion, unless ``strict``.
+
+    >>> extract_final_answer("18 + 54 = 72 clips.\\n#### 72")
+    Fraction(72, 1)
+    >>> extract_final_answer("So she pays $1,250.00 in total.")
+    Fraction(1250, 1)
+    >>> extract_final_answer("So she pays $1,250.00 in total.", strict=True) is None
+    True
+    >>> extract_final_answer("#### 5 then \\\\boxed{\\\\frac{1}{2}} then <answer>7</answer>")
+    Fraction(7, 1)
+    """
+    if not isinstance(completion, str) or len(completion) > MAX_COMPLETION_CHARS:
+        return None
+    markers = []  # (position, content)
+    hashes = completion.rfind("####")
+    if hashes >= 0:
+        line_end = completion.find("\n", hashes)
+        markers.append((hashes, completion[hashes + 4 : line_end if line_end >= 0 else len(completion)]))
+    boxed = _boxed(completion)
+    if boxed:
+        markers.append(boxed)
+    end = completion.rfind(_CLOSE)
+    start = completion.rfind(_OPEN, 0, end) if end >= 0 else -1
+    if start >= 0:
+        markers.append((start, completion[start + len(_OPEN) : end]))
+    if markers:
+        return _last_number(max(markers)[1])
+    return None if strict else _last_number(completion)
+
+
+@lru_cache(maxsize=4096)
+def _gold_value(gold: str) -> Fraction:
+    value = parse_number(gold)
+    if value is None:
+        raise ValueError(f"gold answer {gold!r} is not a number; pass the text after '####' (see companion.tasks.gsm8k.extract_gold)")
+    return value
+
+
+def gsm8k_reward(completion: str, gold: str, *, strict: bool = False) -> float:
+    """1.0 when the completion's final answer equals the gold number exactly, else 0.0.
+
+    ``gold`` is the text after ``####`` in a GSM8K answer (see
+    :func:`companion.tasks.gsm8k.extract_gold`); a gold that is not a number raises
+    ``ValueError``. ``strict=True`` turns off the last-number fallback, so only an explicit
+    answer marker can score.
+
+    >>> gsm8k_reward("She has 3*24 = 72 clips.\\n#### 72", "72")
+    1.0
+    >>> gsm8k_reward("The answer is \\\\boxed{1,000}.", "1000"), gsm8k_reward("<answer>72.0</answer>", "72")
+    (1.0, 1.0)
+    >>> gsm8k_reward("so 72 clips", "72"), gsm8k_reward("so 72 clips", "72", strict=True)
+    (1.0, 0.0)
+    >>> gsm8k_reward("#### 71", "72")
+    0.0
+    """
+    if not isinstance(completion, str):
+        raise TypeError(f"completion must be a str, got {type(completion).__name__}")
+    gold_value = _gold_value(gold)
+    answer = extract_final_answer(completion, strict=strict)
+    return 1.0 if answer is not None and answer == gold_value else 0.0

@@ -1,0 +1,38 @@
+"""Shared pytest fixtures: a tiny random Qwen2 policy with the project's character tokenizer.
+
+``tiny_policy_dir`` saves one random model + tokenizer per test session (``save_pretrained``), so code that
+loads from a directory (``AutoModelForCausalLM.from_pretrained``, ``companion.models.load_policy``) can be
+tested without the shipped checkpoint. ``tiny_policy`` loads a fresh copy from it for each test, so a test
+may train the model without changing what the next test sees.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+# ~80k parameters: big enough to exercise every Qwen2 code path (grouped-query attention, rotary positions,
+# tied embeddings, the KV cache), small enough that a forward/backward pass takes milliseconds.
+TINY_RANDOM_SIZES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, max_position_embeddings=384)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory):
+    """A directory holding a random tiny Qwen2 (safetensors) and the character tokenizer."""
+    from companion.tiny import build_tokenizer, random_model
+
+    path = tmp_path_factory.mktemp("tiny-random-policy")
+    tokenizer = build_tokenizer()
+    random_model(tokenizer, seed=0, **TINY_RANDOM_SIZES).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_policy(tiny_policy_dir):
+    """``(model, tokenizer)``: a fresh copy of the random tiny policy, in train mode, on the CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    model.train()
+    return model, AutoTokenizer.from_pretrained(tiny_policy_dir)

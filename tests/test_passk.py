@@ -232,6 +232,19 @@ def test_wider_confidence_gives_a_wider_interval():
         assert wide[k].low < narrow[k].low <= narrow[k].high < wide[k].high
 
 
+@pytest.mark.parametrize("confidence", [0.95, 0.8])
+def test_bootstrap_interval_has_the_binomial_quantiles_for_half_solved_problems(confidence):
+    """100 problems, half solved: a resampled mean is Binomial(100, 1/2)/100, whose quantiles are exact."""
+    num_problems = 100
+    pmf = [math.comb(num_problems, j) / 2**num_problems for j in range(num_problems + 1)]
+    cdf = np.cumsum(pmf)
+    tail = (1 - confidence) / 2
+    expected_low = int(np.searchsorted(cdf, tail)) / num_problems  # smallest j with P(X <= j) >= tail
+    expected_high = int(np.searchsorted(cdf, 1 - tail)) / num_problems
+    point = pass_at_k_curve([0, 1] * 50, 1, n_bootstrap=20_000, confidence=confidence, seed=0)[1]
+    assert (point.low, point.high) == pytest.approx((expected_low, expected_high), abs=1e-12)
+
+
 def test_bootstrap_interval_matches_a_direct_resampling_in_distribution():
     """Our counts-times-matrix bootstrap against a slow per-replicate loop: same spread, different draws."""
     counts = _mixed_problems(60, 32, seed=5)

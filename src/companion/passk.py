@@ -90,9 +90,11 @@ def _pass_at_k_table(n: int, ks: Sequence[int]) -> np.ndarray:
     i = np.arange(n, 0, -1)  # (n,) the factors' i, in the order pass_at_k multiplies them
     table = np.empty((len(ks), n + 1))
     for row, k in enumerate(ks):
-        miss = np.cumprod(1.0 - k / i)  # (n,) miss[c-1] = Π_{i=n-c+1}^{n} (1 - k/i)
+        # (n,) miss[c-1] = Π_{i=n-c+1}^{n} (1 - k/i). Once the product reaches the factor i = k, which is
+        # exactly 0, it stays (±)0: pass@k = 1 for every c with n - c < k, with no special case.
+        miss = np.cumprod(1.0 - k / i)
         table[row, 0] = 0.0
-        table[row, 1:] = np.where(n - np.arange(1, n + 1) < k, 1.0, 1.0 - miss)
+        table[row, 1:] = 1.0 - miss
     return table
 
 

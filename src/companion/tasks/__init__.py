@@ -1,0 +1,117 @@
+"""Tasks: problem generators, prompt templates and loaders, behind one task-agnostic interface.
+
+A trainer asks for a task by name and never needs to know which one it got::
+
+    task = get_task("countdown")
+    problems = task.generate(64, seed=0, split="train")
+    prompts = [task.prompt(p) for p in problems]
+    rewards = [task.reward(c, p) for c, p in zip(completions, problems)]
+
+>>> task = get_task("countdown")
+>>> problem = task.generate(1, seed=0)[0]
+>>> problem
+{'numbers': [13, 14, 2], 'target': 12}
+>>> task.reward("<think>13-14=-1</think><answer>(14-13)*2=2</answer>", problem)  # well-formed, wrong
+0.1
+>>> task.reward(f"<answer>{task.reference(problem)}</answer>", problem)
+1.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from companion import verify
+from companion.tasks import countdown, gsm8k, prompts, tinygsm
+
+
+@dataclass(frozen=True)
+class CountdownTask:
+    """Countdown (:mod:`companion.tasks.countdown`), rewarded by :func:`companion.verify.countdown_reward`."""
+
+    format_score: float = 0.1
+    """Reward for a well-formed but wrong answer (0 turns the format bonus off)."""
+
+    name = "countdown"
+
+    def generate(self, n_problems: int, *, seed: int = 0, split: str | None = None, **options) -> list[dict]:
+        """Problems ``{"numbers", "target"}``; ``options`` go to :func:`countdown.generate`."""
+        return countdown.generate(n_problems, seed=seed, split=split, **options)
+
+    def prompt(self, problem: dict, *, style: str = "base", tokenizer=None) -> str:
+        """The prompt for one problem (see :func:`prompts.format_prompt`)."""
+        return prompts.format_prompt(self.name, problem, style=style, tokenizer=tokenizer)
+
+    def reward(self, completion: str, problem: dict) -> float:
+        """The verifier's reward for one completion of ``problem``."""
+        return verify.countdown_reward(completion, problem["numbers"], problem["target"], format_score=self.format_score)
+
+    def reference(self, problem: dict) -> str:
+        """A correct answer (the exact solver's expression), as it goes inside ``<answer>``."""
+        return countdown.solve(problem["numbers"], problem["target"])
+
+
+@dataclass(frozen=True)
+class _WordProblemTask:
+    """Shared by TinyGSM and GSM8K: ``{"question", "answer"}`` problems, rewarded by
+    :func:`companion.verify.gsm8k_reward` against the gold after ``####``."""
+
+    strict: bool = False
+    """Only an explicit answer marker can score (no last-number fallback)."""
+
+    name = ""
+
+    def prompt(self, problem: dict, *, style: str = "base", tokenizer=None) -> str:
+        """The prompt for one problem (see :func:`prompts.format_prompt`)."""
+        return prompts.format_prompt(self.name, problem, style=style, tokenizer=tokenizer)
+
+    def reward(self, completion: str, problem: dict) -> float:
+        """1.0 when the completion's final number equals the gold answer, else 0.0."""
+        return verify.gsm8k_reward(completion, gsm8k.extract_gold(problem["answer"]), strict=self.strict)
+
+    def reference(self, problem: dict) -> str:
+        """The gold answer, as it goes inside ``<answer>``."""
+        return gsm8k.extract_gold(problem["answer"])
+
+
+@dataclass(frozen=True)
+class TinyGSMTask(_WordProblemTask):
+    """Templated word problems (:mod:`companion.tasks.tinygsm`)."""
+
+    name = "tinygsm"
+
+    def generate(self, n_problems: int, *, seed: int = 0, split: str | None = None, **options) -> list[dict]:
+        """Problems ``{"question", "answer", "steps", ...}``; ``options`` go to :func:`tinygsm.generate`."""
+        return tinygsm.generate(n_problems, seed=seed, split=split, **options)
+
+
+@dataclass(frozen=True)
+class GSM8KTask(_WordProblemTask):
+    """GSM8K itself (:mod:`companion.tasks.gsm8k`): from the hub, or a local file via ``data_file=``."""
+
+    name = "gsm8k"
+
+    def generate(self, n_problems: int | None = None, *, seed: int = 0, split: str | None = "train", **options) -> list[dict]:
+        """``n_problems`` shuffled records of GSM8K's ``split`` (``None`` means "train")."""
+        return gsm8k.generate(n_problems, seed=seed, split=split or "train", **options)
+
+
+_TASKS = {"countdown": CountdownTask, "tinygsm": TinyGSMTask, "gsm8k": GSM8KTask}
+
+
+def get_task(name: str, **options):
+    """The task called ``name``; ``options`` set its fields (``format_score``, ``strict``).
+
+    >>> get_task("tinygsm").name, get_task("countdown", format_score=0.0).format_score
+    ('tinygsm', 0.0)
+    >>> get_task("math")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown task 'math'; known tasks: countdown, tinygsm, gsm8k
+    """
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(_TASKS)}")
+    return _TASKS[name](**options)
+
+
+__all__ = ["CountdownTask", "GSM8KTask", "TinyGSMTask", "countdown", "get_task", "gsm8k", "prompts", "tinygsm"]

@@ -1,0 +1,136 @@
+"""The book: chapters paired with their Colab notebooks, built with warnings as errors, checked in a browser."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "book").glob("[0-9]*.md"))
+HTML = ROOT / "_build" / "html"
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+
+
+def _toc_files() -> list[str]:
+    return re.findall(r"file:\s*(\S+)", (ROOT / "_toc.yml").read_text())
+
+
+def test_every_chapter_is_in_the_toc():
+    assert sorted(f"book/{md.stem}" for md in CHAPTERS) == sorted(_toc_files())
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_colab_notebook_is_in_sync_with_its_chapter(md):
+    """Colab opens book/<chapter>.ipynb; it must hold the same cells as the chapter (`make book` regenerates it)."""
+    import jupytext
+    import nbformat
+
+    ipynb = md.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{ipynb.name} is missing: run `make book` (it pairs each chapter with jupytext)"
+    expected = jupytext.read(md)
+    actual = nbformat.read(ipynb, as_version=4)
+    pairs = list(zip(expected.cells, actual.cells, strict=True))
+    for want, got in pairs:
+        assert (want.cell_type, want.source) == (got.cell_type, got.source), (
+            f"{ipynb.name} is out of date with {md.name}: run `make book`")
+    assert all(not c.get("outputs") for c in actual.cells if c.cell_type == "code"), "commit notebooks without outputs"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_colab_install_cell_uses_the_configured_repository(md):
+    url = re.search(r"^\s*url:\s*(\S+)", (ROOT / "_config.yml").read_text(), re.M).group(1)
+    installs = re.findall(r"git\+(\S+?)[\"']", md.read_text())
+    assert installs == [url], f"{md.name}'s Colab install cell must install from the _config.yml repository {url}"
+
+
+@pytest.fixture(scope="session")
+def built_book() -> Path:
+    """Build the book exactly as `make book` does (executed chapters are cached in _build/.jupyter_cache)."""
+    venv = Path(sys.executable).parent.parent
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "build_book.sh"), str(venv)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        pytest.fail(f"the book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}")
+    return HTML
+
+
+def _pages(html: Path) -> list[Path]:
+    return [html / "book" / "intro.html"] + [html / "book" / f"{md.stem}.html" for md in CHAPTERS]
+
+
+@pytest.mark.slow
+def test_book_builds_with_figures_and_math(built_book):
+    for page in _pages(built_book):
+        text = page.read_text()
+        assert "<script" in text and page.stat().st_size > 1000, page
+        if page.stem == "intro":
+            continue
+        assert "plotly-graph-div" in text, f"{page.name}: no plotly figure made it into the HTML"
+        assert text.count("plotly.js v") <= 1, f"{page.name}: plotly.js embedded more than once"
+        assert 'class="math' in text, f"{page.name}: no math"
+    assert (built_book / "_static" / "mathjax" / "MathJax.js").exists(), "MathJax is not served locally"
+    assert (built_book / "index.html").exists()
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("COMPANION_CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate:
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def site_url(built_book):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_book))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.slow
+def test_pages_render_figures_and_math_in_chromium(built_book, site_url):
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium found: `apt-get install chromium` (make test does it as root) or set COMPANION_CHROMIUM")
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    report = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        for path in _pages(built_book):
+            rel = path.relative_to(built_book).as_posix()
+            page.goto(f"{site_url}/{rel}", wait_until="load")
+            html = path.read_text()
+            n_figures = html.count('class="plotly-graph-div"')
+            if n_figures:
+                page.wait_for_function(
+                    f"document.querySelectorAll('.plotly-graph-div .main-svg').length >= {n_figures}", timeout=30000)
+            if 'class="math' in html:
+                page.wait_for_function("window.MathJax && MathJax.Hub && MathJax.Hub.Queue", timeout=30000)
+                page.evaluate("new Promise(done => MathJax.Hub.Queue(() => done(true)))")  # typesetting finished
+                assert page.locator(".MathJax, .MathJax_Display").count() > 0, f"{rel}: math was not typeset"
+                assert page.locator(".MathJax_Error, merror").count() == 0, f"{rel}: MathJax error"
+            rendered = page.evaluate("document.querySelectorAll('.plotly-graph-div .main-svg').length")
+            report[rel] = {"figures": n_figures, "rendered_svgs": rendered}
+            page.screenshot(path=str(SCREENSHOTS / f"{path.stem}.png"), full_page=True)
+        browser.close()
+    (SCREENSHOTS / "report.json").write_text(json.dumps(report, indent=2))
+    assert not errors, f"JavaScript errors on the pages: {errors}"

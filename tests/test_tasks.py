@@ -1,11 +1,14 @@
 """Tasks: generators are deterministic, distinct, solvable and split cleanly; the solver is exact."""
 
 import itertools
+import json
+import time
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
-from companion.tasks import countdown
+from companion.tasks import countdown, get_task, gsm8k, prompts, tinygsm
 from companion.verify import countdown_reward, evaluate_expression
 
 # -- countdown ---------------------------------------------------------------------------------
@@ -117,3 +120,155 @@ def test_countdown_steps_to_expression_rejects_bad_steps():
         countdown.steps_to_expression([3, 5], [countdown.Step(3, "+", 5, 9)])
     with pytest.raises(ValueError, match="leave 2 values"):
         countdown.steps_to_expression([3, 5, 2], [countdown.Step(3, "+", 5, 8)])
+
+
+# -- tinygsm -----------------------------------------------------------------------------------
+
+
+def _replay(steps):
+    """Check each step's arithmetic and the chaining of steps, independently of the generator."""
+    ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a / b}
+    for a, op, b, r in steps:
+        assert ops[op](a, b) == r and r >= 0 and r == int(r)
+    return steps[-1][3]
+
+
+def test_tinygsm_problems_are_consistent():
+    problems = tinygsm.generate(2000, seed=0)
+    assert len({p["question"] for p in problems}) == 2000
+    assert {p["template"] for p in problems} == set(tinygsm.TEMPLATES)
+    for p in problems:
+        final = _replay(p["steps"])
+        assert gsm8k.extract_gold(p["answer"]) == str(final)
+        assert len(p["steps"]) == tinygsm.TEMPLATES[p["template"]][0]
+        assert str(final) in p["answer"].splitlines()[-2]  # the worked solution ends on the answer
+        # Every number the question states is a number in the solution: nothing is hidden.
+        assert all(str(n) in p["question"] for n in p["numbers"])
+        assert len(p["question"]) <= 120 and max(abs(s[3]) for s in p["steps"]) <= 500
+
+
+def test_tinygsm_is_deterministic_and_respects_step_bounds():
+    assert tinygsm.generate(100, seed=4) == tinygsm.generate(100, seed=4)
+    assert tinygsm.generate(100, seed=4) != tinygsm.generate(100, seed=5)
+    assert all(len(p["steps"]) == 1 for p in tinygsm.generate(200, seed=0, max_steps=1))
+    assert all(len(p["steps"]) >= 2 for p in tinygsm.generate(200, seed=0, min_steps=2))
+    with pytest.raises(ValueError, match="no template"):
+        tinygsm.generate(1, min_steps=4, max_steps=5)
+    with pytest.raises(ValueError, match="fewer problems"):
+        tinygsm.generate(10, seed=0, split="test", test_fraction=1e-9)  # a test split with ~no problems
+
+
+def test_tinygsm_splits_are_disjoint_by_structure():
+    train = tinygsm.generate(3000, seed=0, split="train")
+    test = tinygsm.generate(300, seed=0, split="test")
+    structure = lambda p: (p["template"], tuple(p["numbers"]))  # noqa: E731
+    assert not {structure(p) for p in train} & {structure(p) for p in test}
+    share = sum(tinygsm.split_of(p) == "test" for p in tinygsm.generate(4000, seed=1)) / 4000
+    assert 0.07 < share < 0.13
+
+
+# -- gsm8k -------------------------------------------------------------------------------------
+
+SAMPLE = Path(__file__).parent / "data" / "gsm8k_sample.jsonl"
+
+
+def test_extract_gold():
+    assert gsm8k.extract_gold("a\n#### 72") == "72"
+    assert gsm8k.extract_gold("x #### 3 #### 1,000 ") == "1000"
+    for bad in ["no marker", "ends with ####  "]:
+        with pytest.raises(ValueError, match="####"):
+            gsm8k.extract_gold(bad)
+
+
+def test_gsm8k_sample_golds_match_their_worked_solutions():
+    records = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
+    assert len(records) >= 10
+    for r in records:
+        gold = gsm8k.extract_gold(r["answer"])
+        # The last calculator annotation <<expr=value>> carries the gold value.
+        assert r["answer"].rsplit("=", 1)[1].split(">>")[0] == gold
+
+
+def test_gsm8k_load_from_file_and_errors(tmp_path):
+    ds = gsm8k.load("train", data_file=SAMPLE)
+    assert len(ds) == len(SAMPLE.read_text().splitlines())
+    assert gsm8k.generate(4, seed=1, data_file=SAMPLE) == gsm8k.generate(4, seed=1, data_file=SAMPLE)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        gsm8k.load("train", data_file=tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "solution": "#### 1"}\n')
+    with pytest.raises(ValueError, match="answer"):
+        gsm8k.load("train", data_file=bad)
+    with pytest.raises(ValueError, match="asked for 99"):
+        gsm8k.generate(99, data_file=SAMPLE)
+
+
+def test_gsm8k_load_without_hub_fails_fast_with_both_options(monkeypatch):
+    # Here the hub is unreachable for real; the env var makes the test mean the same thing on a
+    # machine that is online.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(RuntimeError) as err:
+        gsm8k.load("train")
+    assert time.monotonic() - start < gsm8k.PROBE_TIMEOUT_S + 2
+    assert "data_file=" in str(err.value) and "openai/gsm8k" in str(err.value)
+    with pytest.raises(ValueError, match="splits"):
+        gsm8k.load("validation")
+
+
+def test_hub_probe_is_bounded_even_when_unreachable(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # .invalid never resolves (RFC 2606)
+    start = time.monotonic()
+    assert gsm8k._hub_reachable(timeout=1.0) is False
+    assert time.monotonic() - start < 1.5
+
+
+# -- prompts and the registry ------------------------------------------------------------------
+
+
+def test_base_prompts_are_short_and_open_thinking():
+    for name in ("countdown", "tinygsm"):
+        task = get_task(name)
+        for p in task.generate(300, seed=0):
+            text = task.prompt(p)
+            assert text.endswith("\n<think>") and "<answer></answer>" in text
+            # The tiny model's context is a few hundred characters; leave most for the completion.
+            assert len(text) <= (110 if name == "countdown" else 200), text
+
+
+def test_chat_prompt_uses_the_tokenizer_template():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    problem = {"numbers": [3, 5, 2], "target": 16}
+    text = prompts.format_prompt("countdown", problem, style="chat", tokenizer=tok)
+    assert text == f"<|im_start|>user\n{prompts.instruction('countdown', problem)}<|im_end|>\n<|im_start|>assistant\n<think>"
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="chat template"):
+        prompts.format_prompt("countdown", problem, style="chat", tokenizer=tok)
+    with pytest.raises(ValueError, match="style"):
+        prompts.format_prompt("countdown", problem, style="instruct")
+    with pytest.raises(ValueError, match="known tasks"):
+        prompts.format_prompt("math", problem)
+
+
+def test_registry_round_trip():
+    for name in ("countdown", "tinygsm"):
+        task = get_task(name)
+        problems = task.generate(50, seed=2, split="test")
+        for p in problems:
+            assert task.reward(f"<think>...</think><answer>{task.reference(p)}</answer>", p) == 1.0
+            assert task.reward("<think>no idea</think>", p) == 0.0
+    gsm = get_task("gsm8k")
+    for p in gsm.generate(data_file=SAMPLE):
+        assert gsm.reward(f"#### {gsm.reference(p)}", p) == 1.0
+    assert get_task("gsm8k", strict=True).reward("it is 17", {"answer": "#### 17"}) == 0.0
+    with pytest.raises(ValueError, match="countdown, tinygsm, gsm8k"):
+        get_task("aime")

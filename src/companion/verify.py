@@ -45,7 +45,8 @@ MAX_EXPRESSION_CHARS = 256
 """Longest Countdown answer parsed; an honest one with six 3-digit numbers is under 60 chars."""
 
 MAX_DEPTH = 32
-"""Deepest nesting of parentheses and operators accepted in a Countdown answer."""
+"""Deepest nesting accepted in a Countdown answer, counting parentheses and operators alike
+(``1+1+...+1`` with 40 terms is 39 deep); an honest answer with six numbers is under 12."""
 
 MAX_MAGNITUDE = 10**30
 """Intermediate values whose numerator or denominator exceed this make the answer wrong."""
@@ -62,6 +63,7 @@ _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 _NUMBER = re.compile(
     r"(?<![0-9A-Za-z.)])(?P<sign>-)?\$?(?P<digits>[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])|[0-9]+)(?P<frac>\.[0-9]+)?"
 )
+_BRACE = re.compile(r"[{}]")
 _FULL_NUMBER = re.compile(r"\s*(-)?\$?\s*([0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(\.[0-9]+)?\s*")
 
 
@@ -92,11 +94,6 @@ class Evaluation(NamedTuple):
     numbers: tuple[int, ...]
 
 
-class _Undefined(Exception):
-    """Division by zero or an oversized intermediate: the expression is well-formed but has no
-    usable value."""
-
-
 def _paren_depth(text: str) -> int | None:
     """Maximum parenthesis depth, or ``None`` when the parentheses do not balance."""
     depth = deepest = 0
@@ -111,24 +108,27 @@ def _paren_depth(text: str) -> int | None:
     return deepest if depth == 0 else None
 
 
-def _evaluate(node: ast.AST, numbers: list[int], depth: int) -> Fraction:
-    """Evaluate a whitelisted node; ``ValueError`` for anything off the whitelist."""
+def _evaluate(node: ast.AST, numbers: list[int], depth: int) -> Fraction | None:
+    """Evaluate a whitelisted node, collecting its literals into ``numbers``; ``None`` when the
+    value is undefined (division by zero, beyond :data:`MAX_MAGNITUDE`), which still visits
+    every literal; ``ValueError`` for anything off the whitelist."""
     if depth > MAX_DEPTH:
         raise ValueError("too deep")
     if isinstance(node, ast.Constant) and type(node.value) is int:
         numbers.append(node.value)
         return Fraction(node.value)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_evaluate(node.operand, numbers, depth + 1)
+        value = _evaluate(node.operand, numbers, depth + 1)
+        return None if value is None else -value
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         a = _evaluate(node.left, numbers, depth + 1)
         b = _evaluate(node.right, numbers, depth + 1)
         op = _BINOPS[type(node.op)]
-        if op == "/" and b == 0:
-            raise _Undefined
+        if a is None or b is None or (op == "/" and b == 0):
+            return None
         value = a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a / b
         if abs(value.numerator) > MAX_MAGNITUDE or value.denominator > MAX_MAGNITUDE:
-            raise _Undefined
+            return None
         return value
     raise ValueError(f"not allowed: {type(node).__name__}")
 
@@ -144,8 +144,8 @@ def evaluate_expression(text: str) -> Evaluation | None:
     Evaluation(value=Fraction(16, 1), numbers=(3, 5, 2))
     >>> evaluate_expression("8/(3-8/3)").value
     Fraction(24, 1)
-    >>> evaluate_expression("4/(2-2)")
-    Evaluation(value=None, numbers=(4, 2, 2))
+    >>> evaluate_expression("4/(2-2)+1")
+    Evaluation(value=None, numbers=(4, 2, 2, 1))
     >>> evaluate_expression("2**10") is None, evaluate_expression("__import__('os')") is None
     (True, True)
     """
@@ -161,8 +161,6 @@ def evaluate_expression(text: str) -> Evaluation | None:
     numbers: list[int] = []
     try:
         value = _evaluate(tree.body, numbers, 0)
-    except _Undefined:
-        return Evaluation(None, tuple(numbers))
     except (ValueError, RecursionError):
         return None
     return Evaluation(value, tuple(numbers))
@@ -234,8 +232,15 @@ def parse_number(text: str) -> Fraction | None:
 
 
 def _last_number(text: str) -> Fraction | None:
+    # Only the last number matters: find the last digit with C-speed rfinds, then match in a
+    # window ending there. The window is wider than any number that can still be converted
+    # (MAX_NUMBER_CHARS digits plus sign, "$", commas and a point), so the result is the same
+    # as scanning the whole text: a number cut by the window's start is too long either way.
+    end = max(text.rfind(d) for d in "0123456789")
+    if end < 0:
+        return None
     last = None
-    for last in _NUMBER.finditer(text):
+    for last in _NUMBER.finditer(text, max(0, end - 3 * MAX_NUMBER_CHARS), end + 1):
         pass
     return _to_fraction(last["sign"], last["digits"], last["frac"]) if last else None
 
@@ -245,21 +250,20 @@ def _boxed(completion: str) -> tuple[int, str] | None:
 
     Linear time: when a ``\\boxed{`` never closes, an earlier one can only close before it
     (after it, the earlier one's braces are nested deeper still), so each scan stops where the
-    previous one started.
+    previous one started; and a ``\\boxed{`` after the last ``}`` is skipped without a scan.
     """
     limit = len(completion)
-    start = completion.rfind("\\boxed{")
-    while start >= 0:
+    while True:
+        close = completion.rfind("}", 0, limit)
+        start = completion.rfind("\\boxed{", 0, close) if close >= 0 else -1
+        if start < 0:
+            return None
         depth = 0
-        for k in range(start + len("\\boxed"), limit):
-            ch = completion[k]
-            depth += ch == "{"
-            depth -= ch == "}"
+        for brace in _BRACE.finditer(completion, start + len("\\boxed"), limit):
+            depth += 1 if brace[0] == "{" else -1
             if depth == 0:
-                return start, completion[start + len("\\boxed{") : k]
+                return start, completion[start + len("\\boxed{") : brace.start()]
         limit = start
-        start = completion.rfind("\\boxed{", 0, start)
-    return None
 
 
 def extract_final_answer(completion: str, *, strict: bool = False) -> Fraction | None:

@@ -15,6 +15,9 @@ Each problem is a dict in GSM8K's format plus machine-readable steps::
   one, or skip one.
 * Every number, intermediate and answer is a non-negative integer, at most a few hundred; the
   templates take 1 to 3 steps (:data:`TEMPLATES` lists them with their step counts).
+* **Distinct** means distinct question text: one call may hold the same arithmetic under two
+  names ("Ann has 3 cards..." and "Ben has 3 eggs..."), which varies the wording a tiny model
+  sees. The split is structural, so both are on the same side of it.
 * **Splits** work like Countdown's: :func:`split_of` hashes the template name and its numbers
   (not the names or items, so a renamed copy of a held-out problem is held out too) and puts
   :data:`TEST_FRACTION` of them in "test".

@@ -59,6 +59,8 @@ def test_countdown_split_ignores_number_order():
 def test_countdown_generate_rejects_impossible_requests():
     with pytest.raises(ValueError, match="fewer problems or widen"):
         countdown.generate(50, low=1, high=2, seed=0)
+    with pytest.raises(ValueError, match="too many to enumerate"):
+        countdown.enumerate_problems(n_numbers=4, high=100)
     with pytest.raises(ValueError, match="split"):
         countdown.generate(5, split="validation")
     with pytest.raises(ValueError, match="low <= high"):
@@ -272,3 +274,23 @@ def test_registry_round_trip():
     assert get_task("gsm8k", strict=True).reward("it is 17", {"answer": "#### 17"}) == 0.0
     with pytest.raises(ValueError, match="countdown, tinygsm, gsm8k"):
         get_task("aime")
+
+
+def test_countdown_default_space_size_is_as_documented():
+    # The module docstring quotes these numbers; count them independently of generate().
+    total = test = 0
+    for numbers in itertools.combinations_with_replacement(range(1, 21), 3):
+        for target in countdown.reachable_targets(list(numbers)):
+            total += 1
+            test += countdown.split_of({"numbers": list(numbers), "target": target}) == "test"
+    assert (total, test) == (16_292, 1_661)
+    assert len(countdown.enumerate_problems(split="test")) == 1_661
+    # generate() can use up the whole split: rare problems come from the enumeration fallback.
+    everything = countdown.generate(1_661, seed=0, split="test")
+    assert {(tuple(sorted(p["numbers"])), p["target"]) for p in everything} == {
+        (tuple(p["numbers"]), p["target"]) for p in countdown.enumerate_problems(split="test")
+    }
+    small = len(countdown.enumerate_problems(low=1, high=4))
+    assert len(countdown.generate(small, low=1, high=4, seed=0)) == small
+    with pytest.raises(ValueError, match=f"only {small} distinct"):
+        countdown.generate(small + 1, low=1, high=4, seed=0)

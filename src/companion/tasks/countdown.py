@@ -16,6 +16,8 @@ Decisions, and why:
   a character-level model of a few million parameters can learn to solve some of these.
   The target is drawn uniformly from the integers in range that the numbers can reach, so every
   generated problem is solvable by construction (and the tests re-check with :func:`solve`).
+  This space holds 16,292 distinct problems (1,661 of them in the test split); ask for more
+  and :func:`generate` says so. Up to 5 numbers are supported.
 * **Problems are multisets.** ``[3, 5, 2] -> 16`` and ``[2, 3, 5] -> 16`` are the same problem:
   :func:`generate` never returns both in one call, and both land in the same split.
 * **Splits by hash.** :func:`split_of` hashes the sorted numbers and the target (SHA-256, so it is
@@ -27,6 +29,8 @@ Decisions, and why:
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 import random
 from fractions import Fraction
 from functools import lru_cache
@@ -41,7 +45,7 @@ OPS = ("+", "-", "*", "/")
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _ATOM = 3  # precedence of a bare number: never needs parentheses
-_MAX_NUMBERS = 6  # the exhaustive search grows like (n!)^2 * 4^(n-1); 6 is still under a second
+_MAX_NUMBERS = 5  # exhaustive search: ~1.5 s for an unsolvable 5-number problem, minutes for 6
 
 
 class Step(NamedTuple):
@@ -241,11 +245,12 @@ def steps_to_expression(numbers, steps) -> str:
     return items[0].expr
 
 
-@lru_cache(maxsize=1 << 16)
-def _reachable(values: tuple[Fraction, ...]) -> frozenset[Fraction]:
-    """All values reachable using every one of ``values`` exactly once (sorted tuple key)."""
+def _reachable(values: tuple[Fraction, ...], memo: dict) -> frozenset[Fraction]:
+    """All values reachable using every one of ``values`` (a sorted tuple) exactly once."""
     if len(values) == 1:
         return frozenset(values)
+    if values in memo:
+        return memo[values]
     out = set()
     for i in range(len(values)):
         for j in range(i + 1, len(values)):
@@ -257,8 +262,17 @@ def _reachable(values: tuple[Fraction, ...]) -> frozenset[Fraction]:
             if a:
                 results.add(b / a)
             for r in results:
-                out |= _reachable(tuple(sorted(rest + (r,))))
-    return frozenset(out)
+                out |= _reachable(tuple(sorted(rest + (r,))), memo)
+    memo[values] = frozenset(out)
+    return memo[values]
+
+
+# Cache the small answer (a tuple of ints), not the reachable sets: with 4-5 numbers those hold
+# thousands of Fractions each, and generate() asks about the same multisets again and again.
+@lru_cache(maxsize=1 << 16)
+def _targets(numbers: tuple[int, ...], min_target: int, max_target: int) -> tuple[int, ...]:
+    found = _reachable(tuple(Fraction(v) for v in numbers), {})
+    return tuple(sorted(int(v) for v in found if v.denominator == 1 and min_target <= v <= max_target))
 
 
 def reachable_targets(numbers, *, min_target: int = 1, max_target: int = 100) -> list[int]:
@@ -267,9 +281,7 @@ def reachable_targets(numbers, *, min_target: int = 1, max_target: int = 100) ->
     >>> reachable_targets([3, 5, 2], max_target=12)
     [1, 4, 5, 6, 7, 9, 10, 11]
     """
-    numbers = _check_numbers(numbers)
-    found = _reachable(tuple(sorted(Fraction(v) for v in numbers)))
-    return sorted(int(v) for v in found if v.denominator == 1 and min_target <= v <= max_target)
+    return list(_targets(tuple(sorted(_check_numbers(numbers))), min_target, max_target))
 
 
 def split_of(problem: dict, *, test_fraction: float = TEST_FRACTION) -> str:
@@ -281,6 +293,57 @@ def split_of(problem: dict, *, test_fraction: float = TEST_FRACTION) -> str:
     key = f"countdown|{','.join(map(str, sorted(problem['numbers'])))}|{problem['target']}"
     h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
     return "test" if h < test_fraction else "train"
+
+
+def _check_space(n_numbers, low, high, min_target, max_target, split, test_fraction) -> None:
+    if not 2 <= n_numbers <= _MAX_NUMBERS:
+        raise ValueError(f"n_numbers must be in 2..{_MAX_NUMBERS}, got {n_numbers}")
+    if not 1 <= low <= high:
+        raise ValueError(f"need 1 <= low <= high, got low={low}, high={high}")
+    if not min_target <= max_target:
+        raise ValueError(f"need min_target <= max_target, got {min_target} > {max_target}")
+    if split not in (None, "train", "test"):
+        raise ValueError(f'split must be "train", "test" or None, got {split!r}')
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+
+
+_ENUMERATION_BUDGET = 25_000
+"""Largest space :func:`enumerate_problems` walks, in 3-number multisets (a 4-number one costs ~10)."""
+
+
+def enumerate_problems(
+    *,
+    n_numbers: int = 3,
+    low: int = 1,
+    high: int = 20,
+    min_target: int = 1,
+    max_target: int = 100,
+    split: str | None = None,
+    test_fraction: float = TEST_FRACTION,
+) -> list[dict]:
+    """Every distinct problem of a small space, numbers ascending, in sorted order.
+
+    For evaluating on a whole split (e.g. all 1,661 default test problems). Raises
+    ``ValueError`` when the space is too large to walk in seconds; use :func:`generate` then.
+
+    >>> len(enumerate_problems(split="test")), enumerate_problems(low=1, high=2, n_numbers=2)
+    (1661, [{'numbers': [1, 1], 'target': 1}, {'numbers': [1, 1], 'target': 2}, {'numbers': [1, 2], 'target': 1}, {'numbers': [1, 2], 'target': 2}, {'numbers': [1, 2], 'target': 3}, {'numbers': [2, 2], 'target': 1}, {'numbers': [2, 2], 'target': 4}])
+    """
+    _check_space(n_numbers, low, high, min_target, max_target, split, test_fraction)
+    multisets = math.comb(high - low + n_numbers, n_numbers)
+    if multisets * 10 ** (n_numbers - 3) > _ENUMERATION_BUDGET:
+        raise ValueError(
+            f"{multisets:,} multisets of {n_numbers} numbers in {low}..{high} are too many to enumerate; "
+            "sample with generate() instead"
+        )
+    problems = []
+    for numbers in itertools.combinations_with_replacement(range(low, high + 1), n_numbers):
+        for target in _targets(numbers, min_target, max_target):
+            problem = {"numbers": list(numbers), "target": target}
+            if split is None or split_of(problem, test_fraction=test_fraction) == split:
+                problems.append(problem)
+    return problems
 
 
 def generate(
@@ -301,8 +364,10 @@ def generate(
     Numbers are drawn uniformly from ``low..high`` (repeats allowed), then the target uniformly
     from the integers in ``min_target..max_target`` they can reach. ``split="train"`` or
     ``"test"`` keeps only problems of that split (see :func:`split_of`); ``None`` keeps all.
-    Deterministic for a seed. Raises ``ValueError`` when the space of problems is too small
-    for ``n_problems`` distinct ones. ``progress=None`` shows a bar only for large requests.
+    Deterministic for a seed. When random draws stop finding new problems (the space is nearly
+    used up), the rest are taken from :func:`enumerate_problems` in a seeded random order, so
+    any request up to the size of a small space succeeds; a larger request raises
+    ``ValueError``. ``progress=None`` shows a bar only for large requests.
 
     >>> generate(2, seed=0)
     [{'numbers': [13, 14, 2], 'target': 12}, {'numbers': [17, 16, 13], 'target': 20}]
@@ -311,43 +376,48 @@ def generate(
     """
     if n_problems < 0:
         raise ValueError(f"n_problems must be >= 0, got {n_problems}")
-    if not 2 <= n_numbers <= _MAX_NUMBERS:
-        raise ValueError(f"n_numbers must be in 2..{_MAX_NUMBERS}, got {n_numbers}")
-    if not 1 <= low <= high:
-        raise ValueError(f"need 1 <= low <= high, got low={low}, high={high}")
-    if not min_target <= max_target:
-        raise ValueError(f"need min_target <= max_target, got {min_target} > {max_target}")
-    if split not in (None, "train", "test"):
-        raise ValueError(f'split must be "train", "test" or None, got {split!r}')
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    _check_space(n_numbers, low, high, min_target, max_target, split, test_fraction)
+    space = f"{split or 'any'}-split problems (n_numbers={n_numbers}, numbers {low}..{high}, targets {min_target}..{max_target})"
 
     rng = random.Random(seed)
     seen: set[tuple] = set()
     problems: list[dict] = []
-    # A draw can fail (nothing reachable in range, a duplicate, the other split); give up only
-    # after many consecutive failures, which means the space is (nearly) exhausted.
-    patience = 20_000
-    failures = 0
-    bar = tqdm(total=n_problems, desc="countdown problems", disable=not (progress or (progress is None and n_problems >= 50_000)))
-    while len(problems) < n_problems:
+    patience, failures = 20_000, 0  # consecutive failed draws before switching to enumeration
+    # Each draw costs about 10x more per extra number (the reachable-value search), so "large" scales too.
+    large = n_problems * 10 ** (n_numbers - 3) >= 50_000
+    bar = tqdm(total=n_problems, desc="countdown problems", disable=not (progress or (progress is None and large)))
+    while len(problems) < n_problems and failures <= patience:
         numbers = [rng.randint(low, high) for _ in range(n_numbers)]
-        targets = reachable_targets(numbers, min_target=min_target, max_target=max_target)
+        targets = _targets(tuple(sorted(numbers)), min_target, max_target)
         problem = {"numbers": numbers, "target": rng.choice(targets)} if targets else None
         key = (tuple(sorted(numbers)), problem["target"]) if problem else None
         if problem is None or key in seen or (split is not None and split_of(problem, test_fraction=test_fraction) != split):
             failures += 1
-            if failures > patience:
-                bar.close()
-                raise ValueError(
-                    f"found only {len(problems)} distinct {split or 'any'}-split problems of {n_problems} requested "
-                    f"(n_numbers={n_numbers}, numbers {low}..{high}, targets {min_target}..{max_target}); "
-                    "ask for fewer problems or widen the ranges"
-                )
             continue
         failures = 0
         seen.add(key)
         problems.append(problem)
         bar.update(1)
+    if len(problems) < n_problems:
+        try:
+            everything = enumerate_problems(
+                n_numbers=n_numbers, low=low, high=high, min_target=min_target, max_target=max_target,
+                split=split, test_fraction=test_fraction,
+            )  # fmt: skip
+        except ValueError:
+            bar.close()
+            raise ValueError(f"found only {len(problems)} distinct {space} of {n_problems} requested; ask for fewer") from None
+        rest = [p for p in everything if (tuple(p["numbers"]), p["target"]) not in seen]
+        if len(problems) + len(rest) < n_problems:
+            bar.close()
+            raise ValueError(
+                f"there are only {len(problems) + len(rest)} distinct {space}, {n_problems} requested; "
+                "ask for fewer problems or widen the ranges"
+            )
+        rng.shuffle(rest)
+        for problem in rest[: n_problems - len(problems)]:
+            rng.shuffle(problem["numbers"])
+            problems.append(problem)
+            bar.update(1)
     bar.close()
     return problems

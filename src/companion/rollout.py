@@ -1,8 +1,19 @@
 """Sampling G completions per prompt, and gathering per-token log-probs.
 
 The shared plumbing of every trainer and of evaluation: 1. encode the prompts once (left padded),
-2. sample ``num_generations`` completions each with the KV cache (``model.generate``), 3. mask every
-completion up to and including its first EOS, 4. keep the log-probs the sampling policy gave its own tokens.
+2. sample ``num_generations`` completions each, one token at a time with the KV cache, 3. mask every
+completion up to and including its first EOS, 4. keep the log-prob and the entropy the sampling policy gave
+each of its own tokens.
+
+Why our own decoding loop rather than ``model.generate``: on a model of a few million parameters a decoding
+step is a handful of small matrix products, and ``generate`` spends as much again around them (logits
+processors, stopping criteria, input preparation, and a KV cache re-concatenated at every step, which alone
+was half the decoding time on the tiny model); and ``generate(output_logits=True)`` keeps every step's full
+(N, V) logits, gigabytes for a 151k-token vocabulary. The loop below does what ``generate`` does for plain
+sampling (temperature, top-k, top-p, stop at EOS), but runs each prompt once for its G rows, writes the cache
+in place, and reduces each step's logits to one log-prob and one entropy per row before moving on.
+``tests/test_rollout.py`` checks it against ``model.generate``: the same greedy tokens, and the same sampled
+tokens for the same seed.
 """
 
 from __future__ import annotations
@@ -18,11 +29,13 @@ class Rollout:
 
     prompt_ids: torch.Tensor  # (B*G, P) left padded
     prompt_mask: torch.Tensor  # (B*G, P) 1 on real prompt tokens
-    completion_ids: torch.Tensor  # (B*G, T) right padded with the pad token
+    completion_ids: torch.Tensor  # (B*G, T) right padded with the pad token; T = longest completion
     completion_mask: torch.Tensor  # (B*G, T) 1 up to and including the first EOS
     per_token_logps: torch.Tensor | None  # (B*G, T) log π_old(o_t | q, o_<t) of the sampled tokens, or None
     texts: list[str]  # B*G decoded completions, special tokens removed
     num_generations: int
+    entropies: torch.Tensor | None = None  # (B*G, T) entropy of the sampling distribution at each token, or None
+    truncated: torch.Tensor | None = None  # (B*G,) bool: stopped by max_completion_length before any EOS
 
     @property
     def lengths(self) -> torch.Tensor:  # (B*G,) |o_i|, EOS included
@@ -53,26 +66,143 @@ def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_id: int | l
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[index] without materialising the full (N, T, V) log-prob tensor twice."""
-    # (N, T, V), (N, T) -> (N, T)
+    """log softmax(logits)[index] without materialising the full (N, T, V) log-prob tensor.
+
+    >>> round(selective_log_softmax(torch.zeros(1, 4), torch.tensor([2])).item(), 4)  # log(1/4)
+    -1.3863
+    """
+    # (..., V), (...) -> (...)
     picked = torch.gather(logits, dim=-1, index=index.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float = 1.0):
-    """log π(o_t | q, o_<t) of each completion token under ``model``: one forward pass, (N, T).
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy −Σ p log p of softmax(logits) over the last dimension, (..., V) -> (...).
+
+    >>> round(entropy_from_logits(torch.zeros(4)).item(), 4)  # uniform over 4: log 4
+    1.3863
+    """
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float = 1.0,
+                    share_prompts: bool = True):
+    """log π(o_t | q, o_<t) of each completion token under ``model``, with gradient: (N, T).
 
     Logits are divided by ``temperature`` so the log-probs are those of the distribution that was sampled.
+    With ``share_prompts``, consecutive rows that continue the same prompt (the G completions of a group) run
+    that prompt through the model once and share its KV cache, gradients included: the same numbers as one
+    forward over every (prompt, completion) row, up to float rounding, for G times less work on the prompt.
     """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (N, P+T)
+    if not share_prompts:
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (N, P+T)
+        T = completion_ids.shape[1]
+        # Position ids follow the real tokens so left padding does not shift the positions the model sees.
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       logits_to_keep=T + 1, use_cache=False).logits  # (N, T+1, V)
+        logits = logits[:, :-1, :] / temperature  # the logit at position t predicts token t+1
+        return selective_log_softmax(logits.float(), completion_ids)
+
+    from transformers import DynamicCache
+
+    # 1. the distinct prompts: a new run starts wherever a row's prompt differs from the previous row's
+    starts = torch.ones(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)  # (N,)
+    starts[1:] = (prompt_ids[1:] != prompt_ids[:-1]).any(dim=1) | (prompt_mask[1:] != prompt_mask[:-1]).any(dim=1)
+    repeats = torch.diff(torch.cat([starts.nonzero().squeeze(1), starts.new_tensor([len(starts)], dtype=torch.long)]))
+    unique_ids, unique_mask = prompt_ids[starts], prompt_mask[starts]  # (U, P)
+    # 2. each prompt once; its cache and its last logit (which predicts the first completion token) fan out
+    position_ids = (unique_mask.cumsum(dim=1) - 1).clamp(min=0)  # (U, P)
+    cache = DynamicCache(config=model.config)
+    first = model(input_ids=unique_ids, attention_mask=unique_mask, position_ids=position_ids,
+                  past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]  # (U, V)
+    for layer in cache.layers:
+        layer.keys = layer.keys.repeat_interleave(repeats, dim=0)  # (N, H, P, D)
+        layer.values = layer.values.repeat_interleave(repeats, dim=0)
+    # 3. every completion on top of its prompt's cache
     T = completion_ids.shape[1]
-    # Position ids follow the real tokens so left padding does not shift the positions the model sees.
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   logits_to_keep=T + 1).logits  # (N, T+1, V)
-    logits = logits[:, :-1, :] / temperature  # the logit at position t predicts token t+1
-    return selective_log_softmax(logits.float(), completion_ids)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (N, P+T)
+    positions = prompt_mask.sum(dim=1, keepdim=True) + torch.arange(T, device=prompt_mask.device)  # (N, T)
+    rest = model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=positions,
+                 past_key_values=cache, use_cache=True, logits_to_keep=T).logits  # (N, T, V)
+    first_logps = selective_log_softmax(first.repeat_interleave(repeats, dim=0).float() / temperature,
+                                        completion_ids[:, 0])  # (N,)
+    rest_logps = selective_log_softmax(rest[:, :-1, :].float() / temperature, completion_ids[:, 1:])  # (N, T-1)
+    return torch.cat([first_logps.unsqueeze(1), rest_logps], dim=1)
+
+
+def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to −inf every logit outside the top-k and outside the smallest set holding top-p of the mass.
+
+    Same rule as ``transformers``' TopK and TopP warpers: the most likely token always survives, and a token
+    is dropped once the probability mass *before* it reaches ``top_p``. (N, V) -> (N, V).
+
+    >>> filter_logits(torch.log(torch.tensor([[0.5, 0.3, 0.2]])), top_p=0.7).isinf().tolist()
+    [[False, False, True]]
+    >>> filter_logits(torch.tensor([[1., 3., 2.]]), top_k=1).tolist()
+    [[-inf, 3.0, -inf]]
+    """
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p  # mass strictly before the token
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _in_place_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class InPlaceLayer(DynamicLayer):
+        """A growing cache layer whose keys and values are views into buffers of the final length.
+
+        ``DynamicLayer.update`` concatenates, copying the whole cache at every step (on the tiny model that copy
+        was half of the decoding time); here a step writes one column in place.
+        """
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, max_len: int):
+            super().__init__()
+            self.lazy_initialization(keys, values)
+            n, h, length, _ = keys.shape
+            self._keys = keys.new_empty(n, h, max_len, keys.shape[-1])
+            self._values = values.new_empty(n, h, max_len, values.shape[-1])
+            self._keys[:, :, :length], self._values[:, :, :length] = keys, values
+            self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            start, end = self.keys.shape[-2], self.keys.shape[-2] + key_states.shape[-2]
+            self._keys[:, :, start:end], self._values[:, :, start:end] = key_states, value_states
+            self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+            return self.keys, self.values
+
+    return InPlaceLayer
+
+
+def _prefill(model, prompt_ids, prompt_mask, num_generations: int, max_len: int):
+    """Run the B distinct prompts once and give each of their G rows a copy of the KV cache.
+
+    Returns the logits at the last prompt position, (B*G, V), and the cache, now B*G rows with room for
+    ``max_len`` positions.
+    """
+    from transformers import DynamicCache
+
+    position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P)
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    layer_class = _in_place_layer_class()
+    cache.layers = [
+        layer_class(layer.keys.repeat_interleave(num_generations, dim=0),
+                    layer.values.repeat_interleave(num_generations, dim=0), max_len)
+        for layer in cache.layers
+    ]
+    return out.logits[:, -1, :].repeat_interleave(num_generations, dim=0), cache
 
 
 @torch.no_grad()
@@ -92,63 +222,85 @@ def generate(
     """Sample ``num_generations`` completions for each prompt.
 
     ``temperature=0`` means greedy decoding. With ``seed`` the sampling is reproducible and the global RNG is
-    left untouched; without it the global torch RNG is used (and advanced).
+    left untouched; without it the global torch RNG is used (and advanced). ``return_logps`` also fills
+    ``per_token_logps`` and ``entropies`` (both of the temperature-scaled distribution, before top-k/top-p).
     """
     if num_generations < 1 or max_completion_length < 1:
         raise ValueError("num_generations and max_completion_length must be at least 1")
+    if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0:
+        raise ValueError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got {temperature}, {top_p}, {top_k}")
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
     device = next(model.parameters()).device
-    # 1. encode each prompt once; generate() repeats the rows for the G samples
+    # 1. encode each prompt once, then repeat its row for the G samples
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)  # (B, P)
+    P = prompt_ids.shape[1]
     limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and prompt_ids.shape[1] + max_completion_length > limit:
+    if limit is not None and P + max_completion_length > limit:
         raise ValueError(
-            f"prompt ({prompt_ids.shape[1]} tokens) + max_completion_length ({max_completion_length}) exceeds the "
+            f"prompt ({P} tokens) + max_completion_length ({max_completion_length}) exceeds the "
             f"model's context of {limit} tokens: shorten the prompt or lower max_completion_length"
         )
+    B = prompt_ids.shape[0]
+    N = B * num_generations
+    eos_ids = torch.tensor([tokenizer.eos_token_id], device=device)
+    pad = tokenizer.pad_token_id
     greedy = temperature == 0
-    eos = tokenizer.eos_token_id
-    gen_kwargs = dict(
-        max_new_tokens=max_completion_length,
-        do_sample=not greedy,
-        eos_token_id=eos,
-        pad_token_id=tokenizer.pad_token_id,
-        output_logits=return_logps,
-        return_dict_in_generate=True,
-    )
-    if greedy:  # greedy decoding refuses num_return_sequences > 1: repeat the rows instead
-        gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-        gen_ids, gen_mask = prompt_ids.repeat_interleave(num_generations, 0), prompt_mask.repeat_interleave(num_generations, 0)
-    else:
-        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k, num_return_sequences=num_generations)
-        gen_ids, gen_mask = prompt_ids, prompt_mask
+
     was_training = model.training
     model.eval()
-    # 2. sample with the KV cache
-    with torch.random.fork_rng(devices=[], enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
-        out = model.generate(input_ids=gen_ids, attention_mask=gen_mask, **gen_kwargs)
+    generator = None
+    if seed is not None:  # a private generator: reproducible, and the caller's RNG stream is left alone
+        generator = torch.Generator(device=device).manual_seed(seed)
+
+    # 2. sample token by token with the KV cache; finished rows keep emitting pad, which the mask drops
+    logits, cache = _prefill(model, prompt_ids, prompt_mask, num_generations, P + max_completion_length)
+    prompt_ids = prompt_ids.repeat_interleave(num_generations, dim=0)  # (N, P), row b*G + g
+    prompt_mask = prompt_mask.repeat_interleave(num_generations, dim=0)
+    attention_mask = prompt_mask  # (N, P + t): grows by one column per step
+    next_position = prompt_mask.sum(dim=1, keepdim=True)  # (N, 1): positions count real tokens only
+    tokens, logps, entropies = [], [], []
+    finished = torch.zeros(N, dtype=torch.bool, device=device)
+    for t in range(max_completion_length):
+        logits = logits.float()
+        if greedy:
+            token = logits.argmax(dim=-1)  # (N,)
+        else:
+            logits = logits / temperature
+            probs = filter_logits(logits, top_k=top_k, top_p=top_p).softmax(dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
+        if return_logps:
+            # 4. (per step) the sampling policy's log-prob of its token, and its entropy
+            logp = torch.log_softmax(logits, dim=-1)  # (N, V)
+            logps.append(logp.gather(1, token.unsqueeze(1)).squeeze(1))
+            entropies.append(-(logp.exp() * logp).sum(dim=-1))
+        token = token.masked_fill(finished, pad)
+        tokens.append(token)
+        finished |= torch.isin(token, eos_ids)
+        if finished.all() or t == max_completion_length - 1:
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(N, 1)], dim=1)
+        logits = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, position_ids=next_position,
+                       past_key_values=cache, use_cache=True).logits[:, -1, :]
+        next_position = next_position + 1
     model.train(was_training)
-    P = prompt_ids.shape[1]
-    completion_ids = out.sequences[:, P:]  # (B*G, T)
+
+    completion_ids = torch.stack(tokens, dim=1)  # (N, T)
     # 3. keep tokens up to and including the first EOS; pad the rest
-    completion_mask = completion_mask_from_ids(completion_ids, eos)  # (B*G, T)
-    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
-    # 4. the sampling policy's log-probs of its own tokens (temperature-scaled, as sampled)
-    logps = None
+    completion_mask = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)  # (N, T)
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
+    per_token, entropy = None, None
     if return_logps:
-        logits = torch.stack(out.logits, dim=1).float()  # (B*G, T, V) raw logits
-        logps = selective_log_softmax(logits / (temperature if not greedy else 1.0), completion_ids)
-        logps = logps * completion_mask
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        per_token = torch.stack(logps, dim=1) * completion_mask  # (N, T)
+        entropy = torch.stack(entropies, dim=1) * completion_mask  # (N, T)
     return Rollout(
-        prompt_ids=prompt_ids.repeat_interleave(num_generations, dim=0),
-        prompt_mask=prompt_mask.repeat_interleave(num_generations, dim=0),
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
         completion_ids=completion_ids,
         completion_mask=completion_mask,
-        per_token_logps=logps,
-        texts=texts,
+        per_token_logps=per_token,
+        texts=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
         num_generations=num_generations,
+        entropies=entropy,
+        truncated=~finished,
     )

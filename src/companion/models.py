@@ -1,0 +1,250 @@
+"""One loader for every policy the book trains: the tiny local model, a local directory, or a hub model.
+
+The CPU world trains the shipped tiny model (``"tiny"``) in full precision. The GPU world loads
+``Qwen/Qwen2.5-0.5B`` (or any causal LM on the hub) quantised to 4 bits (``BitsAndBytesConfig``, nf4) and
+trains LoRA adapters (peft ``LoraConfig``) on its attention and MLP projections. Both go through
+:func:`load_policy`, so the trainer never knows which world it is in.
+
+Decisions, and why:
+
+* **No silent downloads, no hangs.** A hub name is tried only when the hub answers within a few seconds
+  (or the model is already in the local cache); otherwise :func:`load_policy` fails at once and says how to
+  pass a local directory instead.
+* **4-bit needs LoRA.** Quantised weights cannot take gradient steps, so ``load_in_4bit`` without ``lora``
+  is refused rather than training nothing.
+* **The reference policy of LoRA is free.** With adapters, π_ref is the base with adapters disabled
+  (``model.disable_adapter()``, see :func:`is_lora`), so a KL penalty needs no second copy of the model.
+* **A trained policy reloads by path.** :func:`save_policy` writes the full model, or only the adapters
+  plus a note of the base they sit on; :func:`load_policy` on that directory rebuilds the same policy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The Qwen2 / Llama projection layers that receive adapters: all attention and MLP matrices."""
+
+POLICY_FILE = "companion_policy.json"
+"""Written next to saved adapters: which base model (and quantisation) they were trained on."""
+
+class HubUnreachableError(OSError):
+    """A hub model was asked for, but the hub cannot be reached and the model is not cached locally."""
+
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters on every projection (the QLoRA recipe). Defaults follow common Qwen2.5 LoRA recipes."""
+
+    r: int = field(default=16, metadata={"help": "rank of each adapter"})
+    alpha: int = field(default=32, metadata={"help": "scaling numerator: the update is (alpha / r) * B @ A"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})
+    target_modules: tuple[str, ...] = field(default=LORA_TARGET_MODULES, metadata={"help": "modules that get adapters"})
+
+    def __post_init__(self):
+        if self.r < 1 or self.alpha <= 0:
+            raise ValueError(f"LoRA needs r >= 1 and alpha > 0; got r={self.r}, alpha={self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1); got {self.dropout}")
+        if not self.target_modules:
+            raise ValueError("LoRA needs at least one target module, e.g. q_proj")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when there is a GPU, else CPU; anything else is passed to ``torch.device``.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no GPU is visible: use device='cpu' (or 'auto')")
+    return device
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """float32 on CPU (bf16 matmuls are slow there); bf16 on a GPU that has it, else fp16 (a Colab T4)."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _hub_reachable(timeout: float) -> bool:
+    """Whether the hub's host accepts a TCP connection within ``timeout`` s (DNS included, so never hangs)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = re.sub(r"^https?://", "", constants.ENDPOINT).split("/")[0]
+    result: list[bool] = []
+
+    def connect():
+        import socket
+
+        try:
+            socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=connect, daemon=True)  # getaddrinfo ignores socket timeouts
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
+
+
+def _load_pretrained(source: str, *, local_only: bool, quantization_config, dtype: torch.dtype, device: torch.device):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(local_files_only=local_only, dtype=dtype)
+    if quantization_config is not None:
+        kwargs.update(quantization_config=quantization_config, device_map={"": str(device)})
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    if quantization_config is None:
+        model = model.to(device)
+    return model, tokenizer
+
+
+def _tiny_dir() -> Path:
+    from companion import tiny
+
+    return Path(tiny.SHIPPED_DIR)
+
+
+def load_policy(
+    name_or_path: str = "tiny",
+    *,
+    load_in_4bit: bool = False,
+    lora: LoraSettings | None = None,
+    device: str | torch.device = "auto",
+    dtype: torch.dtype | None = None,
+    hub_timeout: float = 5.0,
+):
+    """Load a causal LM and its tokenizer as a trainable policy. Returns ``(model, tokenizer)``.
+
+    Args:
+        name_or_path: ``"tiny"`` (the shipped tiny base model), a local directory (a ``save_pretrained``
+            model, or one written by :func:`save_policy`), or a hub name such as ``"Qwen/Qwen2.5-0.5B"``.
+        load_in_4bit: quantise the linear layers to 4-bit nf4 with bitsandbytes (needs ``lora``).
+        lora: train LoRA adapters with these settings instead of every parameter.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        dtype: weight (and 4-bit compute) dtype; default float32 on CPU, bf16/fp16 on a GPU.
+        hub_timeout: seconds to wait for the hub before failing (hub names only).
+    """
+    device = resolve_device(device)
+    dtype = dtype or default_dtype(device)
+    saved = Path(name_or_path).expanduser() / POLICY_FILE
+    if saved.is_file():  # adapters written by save_policy: rebuild their base, then put them back on
+        if lora is not None:
+            raise ValueError(f"{saved.parent} already holds LoRA adapters: load it without lora (they stay trainable)")
+        from peft import PeftModel
+
+        meta = json.loads(saved.read_text())
+        load_in_4bit = load_in_4bit or meta.get("load_in_4bit", False)
+        model, tokenizer = _load_base(meta["base"], load_in_4bit=load_in_4bit, device=device, dtype=dtype,
+                                      hub_timeout=hub_timeout)
+        if load_in_4bit:
+            model = _prepare_4bit(model)
+        model = PeftModel.from_pretrained(model, str(saved.parent), is_trainable=True)
+        return model, tokenizer
+    if load_in_4bit and lora is None:
+        raise ValueError("4-bit weights cannot be trained: pass lora=LoraSettings() (--lora) with load_in_4bit")
+    model, tokenizer = _load_base(name_or_path, load_in_4bit=load_in_4bit, device=device, dtype=dtype,
+                                  hub_timeout=hub_timeout)
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        if load_in_4bit:
+            model = _prepare_4bit(model)
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+        model = get_peft_model(model, config)
+    return model, tokenizer
+
+
+def _prepare_4bit(model):
+    from peft import prepare_model_for_kbit_training
+
+    # Freezes the base, upcasts norms to float32 and makes the input embeddings carry gradients, so the
+    # adapters of the first layer get them too. Gradient checkpointing stays off: it fights generate's cache.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def _load_base(name_or_path: str, *, load_in_4bit: bool, device: torch.device, dtype: torch.dtype, hub_timeout: float):
+    """The base model and tokenizer, before any adapters."""
+    quantization_config = None
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                 bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
+    path = Path(name_or_path).expanduser()
+    if name_or_path == "tiny" and not path.is_dir():
+        if load_in_4bit:  # quantisation happens while loading, so go through the shipped directory
+            model, tokenizer = _load_pretrained(str(_tiny_dir()), local_only=True,
+                                                quantization_config=quantization_config, dtype=dtype, device=device)
+        else:
+            from companion.tiny import load_tiny
+
+            model, tokenizer = load_tiny()
+            model = model.to(device=device, dtype=dtype)
+    elif path.is_dir():
+        if not (path / "config.json").exists():
+            raise ValueError(f"{path} is a directory but holds no model (no config.json): pass a save_pretrained "
+                             "directory, 'tiny', or a hub name like Qwen/Qwen2.5-0.5B")
+        model, tokenizer = _load_pretrained(str(path), local_only=True, quantization_config=quantization_config,
+                                            dtype=dtype, device=device)
+    elif _HUB_NAME.match(name_or_path):
+        reachable = _hub_reachable(hub_timeout)
+        try:
+            model, tokenizer = _load_pretrained(name_or_path, local_only=not reachable,
+                                                quantization_config=quantization_config, dtype=dtype, device=device)
+        except OSError as err:
+            if reachable:
+                raise
+            raise HubUnreachableError(
+                f"cannot load {name_or_path!r}: the Hugging Face hub is unreachable from here (or HF_HUB_OFFLINE is "
+                "set) and the model is not in the local cache. Download it where there is a network "
+                f"(`huggingface-cli download {name_or_path} --local-dir DIR`) and pass DIR instead, or use 'tiny'."
+            ) from err
+    else:
+        raise ValueError(f"{name_or_path!r} is neither 'tiny', an existing directory, nor a hub name like "
+                         "'Qwen/Qwen2.5-0.5B'")
+    if tokenizer.pad_token_id is None:  # Llama-style tokenizers ship without one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def is_lora(model) -> bool:
+    """Whether ``model`` carries peft adapters (so its reference policy is the base with them disabled)."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def trainable_state_dict(model) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (all of them, or only the adapters), by name, detached."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_policy(model, tokenizer, path: str | Path, *, base: str | None = None, load_in_4bit: bool = False) -> Path:
+    """Save a policy so :func:`load_policy` can rebuild it: the full model, or adapters plus their base."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    if is_lora(model):
+        if base is None:
+            raise ValueError("saving adapters needs base= (the name or path load_policy loaded the base from)")
+        (path / POLICY_FILE).write_text(json.dumps({"base": base, "load_in_4bit": load_in_4bit}, indent=2) + "\n")
+    return path

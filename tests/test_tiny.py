@@ -53,3 +53,82 @@ def test_random_tiny_policy_fixture_generates_with_left_padding(tiny_policy):
 def test_fixture_directory_loads_with_auto_classes(tiny_policy_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
     assert model.config.model_type == "qwen2" and model.config.eos_token_id == AutoTokenizer.from_pretrained(tiny_policy_dir).eos_token_id
+
+
+# --- traces ----------------------------------------------------------------------------------------------
+
+import random  # noqa: E402
+
+from companion import traces  # noqa: E402
+from companion.tasks import get_task  # noqa: E402
+from companion.traces import Noise  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def train_problems():
+    return {task: get_task(task).generate(150, seed=3, split="train") for task in traces.TASKS}
+
+
+def _accuracy(task, problems, noise, seed=0):
+    spec = get_task(task)
+    pairs = traces.examples(task, problems, seed=seed, noise=noise)
+    return sum(spec.reward(c, p) == 1.0 for (_, c), p in zip(pairs, problems)) / len(problems)
+
+
+@pytest.mark.parametrize("task", traces.TASKS)
+def test_clean_traces_are_always_right_and_in_the_alphabet(task, train_problems):
+    assert _accuracy(task, train_problems[task], noise=None) == 1.0
+    tok = build_tokenizer()
+    for prompt, completion in traces.examples(task, train_problems[task], noise=None):
+        assert prompt.endswith("<think>") and completion.count("</think>") == 1 and completion.endswith("</answer>")
+        assert tok.unk_token_id not in tok(prompt + completion)["input_ids"]
+
+
+@pytest.mark.parametrize("task", traces.TASKS)
+def test_noisy_traces_are_right_sometimes_and_reproducible(task, train_problems):
+    problems = train_problems[task]
+    accuracy = _accuracy(task, problems, Noise())
+    assert 0.3 < accuracy < 0.9
+    assert traces.examples(task, problems, seed=5) == traces.examples(task, problems, seed=5)
+    assert traces.examples(task, problems, seed=5) != traces.examples(task, problems, seed=6)
+    tok = build_tokenizer()
+    for prompt, completion in traces.examples(task, problems):
+        assert completion.count("</think>") == 1 and completion.endswith("</answer>")
+        assert tok.unk_token_id not in tok(completion)["input_ids"]
+
+
+def test_noise_knobs_move_accuracy_and_length(train_problems):
+    cd, words = train_problems["countdown"], train_problems["tinygsm"]
+    # A solver that always follows a solution and never slips is the exact solver.
+    assert _accuracy("countdown", cd, Noise(guided=1.0, slip=0.0)) == 1.0
+    assert _accuracy("tinygsm", words, Noise(wrong_op=0.0, slip=0.0)) == 1.0
+    # Without intuition, one blind attempt rarely hits.
+    assert _accuracy("countdown", cd, Noise(guided=0.0, max_attempts=1)) < 0.15
+    # A slip on every step makes every one-step word problem wrong ...
+    one_step = [p for p in words if len(p["steps"]) == 1]
+    assert one_step and _accuracy("tinygsm", one_step, Noise(slip=1.0)) == 0.0
+    # ... and a wrong result is carried into the next step, whichever operand it is.
+    for steps in ([(3, "*", 4, 12), (12, "+", 5, 17)], [(3, "*", 4, 12), (20, "-", 12, 8)]):
+        problem = {"question": "", "steps": steps, "numbers": [3, 4, steps[1][0] if steps[1][0] != 12 else 5]}
+        first, second = traces.tinygsm_trace(problem, random.Random(0), Noise(slip=1.0, wrong_op=0.0)).split("\n")[1:3]
+        slipped = first.split("=")[1]
+        assert slipped != "12" and slipped in second.split("=")[0].replace("+", " ").replace("-", " ").split()
+    short = traces.examples("countdown", cd, noise=Noise(max_attempts=1, guided=0.0))
+    long = traces.examples("countdown", cd, noise=Noise(max_attempts=8, guided=0.0))
+    assert sum(len(c) for _, c in long) > 2 * sum(len(c) for _, c in short)
+
+
+def test_noisy_traces_vary_in_length(train_problems):
+    lengths = [len(c) for _, c in traces.examples("countdown", train_problems["countdown"])]
+    assert max(lengths) > 2.5 * min(lengths)
+
+
+def test_bad_noise_and_unknown_tasks_say_what_to_change():
+    with pytest.raises(ValueError, match="probability"):
+        Noise(slip=1.5)
+    with pytest.raises(ValueError, match="at least 1"):
+        Noise(max_attempts=0)
+    with pytest.raises(ValueError, match="countdown, tinygsm"):
+        traces.noisy_trace("gsm8k", {}, random.Random(0))
+    with pytest.raises(ValueError, match="no solution"):
+        traces.clean_trace("countdown", {"numbers": [1, 1, 1], "target": 100})

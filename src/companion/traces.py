@@ -1,0 +1,279 @@
+"""Reasoning traces for pretraining: a *noisy* solver (the base model's teacher) and the exact one.
+
+A trace is the completion that follows a base prompt (:func:`companion.tasks.prompts.format_prompt`,
+which ends with ``<think>``): the thinking, ``</think>``, then ``<answer>...</answer>``. The tiny base
+model is pretrained on noisy traces, so at temperature 1 it behaves like the noisy solver it imitates: right
+sometimes, wrong often, with a varied number of attempts. The exact solver's clean traces, in the same
+format, are the "stronger teacher" a later chapter distils from.
+
+**Countdown.** Each line is one attempt: steps that combine two of the values left, until one value
+remains, then ``yes`` or ``no`` against the target. A step whose result is negative or fractional is
+abandoned (``drop``). An attempt follows a known solution with probability ``guided`` (the solver's
+"intuition") and otherwise picks each step at random; any step may slip (a wrong result, believed).
+The solver stops at its first ``yes`` or after a budget of attempts drawn uniformly from
+``1..max_attempts``, then answers with the attempt it believes hit, or else its closest one::
+
+    <think>
+    13*2=26, 26+1=27, no
+    13+1=14, 14*2=28, yes
+    </think>
+    <answer>(13+1)*2</answer>
+
+**Word problems** (:mod:`companion.tasks.tinygsm`). One line per step of the worked solution; each step
+picks a wrong operation with probability ``wrong_op``; a wrong step is noticed and abandoned
+(``, no``) with probability ``notice`` (always when its result is not a whole number) and the solver tries
+again, otherwise it is kept and carried into the next steps. Any step may slip.
+
+>>> import random
+>>> problem = {"numbers": [13, 2, 1], "target": 28}
+>>> print(countdown_clean_trace(problem, random.Random(0)))
+<BLANKLINE>
+13+1=14, 14*2=28, yes
+</think>
+<answer>(13+1)*2</answer>
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from companion.tasks import countdown, prompts
+
+TASKS = ("countdown", "tinygsm")
+"""The tasks with a noisy and an exact solver here (GSM8K has no solver: it is the GPU world's task)."""
+
+_OPS = ("+", "-", "*", "/")
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The noisy solver's knobs: how often it is right, and how long its traces are."""
+
+    max_attempts: int = field(default=5, metadata={"help": "countdown: attempt budget drawn uniformly from 1..max_attempts"})
+    guided: float = field(default=0.3, metadata={"help": "countdown: chance an attempt follows a known solution"})
+    slip: float = field(default=0.03, metadata={"help": "chance a step's result is miscalculated (and believed)"})
+    wrong_op: float = field(default=0.4, metadata={"help": "word problems: chance a step picks a wrong operation"})
+    notice: float = field(default=0.5, metadata={"help": "word problems: chance a wrong operation is noticed and retried"})
+
+    def __post_init__(self):
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        for name in ("guided", "slip", "wrong_op", "notice"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a probability and must be in [0, 1], got {value}")
+        if self.wrong_op == 1.0 and self.notice == 1.0:
+            raise ValueError("wrong_op=1 with notice=1 never accepts a step: lower one of them")
+
+
+def _fmt(x) -> str:
+    return countdown.format_number(Fraction(x))
+
+
+def _plain(x: Fraction) -> bool:
+    return x.denominator == 1 and x >= 0
+
+
+def _slip(value: Fraction, rng: random.Random, p: float) -> Fraction:
+    """``value``, or with probability ``p`` a nearby wrong one (off by 1, 2 or 10), never negative."""
+    if rng.random() >= p:
+        return value
+    wrong = value + rng.choice((-10, -2, -1, 1, 2, 10))
+    return wrong if wrong >= 0 else value + 1
+
+
+def _operand(expr: str, compound: bool) -> str:
+    return f"({expr})" if compound else expr
+
+
+def _ending(answer: str) -> str:
+    return f"</think>\n<answer>{answer}</answer>"
+
+
+# --- Countdown --------------------------------------------------------------------------------------------
+
+
+def _attempt(numbers, path, rng: random.Random, noise: Noise):
+    """One attempt: ``(line, value, expression)``; ``value`` is ``None`` when the attempt was dropped.
+
+    ``path`` is a known solution's steps to replay, or ``None`` to pick steps at random. Values are
+    ``(value, expression, compound)`` triples; a step's result takes its first operand's place.
+    """
+    items = [(Fraction(v), str(v), False) for v in numbers]
+    exact = [Fraction(v) for v in numbers]  # the values without slips, to find a replayed step's operands
+    texts = []
+    for k in range(len(numbers) - 1):
+        if path is not None:
+            step = path[k]
+            i = exact.index(step.a)
+            j = next(n for n, v in enumerate(exact) if v == step.b and n != i)
+            op = step.op
+            exact = [step.result if n == i else v for n, v in enumerate(exact) if n != j]
+        else:
+            i, j = rng.sample(range(len(items)), 2)
+            op = rng.choice(_OPS)
+        (a, ea, ca), (b, eb, cb) = items[i], items[j]
+        value = countdown.apply_op(a, op, b)
+        if value is None or not _plain(value):
+            shown = "?" if value is None else _fmt(value)
+            texts.append(f"{_fmt(a)}{op}{_fmt(b)}={shown}, drop")
+            return ", ".join(texts), None, None
+        value = _slip(value, rng, noise.slip)
+        texts.append(f"{_fmt(a)}{op}{_fmt(b)}={_fmt(value)}")
+        merged = (value, f"{_operand(ea, ca)}{op}{_operand(eb, cb)}", True)
+        items = [merged if n == i else it for n, it in enumerate(items) if n != j]
+    value, expr, _ = items[0]
+    return ", ".join(texts), value, expr
+
+
+def _solution_paths(numbers, target) -> list:
+    paths = list(countdown.solution_steps(numbers, target, integer_only=True))
+    return paths or list(countdown.solution_steps(numbers, target))
+
+
+def countdown_trace(problem: dict, rng: random.Random, noise: Noise = Noise()) -> str:
+    """A noisy solver's trace for one Countdown problem (the text after the prompt's ``<think>``).
+
+    >>> print(countdown_trace({"numbers": [13, 2, 1], "target": 28}, random.Random(9)))
+    <BLANKLINE>
+    2-13=-11, drop
+    13/2=13/2, drop
+    13+2=15, 15/1=15, no
+    13+1=14, 14*2=28, yes
+    </think>
+    <answer>(13+1)*2</answer>
+    """
+    numbers, target = problem["numbers"], problem["target"]
+    paths = _solution_paths(numbers, target) if noise.guided > 0 else []
+    lines, best = [], None  # best: (distance to target, expression) over completed attempts
+    for _ in range(rng.randint(1, noise.max_attempts)):
+        path = rng.choice(paths) if paths and rng.random() < noise.guided else None
+        text, value, expr = _attempt(numbers, path, rng, noise)
+        if value is None:
+            lines.append(text)
+            continue
+        hit = value == target
+        lines.append(f"{text}, {'yes' if hit else 'no'}")
+        if hit:
+            return "\n" + "\n".join(lines) + "\n" + _ending(expr)
+        if best is None or abs(value - target) < best[0]:
+            best = (abs(value - target), expr)
+    # No attempt believed a hit: answer the closest one (a guess), or every number added up.
+    answer = best[1] if best else "+".join(map(str, numbers))
+    return "\n" + "\n".join(lines) + "\n" + _ending(answer)
+
+
+def countdown_clean_trace(problem: dict, rng: random.Random | None = None) -> str:
+    """The exact solver's trace: one attempt along a solution (a random one when ``rng`` is given).
+
+    Raises ``ValueError`` for an unsolvable problem.
+    """
+    paths = _solution_paths(problem["numbers"], problem["target"])
+    if not paths:
+        raise ValueError(f"{problem} has no solution; the exact solver needs a solvable problem")
+    path = rng.choice(paths) if rng is not None else paths[0]
+    text, _, expr = _attempt(problem["numbers"], path, random.Random(0), Noise(slip=0.0))
+    return f"\n{text}, yes\n" + _ending(expr)
+
+
+# --- word problems ----------------------------------------------------------------------------------------
+
+
+def _chain(problem: dict):
+    """The worked solution's steps with, for each step after the first, which operand (0 or 1) is the
+    previous step's result (``None`` when neither is): a wrong result must flow into the next step."""
+    steps, numbers = problem["steps"], set(problem["numbers"])
+    out = []
+    for k, (a, op, b, r) in enumerate(steps):
+        carried = None
+        if k > 0:
+            prev = steps[k - 1][3]
+            # Prefer the operand that is not also one of the question's own numbers.
+            candidates = [n for n, x in enumerate((a, b)) if x == prev]
+            carried = next((n for n in candidates if (a, b)[n] not in numbers), candidates[-1] if candidates else None)
+        out.append((a, op, b, carried))
+    return out
+
+
+def tinygsm_trace(problem: dict, rng: random.Random, noise: Noise = Noise()) -> str:
+    """A noisy solver's trace for one templated word problem.
+
+    >>> p = {"question": "...", "steps": [(3, "*", 4, 12), (12, "+", 5, 17)], "numbers": [3, 4, 5]}
+    >>> print(tinygsm_trace(p, random.Random(1)))
+    <BLANKLINE>
+    3+4=7, no
+    3*4=12
+    12+5=17
+    </think>
+    <answer>17</answer>
+    """
+    lines, previous = [], None
+    for a, op, b, carried in _chain(problem):
+        operands = [Fraction(a), Fraction(b)]
+        if carried is not None:
+            operands[carried] = previous
+        x, y = operands
+        while True:
+            chosen = rng.choice([o for o in _OPS if o != op]) if rng.random() < noise.wrong_op else op
+            value = countdown.apply_op(x, chosen, y)
+            if chosen != op and (value is None or not _plain(value) or rng.random() < noise.notice):
+                lines.append(f"{_fmt(x)}{chosen}{_fmt(y)}={'?' if value is None else _fmt(value)}, no")
+                continue
+            break
+        previous = _slip(value, rng, noise.slip) if _plain(value) else value
+        lines.append(f"{_fmt(x)}{chosen}{_fmt(y)}={_fmt(previous)}")
+    return "\n" + "\n".join(lines) + "\n" + _ending(_fmt(previous))
+
+
+def tinygsm_clean_trace(problem: dict, rng: random.Random | None = None) -> str:
+    """The exact solver's trace: the worked solution's steps, then the answer."""
+    lines = [f"{a}{op}{b}={r}" for a, op, b, r in problem["steps"]]
+    return "\n" + "\n".join(lines) + "\n" + _ending(str(problem["steps"][-1][3]))
+
+
+# --- by task name ----------------------------------------------------------------------------------------
+
+_NOISY = {"countdown": countdown_trace, "tinygsm": tinygsm_trace}
+_CLEAN = {"countdown": countdown_clean_trace, "tinygsm": tinygsm_clean_trace}
+
+
+def _check_task(task: str) -> None:
+    if task not in _NOISY:
+        raise ValueError(f"no solver traces for task {task!r}; use one of {', '.join(TASKS)}")
+
+
+def noisy_trace(task: str, problem: dict, rng: random.Random, noise: Noise = Noise()) -> str:
+    """The noisy solver's trace for ``problem`` of ``task`` ("countdown" or "tinygsm")."""
+    _check_task(task)
+    return _NOISY[task](problem, rng, noise)
+
+
+def clean_trace(task: str, problem: dict, rng: random.Random | None = None) -> str:
+    """The exact solver's trace for ``problem`` of ``task``: the stronger teacher."""
+    _check_task(task)
+    return _CLEAN[task](problem, rng)
+
+
+def examples(task: str, problems: list[dict], *, seed: int = 0, noise: Noise | None = Noise()) -> list[tuple[str, str]]:
+    """``(prompt, completion)`` pairs in the base template: noisy traces, or clean ones with ``noise=None``.
+
+    >>> pairs = examples("tinygsm", [{"question": "Ann has 3 cards and gets 4 more. How many cards?",
+    ...                               "steps": [(3, "+", 4, 7)], "numbers": [3, 4]}], noise=None)
+    >>> print(pairs[0][0] + pairs[0][1])
+    Ann has 3 cards and gets 4 more. How many cards?
+    Answer with a number in <answer></answer>.
+    <think>
+    3+4=7
+    </think>
+    <answer>7</answer>
+    """
+    _check_task(task)
+    rng = random.Random(seed)
+    pairs = []
+    for problem in problems:
+        prompt = prompts.format_prompt(task, problem, style="base")
+        completion = clean_trace(task, problem, rng) if noise is None else noisy_trace(task, problem, rng, noise)
+        pairs.append((prompt, completion))
+    return pairs

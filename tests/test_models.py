@@ -12,6 +12,15 @@ from companion.models import HubUnreachableError, LoraSettings, is_lora, load_po
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A tiny model gains nothing from a second thread and loses a lot when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _logits(model):
     model.eval()
     with torch.no_grad():

@@ -10,6 +10,15 @@ from companion.rollout import filter_logits, generate, per_token_logps
 PROMPTS = ["3+5=", "Using the numbers [13, 14, 2], make 12", "x"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A tiny model gains nothing from a second thread and loses a lot when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _hf_generate(model, tokenizer, prompts, num_generations, **kwargs):
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     ids = enc["input_ids"].repeat_interleave(num_generations, 0)

@@ -118,9 +118,9 @@ def _load_pretrained(source: str, *, local_only: bool, quantization_config, dtyp
 
 
 def _tiny_dir() -> Path:
-    from companion import tiny
+    from companion.tiny import tiny_dir
 
-    return Path(tiny.SHIPPED_DIR)
+    return tiny_dir()
 
 
 def load_policy(

@@ -1,0 +1,680 @@
+"""The one training loop: 1. sample → 2. verify → 3. weight → 4. update, for every algorithm of the book.
+
+GRPO, Dr. GRPO, F-ISFT+ and F-ISFT± differ only in phase 3 (how rewards become per-sample weights,
+:func:`companion.objectives.advantages`) and in the length normaliser of the loss
+(:func:`companion.objectives.policy_loss`); everything else is this file, read top to bottom:
+
+* :class:`TrainConfig` — every knob, with a default for the CPU world and a help string (``--help`` is
+  generated from it);
+* :func:`train` — the loop, with its four numbered phases, held-out evaluation every ``eval_every`` steps,
+  a metrics record per step in ``metrics.jsonl``, a checkpoint every ``save_every`` steps and exact resume;
+* :func:`main` — ``companion train ...`` on the command line.
+
+A run directory holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON record per step,
+append-only), ``checkpoint.pt`` (the last checkpoint: trainable weights, optimizer, scheduler, RNG states,
+step and data position) and, at the end, ``policy/`` (the trained model or adapters, loadable with
+:func:`companion.models.load_policy`).
+
+Decisions, and why:
+
+* **One sampled batch, μ updates.** A step samples ``prompts_per_step`` × ``num_generations`` completions
+  and takes ``num_iterations`` (μ) optimizer steps on them. π_old is the policy that sampled, and before the
+  first update it *is* the current policy, so its log-probs are the first update's forward pass, detached:
+  no extra forward, and ρ = 1 exactly on the first update (TRL computes them with an extra pass).
+* **Only rows with a weight are run.** Without a KL penalty (β = 0) a completion whose weight is 0 adds
+  exactly 0 to the loss, so the update skips it; the loss is rescaled so that its value and gradient are
+  those of the full batch (:func:`batch_share`). The same rescaling makes ``micro_batch_size`` (for GPU
+  memory) change nothing but memory. The G completions of a prompt share one forward pass of the prompt
+  (:func:`companion.rollout.per_token_logps`).
+* **Resume is exact.** N steps straight and N/2 + resume + N/2 give the same ``metrics.jsonl``, bit for bit
+  on a CPU, timings aside (``tests/test_trainer.py``): the checkpoint holds every RNG state and the data
+  position, evaluation samples with its own seed, and the problem order is a pure function of the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from companion.config import add_dataclass_arguments, config_from_args, load_config, save_config
+from companion.objectives import ALGORITHMS, NORMALIZERS, STD_KINDS, advantages, policy_loss, zero_spread_groups
+from companion.rollout import Rollout, encode_prompts, generate, per_token_logps
+
+SCHEDULERS = ("constant", "linear", "cosine")
+
+TIMING_METRICS = ("step_time", "time_generate", "time_verify", "time_reference", "time_forward", "time_backward",
+                  "time_eval", "gen_tokens_per_s", "tokens_per_s")
+"""Metrics that measure the machine, not the run: the only fields that differ between identical runs."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run. Defaults are the CPU world: the tiny model on Countdown."""
+
+    # what to train
+    algo: str = field(default="grpo", metadata={"help": "weighting rule: " + ", ".join(ALGORITHMS), "choices": tuple(ALGORITHMS)})
+    task: str = field(default="countdown", metadata={"help": "task to train on: countdown, tinygsm or gsm8k"})
+    model: str = field(default="tiny", metadata={"help": "'tiny', a local model directory, or a hub name like Qwen/Qwen2.5-0.5B"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters instead of every parameter"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "quantise the base to 4-bit nf4 (needs --lora)"})
+    device: str = field(default="auto", metadata={"help": "'auto' (a GPU if there is one), 'cpu' or 'cuda'"})
+    num_threads: int = field(default=0, metadata={"help": "torch CPU threads during the run (0 = leave as is); a tiny "
+                                                          "model on a busy machine is fastest with 1"})
+    # the run
+    out: str = field(default="runs/train", metadata={"help": "run directory: config, metrics.jsonl, checkpoint, policy"})
+    steps: int = field(default=50, metadata={"help": "training steps (each samples one batch)"})
+    seed: int = field(default=0, metadata={"help": "seed of the problem order, sampling and initialisation"})
+    train_problems: int = field(default=2000, metadata={"help": "size of the training pool, reshuffled every epoch"})
+    # 1. sample
+    prompts_per_step: int = field(default=8, metadata={"help": "distinct problems per step"})
+    num_generations: int = field(default=8, metadata={"help": "completions sampled per problem (G)"})
+    max_completion_length: int = field(default=200, metadata={"help": "longest completion, in tokens"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1 = off)"})
+    # 3. weight
+    lam: float = field(default=1.0, metadata={"help": "fisft_pm: weight magnitude of a wrong completion"})
+    threshold: float = field(default=1.0, metadata={"help": "a completion is correct when its reward >= threshold"})
+    std: str = field(default="sample", metadata={"help": "grpo: group std with G-1 (sample, TRL) or G (population)", "choices": STD_KINDS})
+    # 4. update
+    normalizer: str | None = field(default=None, metadata={"help": "length normaliser (default: the algorithm's own)", "choices": NORMALIZERS})
+    beta: float = field(default=0.0, metadata={"help": "weight of the KL penalty to the reference (initial) policy"})
+    epsilon: float = field(default=0.2, metadata={"help": "clip range of the ratio: [1 - epsilon, 1 + epsilon]"})
+    num_iterations: int = field(default=1, metadata={"help": "optimizer updates per sampled batch (mu)"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    lr_scheduler: str = field(default="constant", metadata={"help": "learning-rate schedule after warmup", "choices": SCHEDULERS})
+    warmup_steps: int = field(default=0, metadata={"help": "updates of linear warmup from 0"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient to this global norm"})
+    micro_batch_size: int = field(default=0, metadata={"help": "completions per forward/backward pass; lower it to fit GPU memory (0 = all)"})
+    # evaluation, checkpoints
+    eval_every: int = field(default=10, metadata={"help": "evaluate on held-out problems every N steps (0 = never)"})
+    eval_problems: int = field(default=100, metadata={"help": "held-out (test split) problems per evaluation"})
+    eval_samples: int = field(default=4, metadata={"help": "sampled completions per held-out problem (greedy is one more)"})
+    save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
+
+    def __post_init__(self):
+        from companion.tasks import get_task
+
+        def need(ok: bool, message: str):
+            if not ok:
+                raise ValueError(message)
+
+        get_task(self.task)  # raises with the list of known tasks
+        need(self.algo in ALGORITHMS, f"unknown algo {self.algo!r}; choose one of {', '.join(ALGORITHMS)}")
+        need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        need(self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
+        need(self.num_generations >= 2, f"num_generations must be >= 2 (a group needs a reward spread), got {self.num_generations}")
+        need(self.max_completion_length >= 1, f"max_completion_length must be >= 1, got {self.max_completion_length}")
+        need(self.temperature > 0, f"temperature must be > 0 (greedy completions of a prompt are identical, so every "
+                                   f"group would have zero spread), got {self.temperature}")
+        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        need(self.lam >= 0, f"lam must be >= 0, got {self.lam}")
+        need(self.std in STD_KINDS, f"std must be one of {STD_KINDS}, got {self.std!r}")
+        need(self.normalizer is None or self.normalizer in NORMALIZERS,
+             f"normalizer must be one of {', '.join(NORMALIZERS)} (or unset for the algorithm's own), got {self.normalizer!r}")
+        need(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        need(self.epsilon >= 0, f"epsilon must be >= 0, got {self.epsilon}")
+        need(self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}")
+        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.lr_scheduler in SCHEDULERS, f"lr_scheduler must be one of {SCHEDULERS}, got {self.lr_scheduler!r}")
+        need(0 <= self.warmup_steps < self.total_updates,
+             f"warmup_steps must be in [0, steps * num_iterations = {self.total_updates}), got {self.warmup_steps}")
+        need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        need(self.micro_batch_size >= 0, f"micro_batch_size must be >= 0 (0 = the whole batch), got {self.micro_batch_size}")
+        need(self.train_problems >= self.prompts_per_step,
+             f"train_problems ({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})")
+        need(self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0 (0 turns them off)")
+        need(self.eval_problems >= 1 and self.eval_samples >= 1, "eval_problems and eval_samples must be >= 1")
+        need(self.lora_r >= 1 and self.lora_alpha > 0, f"need lora_r >= 1 and lora_alpha > 0, got {self.lora_r}, {self.lora_alpha}")
+        need(not self.load_in_4bit or self.lora, "4-bit weights cannot be trained: add --lora to --load-in-4bit")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        need(self.num_threads >= 0, f"num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
+        need(bool(self.out), "out must name a run directory")
+
+    @property
+    def loss_normalizer(self) -> str:
+        """The length normaliser in use: ``normalizer``, or the algorithm's default."""
+        return self.normalizer or ALGORITHMS[self.algo].normalizer
+
+    @property
+    def completions_per_step(self) -> int:
+        return self.prompts_per_step * self.num_generations
+
+    @property
+    def total_updates(self) -> int:
+        return self.steps * self.num_iterations
+
+
+class RunDirError(ValueError):
+    """The run directory does not fit the request (holds another run, or has nothing to resume)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient stopped being finite; training stopped before applying the bad update."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: where the run lives, its metric records, and the trained policy."""
+
+    out: Path
+    metrics: list[dict]
+    model: object
+    tokenizer: object
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces of the loop
+# --------------------------------------------------------------------------------------------------
+
+
+class ProblemStream:
+    """Training problems in a reproducible order: a fixed pool, reshuffled at every epoch.
+
+    ``position`` (problems handed out so far) is all a checkpoint needs to continue the same stream.
+
+    >>> stream = ProblemStream(["a", "b", "c"], seed=0)
+    >>> first = stream.take(2) + stream.take(2)
+    >>> again = ProblemStream(["a", "b", "c"], seed=0, position=2).take(2)
+    >>> first[2:] == again, stream.position
+    (True, 4)
+    """
+
+    def __init__(self, problems: list, *, seed: int, position: int = 0):
+        self.problems, self.seed, self.position = problems, seed, position
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.problems)))
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def take(self, n: int) -> list:
+        batch = []
+        for _ in range(n):
+            epoch, index = divmod(self.position, len(self.problems))
+            batch.append(self.problems[self._order(epoch)[index]])
+            self.position += 1
+        return batch
+
+
+def lr_factor(update: int, *, total: int, warmup: int, kind: str) -> float:
+    """Multiplier of the learning rate at optimizer update ``update`` (0-based): linear warmup, then a shape.
+
+    >>> [lr_factor(u, total=4, warmup=2, kind="linear") for u in range(4)]
+    [0.0, 0.5, 1.0, 0.5]
+    >>> lr_factor(3, total=4, warmup=0, kind="constant")
+    1.0
+    """
+    if update < warmup:
+        return update / warmup
+    progress = (update - warmup) / max(1, total - warmup)
+    if kind == "linear":
+        return 1.0 - progress
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def batch_share(normalizer: str, completion_mask: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor) -> float:
+    """The part of the full batch's loss denominator that ``rows`` carry.
+
+    :func:`companion.objectives.policy_loss` averages over the rows it is given; multiplied by this share, the
+    losses of disjoint row subsets add up to the loss of the whole batch (rows left out must add 0, i.e. have
+    weight 0 and no KL term). (N, T), (N,), (n,) -> float.
+
+    >>> mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]])
+    >>> w = torch.tensor([1., 0., -1., 0.])
+    >>> [round(batch_share(n, mask, w, torch.tensor([0, 2])), 4) for n in ("sequence", "token", "constant", "kept_token")]
+    [0.5, 0.7143, 0.5, 1.0]
+    """
+    if normalizer in ("sequence", "constant"):
+        return len(rows) / completion_mask.shape[0]
+    if normalizer == "token":
+        return (completion_mask[rows].sum() / completion_mask.sum().clamp(min=1)).item()
+    kept = completion_mask * (weights != 0).unsqueeze(1)  # kept_token
+    return (kept[rows].sum() / kept.sum().clamp(min=1)).item()
+
+
+def _mean(values: torch.Tensor) -> float | None:
+    return values.float().mean().item() if values.numel() else None
+
+
+def evaluate(model, tokenizer, task, problems: list, *, max_completion_length: int, temperature: float = 1.0,
+             top_p: float = 1.0, samples: int = 4, seed: int = 0, threshold: float = 1.0, batch_size: int = 32) -> dict:
+    """Accuracy on ``problems``: greedy (temperature 0) and sampled (``samples`` completions each).
+
+    Sampling uses its own seeded generator, so evaluating never moves the caller's random stream.
+    """
+    greedy, sampled, lengths = [], [], []
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start:start + batch_size]
+        prompts = [task.prompt(p) for p in chunk]
+        for n, temp, sink in ((1, 0.0, greedy), (samples, temperature, sampled)):
+            rollout = generate(model, tokenizer, prompts, num_generations=n, max_completion_length=max_completion_length,
+                               temperature=temp, top_p=top_p, seed=seed + start, return_logps=False)
+            sink.extend(task.reward(text, chunk[i // n]) for i, text in enumerate(rollout.texts))
+            if n == 1:
+                lengths.extend(rollout.lengths.tolist())
+    return {
+        "eval_accuracy_greedy": float(np.mean(np.array(greedy) >= threshold)),
+        "eval_accuracy_sampled": float(np.mean(np.array(sampled) >= threshold)),
+        "eval_reward_sampled": float(np.mean(sampled)),
+        "eval_length_greedy": float(np.mean(lengths)),
+    }
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, *, model, optimizer, scheduler, step: int, data_position: int) -> None:
+    """Everything exact resume needs, written atomically (a crash mid-write leaves the previous checkpoint)."""
+    from companion.models import trainable_state_dict
+
+    state = dict(step=step, data_position=data_position, model=trainable_state_dict(model),
+                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=_rng_state())
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns ``{"step", "data_position"}``."""
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are pickled
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    if set(state["model"]) != trainable:
+        raise RunDirError(f"{path} holds weights for other parameters than this model trains "
+                          "(full-parameter vs LoRA, or another model): resume with the run's own config")
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in state["model"].items():
+            params[name].copy_(value.to(device))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return {"step": state["step"], "data_position": state["data_position"]}
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "policy")
+
+
+def _prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a directory")
+    if resume:
+        if not (out / "config.json").exists() or not (out / "checkpoint.pt").exists():
+            raise RunDirError(f"nothing to resume in {out}: it needs config.json and checkpoint.pt "
+                              "(start a new run there with --overwrite)")
+        saved = load_config(TrainConfig, out / "config.json")
+        differ = sorted(f.name for f in dataclasses.fields(TrainConfig)
+                        if f.name != "steps" and getattr(saved, f.name) != getattr(config, f.name))
+        if differ:
+            raise RunDirError(f"{out} holds a run with a different config ({', '.join(differ)}); resume it with its own "
+                              "config (only --steps may change), or start a new run elsewhere")
+        return out
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise RunDirError(f"{out} already holds a run ({', '.join(existing)}): pass --resume {out} to continue it, "
+                          "--overwrite to replace it, or choose another --out")
+    for name in existing:  # only our own files: the directory may hold other things
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_record(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record, allow_nan=False) + "\n")
+
+
+def _check_context(tokenizer, model, task, problems: list, max_completion_length: int, what: str) -> None:
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit is None:
+        return
+    longest = max(encode_prompts(tokenizer, [task.prompt(p)], "cpu")[1].sum().item() for p in problems)
+    if longest + max_completion_length > limit:
+        raise ValueError(f"the longest {what} prompt is {longest} tokens; with max_completion_length="
+                         f"{max_completion_length} that exceeds the model's context of {limit} tokens: lower "
+                         "--max-completion-length or use shorter problems")
+
+
+def _policy(config: TrainConfig, model, tokenizer):
+    """The model to train: the one passed in, or the one ``config.model`` names."""
+    from companion.models import LoraSettings, load_policy
+
+    if model is None:
+        lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
+        return load_policy(config.model, load_in_4bit=config.load_in_4bit, lora=lora, device=config.device)
+    if tokenizer is None:
+        raise ValueError("train(model=...) needs its tokenizer too")
+    if config.device != "auto":
+        model = model.to(config.device)
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, *, model=None, tokenizer=None, resume: bool = False, overwrite: bool = False,
+          until_step: int | None = None, progress: bool = True) -> TrainResult:
+    """Train a policy with ``config`` and write the run to ``config.out``.
+
+    Args:
+        config: the run (see :class:`TrainConfig`).
+        model, tokenizer: a policy to train instead of loading ``config.model`` (the book passes its own).
+        resume: continue the run in ``config.out`` from its checkpoint.
+        overwrite: replace a run already in ``config.out`` (otherwise that is an error).
+        until_step: stop after this step, checkpointing it, as if interrupted; ``resume`` continues.
+        progress: show a tqdm bar.
+    """
+    threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    try:
+        return _train(config, model, tokenizer, resume=resume, overwrite=overwrite, until_step=until_step,
+                      progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bool, until_step: int | None,
+           progress: bool) -> TrainResult:
+    from companion.models import is_lora
+    from companion.tasks import get_task
+
+    out = _prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    save_config(config, out / "config.json")
+    metrics_path, checkpoint_path = out / "metrics.jsonl", out / "checkpoint.pt"
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    model, tokenizer = _policy(config, model, tokenizer)
+    device = next(model.parameters()).device
+    # With LoRA the reference is the base with adapters off; otherwise a frozen copy of the initial weights.
+    reference = None
+    if config.beta > 0 and not is_lora(model):
+        import copy
+
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+
+    task = get_task(config.task)
+    stream = ProblemStream(task.generate(config.train_problems, seed=config.seed, split="train"), seed=config.seed)
+    eval_set = task.generate(config.eval_problems, seed=0, split="test") if config.eval_every else []
+    _check_context(tokenizer, model, task, stream.problems + eval_set, config.max_completion_length, "training")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(
+        u, total=config.total_updates, warmup=config.warmup_steps, kind=config.lr_scheduler))
+
+    start = 0
+    if resume:
+        state = load_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler)
+        start, stream.position = state["step"], state["data_position"]
+        # Records after the checkpoint belong to the interrupted attempt; the resumed run writes them again.
+        kept = [r for r in _read_metrics(metrics_path) if r["step"] <= start]
+        metrics_path.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
+    elif config.eval_every:
+        _write_record(metrics_path, {"step": 0, **_evaluate(config, model, tokenizer, task, eval_set, step=0)})
+    last_saved = start if resume else None
+
+    G, normalizer = config.num_generations, config.loss_normalizer
+    stop = config.steps if until_step is None else min(until_step, config.steps)
+    bar = tqdm(total=config.steps, initial=start, desc=f"{config.algo} on {config.task}", disable=not progress)
+    model.train()
+    for step in range(start + 1, stop + 1):
+        t_step = time.perf_counter()
+        timing = dict.fromkeys(("time_reference", "time_forward", "time_backward", "time_eval"), 0.0)
+
+        # 1. sample: G completions for each of this step's problems, with the current policy
+        problems = stream.take(config.prompts_per_step)
+        t = time.perf_counter()
+        rollout = generate(model, tokenizer, [task.prompt(p) for p in problems], num_generations=G,
+                           max_completion_length=config.max_completion_length, temperature=config.temperature,
+                           top_p=config.top_p)
+        timing["time_generate"] = time.perf_counter() - t
+
+        # 2. verify: one reward per completion, from the task's verifier
+        t = time.perf_counter()
+        rewards = torch.tensor([task.reward(text, problems[i // G]) for i, text in enumerate(rollout.texts)])
+        timing["time_verify"] = time.perf_counter() - t
+
+        # 3. weight: the algorithm turns each group's rewards into per-completion weights
+        weights = advantages(rewards, G, algo=config.algo, lam=config.lam, threshold=config.threshold,
+                             std=config.std).to(device)  # (B*G,)
+
+        # 4. update: μ optimizer steps on the weighted log-likelihood of the batch (clipped, maybe KL-penalised)
+        update = _update(config, model, reference, optimizer, scheduler, params, rollout, weights, normalizer,
+                         timing, step=step, last_saved=last_saved, out=out)
+
+        record = {"step": step, **_rollout_metrics(rollout, rewards, G, config.threshold), **update,
+                  "lr": scheduler.get_last_lr()[0]}
+        if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+            t = time.perf_counter()
+            record.update(_evaluate(config, model, tokenizer, task, eval_set, step=step))
+            timing["time_eval"] = time.perf_counter() - t
+        tokens = rollout.completion_mask.sum().item()
+        timing["step_time"] = time.perf_counter() - t_step
+        timing["gen_tokens_per_s"] = tokens / timing["time_generate"]
+        timing["tokens_per_s"] = tokens / timing["step_time"]
+        record.update(timing)
+        _write_record(metrics_path, record)
+        if (config.save_every and step % config.save_every == 0) or step == stop:
+            save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                            data_position=stream.position)
+            last_saved = step
+        bar.update(1)
+        bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
+                        zero_spread=f"{record['frac_zero_spread']:.2f}")
+    bar.close()
+
+    if stop == config.steps:
+        from companion.models import save_policy
+
+        save_policy(model, tokenizer, out / "policy", base=config.model, load_in_4bit=config.load_in_4bit)
+    return TrainResult(out=out, metrics=_read_metrics(metrics_path), model=model, tokenizer=tokenizer)
+
+
+def _update(config, model, reference, optimizer, scheduler, params, rollout: Rollout, weights, normalizer, timing,
+            *, step: int, last_saved: int | None, out: Path) -> dict:
+    """Phase 4: ``num_iterations`` optimizer steps on one sampled batch. Returns the update's metrics."""
+    from companion.models import is_lora
+
+    mask = rollout.completion_mask  # (N, T)
+    # Without a KL term a zero-weight completion adds exactly 0: run only the others (all of them when β > 0).
+    rows = torch.arange(len(weights), device=weights.device)
+    if config.beta == 0:
+        rows = rows[weights != 0]
+    size = config.micro_batch_size or max(len(rows), 1)
+    chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
+    shares = [batch_share(normalizer, mask, weights, chunk) for chunk in chunks]
+
+    def inputs(chunk):
+        return (rollout.prompt_ids[chunk], rollout.prompt_mask[chunk], rollout.completion_ids[chunk], mask[chunk])
+
+    refs = [None] * len(chunks)
+    if config.beta > 0:
+        t = time.perf_counter()
+        with torch.no_grad():
+            for i, chunk in enumerate(chunks):
+                if reference is not None:
+                    refs[i] = per_token_logps(reference, *inputs(chunk), temperature=config.temperature)
+                elif is_lora(model):
+                    with model.disable_adapter():
+                        refs[i] = per_token_logps(model, *inputs(chunk), temperature=config.temperature)
+        timing["time_reference"] = time.perf_counter() - t
+
+    olds = [None] * len(chunks)  # π_old: the first iteration's log-probs, detached (the policy that sampled)
+    totals: dict[str, float] = {}
+    grad_norm = torch.tensor(0.0)
+    for iteration in range(config.num_iterations):
+        optimizer.zero_grad(set_to_none=False)  # an empty batch still steps AdamW with a zero gradient
+        loss_value, stats_sum = 0.0, {}
+        for i, chunk in enumerate(chunks):
+            t = time.perf_counter()
+            logps = per_token_logps(model, *inputs(chunk), temperature=config.temperature)  # (n, T)
+            if iteration == 0 and config.num_iterations > 1:
+                olds[i] = logps.detach()
+            loss, stats = policy_loss(logps, olds[i] if iteration else None, weights[chunk], mask[chunk],
+                                      epsilon=config.epsilon, beta=config.beta, ref_per_token_logps=refs[i],
+                                      normalizer=normalizer, max_completion_length=config.max_completion_length)
+            timing["time_forward"] += time.perf_counter() - t
+            if not torch.isfinite(loss):
+                _diverged(f"the loss is {loss.item()}", step=step, last_saved=last_saved, out=out, config=config)
+            t = time.perf_counter()
+            (loss * shares[i]).backward()
+            timing["time_backward"] += time.perf_counter() - t
+            loss_value += loss.item() * shares[i]
+            token_share = mask[chunk].sum().item() / max(mask[rows].sum().item(), 1)
+            for key, value in stats.items():
+                stats_sum[key] = stats_sum.get(key, 0.0) + value * token_share
+        t = time.perf_counter()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            _diverged(f"the gradient norm is {grad_norm.item()}", step=step, last_saved=last_saved, out=out, config=config)
+        optimizer.step()
+        scheduler.step()
+        timing["time_backward"] += time.perf_counter() - t
+        for key, value in {"loss": loss_value, **stats_sum}.items():
+            totals[key] = totals.get(key, 0.0) + value / config.num_iterations
+    return {**totals, "kl": totals.get("kl"), "grad_norm": grad_norm.item(),
+            "frac_weighted": (weights != 0).float().mean().item()}
+
+
+def _diverged(what: str, *, step: int, last_saved: int | None, out: Path, config: TrainConfig):
+    kept = (f"the last good checkpoint ({out / 'checkpoint.pt'}, step {last_saved}) is untouched; continue from it with "
+            f"`companion train --resume {out}`" if last_saved else "no checkpoint was saved yet")
+    raise TrainingDiverged(
+        f"step {step}: {what}, so training stopped before applying the update. {kept}. Try a lower --learning-rate "
+        f"(now {config.learning_rate}) or --max-grad-norm (now {config.max_grad_norm}).")
+
+
+def _rollout_metrics(rollout: Rollout, rewards: torch.Tensor, num_generations: int, threshold: float) -> dict:
+    """What the sampled batch says about the policy: reward, accuracy, lengths of right and wrong answers."""
+    correct = rewards >= threshold  # (N,)
+    lengths = rollout.lengths.cpu().float()  # (N,)
+    mask = rollout.completion_mask
+    return {
+        "reward": rewards.mean().item(),
+        "reward_std": rewards.std().item(),
+        "accuracy": correct.float().mean().item(),
+        "frac_zero_spread": zero_spread_groups(rewards, num_generations).float().mean().item(),
+        "length": lengths.mean().item(),
+        "length_correct": _mean(lengths[correct]),
+        "length_wrong": _mean(lengths[~correct]),
+        "frac_truncated": rollout.truncated.float().mean().item(),
+        "entropy": ((rollout.entropies * mask).sum() / mask.sum().clamp(min=1)).item(),
+    }
+
+
+def _evaluate(config: TrainConfig, model, tokenizer, task, problems, *, step: int) -> dict:
+    return evaluate(model, tokenizer, task, problems, max_completion_length=config.max_completion_length,
+                    temperature=config.temperature, top_p=config.top_p, samples=config.eval_samples,
+                    seed=config.seed * 1_000_003 + step, threshold=config.threshold)
+
+
+def read_metrics(out: str | Path) -> list[dict]:
+    """The per-step records of the run in ``out`` (``metrics.jsonl``), in order."""
+    return _read_metrics(Path(out) / "metrics.jsonl")
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="companion train",
+        description="Post-train a policy with grpo, dr_grpo, fisft_plus or fisft_pm: sample, verify, weight, update.",
+    )
+    add_dataclass_arguments(parser, TrainConfig)
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint (its config is "
+                                                        "reused; only --steps may change)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument("--until-step", type=int, metavar="N", help="stop after step N, checkpointing it, as if "
+                                                                    "interrupted (continue later with --resume)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Names of the options given on the command line (not left at their defaults)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.resume:
+            # The run's own config.json defines it; the command line may only extend it (--steps).
+            given = _explicit_options(build_parser(), argv) & {f.name for f in dataclasses.fields(TrainConfig)}
+            if given - {"steps"}:
+                flags = ", ".join("--" + name.replace("_", "-") for name in sorted(given - {"steps"}))
+                raise RunDirError(f"--resume reuses {args.resume}/config.json: drop {flags} (only --steps may change)")
+            saved = Path(args.resume) / "config.json"
+            if not saved.exists():
+                raise RunDirError(f"nothing to resume: {args.resume} holds no config.json")
+            changes = {"out": args.resume, **({"steps": args.steps} if "steps" in given else {})}
+            config = dataclasses.replace(load_config(TrainConfig, saved), **changes)
+        else:
+            config = config_from_args(TrainConfig, args)
+        if args.until_step is not None and args.until_step < 1:
+            raise ValueError(f"--until-step must be >= 1, got {args.until_step}")
+        result = train(config, resume=bool(args.resume), overwrite=args.overwrite, until_step=args.until_step,
+                       progress=not args.quiet)
+    except (ValueError, OSError, TrainingDiverged) as err:
+        print(f"companion train: error: {err}", file=sys.stderr)
+        return 1
+    last = result.metrics[-1] if result.metrics else {}
+    summary = ", ".join(f"{k}={last[k]:.3f}" for k in ("reward", "accuracy", "eval_accuracy_greedy")
+                        if last.get(k) is not None)
+    print(f"run in {result.out} (step {last.get('step', 0)} of {config.steps}{': ' + summary if summary else ''})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

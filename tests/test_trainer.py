@@ -1,0 +1,205 @@
+"""The training loop: config checks, exact resume, a few real steps per algorithm, divergence, run directories."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from companion.objectives import ALGORITHMS, NORMALIZERS, policy_loss
+from companion.trainer import (
+    TIMING_METRICS,
+    RunDirError,
+    TrainConfig,
+    TrainingDiverged,
+    batch_share,
+    read_metrics,
+    train,
+)
+
+# Small enough for seconds per run on two shared cores, big enough that groups have a reward spread.
+# One thread: a tiny model gains nothing from two, and loses a lot when the cores are shared.
+SMALL = dict(steps=2, prompts_per_step=4, num_generations=4, max_completion_length=48, train_problems=32,
+             eval_every=0, save_every=0, num_threads=1)
+
+
+def _run_config(tmp_path, name="run", **overrides) -> TrainConfig:
+    return TrainConfig(out=str(tmp_path / name), **{**SMALL, **overrides})
+
+
+def _comparable(records):
+    """Metric records without the wall-clock fields, the only ones that differ between identical runs."""
+    return [{k: v for k, v in r.items() if k not in TIMING_METRICS} for r in records]
+
+
+def _assert_finite_metrics(records):
+    for record in records:
+        for key, value in record.items():
+            if value is None:  # a batch without a correct (or a wrong) answer has no length for it; no KL at beta=0
+                assert key in ("length_correct", "length_wrong", "kl"), key
+            else:
+                assert math.isfinite(value), (key, value)
+
+
+@pytest.fixture
+def seven_reward(monkeypatch):
+    """A reward the random policy can earn (a completion containing '7'), so its groups have a spread.
+
+    Only for tests of the loop's mechanics on the random tiny policy; the real-steps tests use the real verifier.
+    """
+    from companion.tasks import CountdownTask
+
+    monkeypatch.setattr(CountdownTask, "reward", lambda self, completion, problem: float("7" in completion))
+
+
+# --- the config -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(algo="ppo"), "unknown algo 'ppo'"),
+    (dict(task="chess"), "unknown task 'chess'"),
+    (dict(num_generations=1), "num_generations must be >= 2"),
+    (dict(temperature=0.0), "temperature must be > 0"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(normalizer="median"), "normalizer must be one of"),
+    (dict(beta=-0.1), "beta must be >= 0"),
+    (dict(num_iterations=0), "num_iterations must be >= 1"),
+    (dict(learning_rate=0.0), "learning_rate must be > 0"),
+    (dict(warmup_steps=50, steps=10), "warmup_steps"),
+    (dict(load_in_4bit=True), "add --lora"),
+    (dict(train_problems=2, prompts_per_step=4), "train_problems"),
+    (dict(device="tpu"), "device"),
+])
+def test_invalid_configs_are_refused_with_a_message_saying_what_to_change(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**overrides)
+
+
+def test_every_field_has_a_help_string_and_the_defaults_are_valid():
+    config = TrainConfig()
+    assert all(f.metadata.get("help") for f in dataclasses.fields(TrainConfig))
+    assert config.loss_normalizer == ALGORITHMS[config.algo].normalizer
+    assert TrainConfig(algo="grpo", normalizer="constant").loss_normalizer == "constant"
+
+
+# --- the loss of a subset of rows -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("normalizer", NORMALIZERS)
+def test_row_subsets_scaled_by_batch_share_add_up_to_the_full_batch_loss_and_gradient(normalizer):
+    gen = torch.Generator().manual_seed(0)
+    N, T = 12, 7
+    logps = (-torch.rand(N, T, generator=gen) * 3).requires_grad_()
+    mask = (torch.arange(T) < torch.randint(1, T + 1, (N, 1), generator=gen)).long()
+    weights = torch.randn(N, generator=gen)
+    weights[[1, 4, 5, 9]] = 0.0  # zero-spread groups and filtered samples
+    kwargs = dict(normalizer=normalizer, max_completion_length=T, epsilon=0.2)
+    full, _ = policy_loss(logps, None, weights, mask, **kwargs)
+    (full_grad,) = torch.autograd.grad(full, logps)
+    kept = (weights != 0).nonzero().squeeze(1)
+    parts = [kept[:3], kept[3:]]  # micro-batches of the weighted rows only
+    total = sum(policy_loss(logps[rows], None, weights[rows], mask[rows], **kwargs)[0] * batch_share(normalizer, mask, weights, rows)
+                for rows in parts)
+    (grad,) = torch.autograd.grad(total, logps)
+    torch.testing.assert_close(total, full)
+    torch.testing.assert_close(grad, full_grad)
+
+
+# --- the loop on the random tiny policy -------------------------------------------------------------------
+
+
+def test_resume_is_exact_n_straight_equals_half_resume_half(tiny_policy_dir, tmp_path, seven_reward):
+    from companion.models import load_policy, trainable_state_dict
+
+    config = dict(steps=4, save_every=1, eval_every=2, eval_problems=4, eval_samples=2, model=str(tiny_policy_dir),
+                  lr_scheduler="linear", warmup_steps=1, num_iterations=2, device="cpu")
+    straight = train(_run_config(tmp_path, "straight", **config), progress=False)
+    halves = _run_config(tmp_path, "halves", **config)
+    first = train(halves, until_step=2, progress=False)
+    assert [r["step"] for r in first.metrics] == [0, 1, 2]
+    assert not (tmp_path / "halves" / "policy").exists()
+    resumed = train(halves, resume=True, progress=False)
+    # Bitwise on a CPU: every float is produced by the same operations on the same inputs in the same order.
+    assert _comparable(resumed.metrics) == _comparable(straight.metrics)
+    assert len(straight.metrics) == 5 and any(r.get("frac_weighted", 0) > 0 for r in straight.metrics)
+    a, b = trainable_state_dict(straight.model), trainable_state_dict(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    reloaded, _ = load_policy(str(tmp_path / "halves" / "policy"), device="cpu")
+    assert all(torch.equal(p, b[n]) for n, p in reloaded.named_parameters())
+
+
+def test_resume_drops_records_written_after_the_checkpoint(tiny_policy_dir, tmp_path, seven_reward):
+    config = _run_config(tmp_path, steps=3, save_every=2, model=str(tiny_policy_dir), device="cpu")
+    train(config, until_step=2, progress=False)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines + [json.dumps({**json.loads(lines[-1]), "step": 3})]) + "\n")  # a crash after step 3
+    result = train(config, resume=True, progress=False)
+    assert [r["step"] for r in result.metrics] == [1, 2, 3]
+
+
+def test_kl_to_the_reference_is_zero_before_the_first_update_and_logged(tiny_policy_dir, tmp_path, seven_reward):
+    for lora in (False, True):
+        result = train(_run_config(tmp_path, f"kl-{lora}", beta=0.1, lora=lora, lora_r=4, lora_alpha=8,
+                                   model=str(tiny_policy_dir), device="cpu", learning_rate=1e-2), progress=False)
+        kls = [r["kl"] for r in result.metrics]
+        assert kls[0] == 0.0 and kls[1] > 0.0, (lora, kls)
+
+
+def test_micro_batches_change_memory_not_the_update(tiny_policy_dir, tmp_path, seven_reward):
+    runs = [train(_run_config(tmp_path, f"mb{size}", micro_batch_size=size, model=str(tiny_policy_dir), device="cpu",
+                              algo="dr_grpo"), progress=False)
+            for size in (0, 3)]
+    whole, micro = (_comparable(r.metrics) for r in runs)
+    for a, b in zip(whole, micro):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == (b[key] if b[key] is None else pytest.approx(b[key], rel=1e-4, abs=1e-6)), key
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_policy, tmp_path, seven_reward):
+    model, tok = tiny_policy
+    config = _run_config(tmp_path, steps=4, save_every=1)
+    calls = {"training forwards": 0}
+
+    def poison(module, args, output):  # from the third training forward on, the logits are NaN
+        if torch.is_grad_enabled():
+            calls["training forwards"] += 1
+            if calls["training forwards"] > 2:
+                return output * float("nan")
+        return output
+
+    train(config, model=model, tokenizer=tok, until_step=1, progress=False)
+    good = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    model.lm_head.register_forward_hook(poison)
+    with pytest.raises(TrainingDiverged, match=r"step \d: the loss is nan.*last good checkpoint.*--resume"):
+        train(config, model=model, tokenizer=tok, resume=True, progress=False)
+    kept = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    last_step = read_metrics(tmp_path / "run")[-1]["step"]
+    assert kept["step"] == last_step >= good["step"]
+    assert all(math.isfinite(v) for r in read_metrics(tmp_path / "run") for k, v in r.items()
+               if k == "loss")
+
+
+def test_a_run_directory_holding_another_run_is_refused(tiny_policy, tmp_path, seven_reward):
+    model, tok = tiny_policy
+    config = _run_config(tmp_path, steps=1)
+    train(config, model=model, tokenizer=tok, progress=False)
+    with pytest.raises(RunDirError, match="already holds a run.*--resume.*--overwrite"):
+        train(config, model=model, tokenizer=tok, progress=False)
+    with pytest.raises(RunDirError, match="different config.*learning_rate"):
+        train(dataclasses.replace(config, learning_rate=1e-3, steps=2), model=model, tokenizer=tok, resume=True,
+              progress=False)
+    again = train(config, model=model, tokenizer=tok, overwrite=True, progress=False)
+    assert [r["step"] for r in again.metrics] == [1]
+    with pytest.raises(RunDirError, match="nothing to resume"):
+        train(_run_config(tmp_path, "empty"), model=model, tokenizer=tok, resume=True, progress=False)
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_training(tiny_policy, tmp_path):
+    model, tok = tiny_policy
+    with pytest.raises(ValueError, match="exceeds the model's context.*--max-completion-length"):
+        train(_run_config(tmp_path, max_completion_length=370), model=model, tokenizer=tok, progress=False)

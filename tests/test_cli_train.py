@@ -1,0 +1,62 @@
+"""``companion train`` as a user runs it: a subprocess, its files, its exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from companion.trainer import TrainConfig
+
+
+def companion(*args: str, cwd=None):
+    return subprocess.run([sys.executable, "-m", "companion.cli", "train", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+def _small(model_dir, out):
+    return ["--model", str(model_dir), "--out", str(out), "--device", "cpu", "--num-threads", "1", "--quiet",
+            "--prompts-per-step", "2", "--num-generations", "2", "--max-completion-length", "16",
+            "--train-problems", "8", "--eval-every", "0", "--save-every", "1"]
+
+
+def test_help_lists_every_config_field():
+    result = companion("--help")
+    assert result.returncode == 0
+    for name in [f.replace("_", "-") for f in TrainConfig.__dataclass_fields__] + ["resume", "overwrite", "until-step"]:
+        assert f"--{name}" in result.stdout, name
+
+
+@pytest.mark.slow
+def test_train_stop_resume_and_refuse_to_clobber(tiny_policy_dir, tmp_path):
+    out = tmp_path / "run"
+    first = companion(*_small(tiny_policy_dir, out), "--steps", "2", "--until-step", "1", "--algo", "fisft_pm")
+    assert first.returncode == 0, first.stderr
+    assert json.loads((out / "config.json").read_text())["algo"] == "fisft_pm"
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert (out / "checkpoint.pt").exists() and not (out / "policy").exists()
+
+    again = companion(*_small(tiny_policy_dir, out), "--steps", "2")
+    assert again.returncode == 1 and "already holds a run" in again.stderr and "--resume" in again.stderr
+
+    changed = companion("--resume", str(out), "--learning-rate", "0.5")
+    assert changed.returncode == 1 and "drop --learning-rate" in changed.stderr
+
+    resumed = companion("--resume", str(out), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (out / "policy" / "config.json").exists() and "step 2 of 2" in resumed.stdout
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--num-generations", "1"], 1, "num_generations must be >= 2"),
+    (["--task", "chess"], 1, "unknown task 'chess'"),
+    (["--algo", "ppo"], 2, "invalid choice: 'ppo'"),
+    (["--resume", "{tmp}/nowhere"], 1, "nothing to resume"),
+    (["--resume", "{tmp}/nowhere", "--out", "{tmp}/elsewhere"], 1, "drop --out"),
+])
+def test_bad_input_exits_with_a_message(tmp_path, args, code, message):
+    result = companion(*[a.format(tmp=tmp_path) for a in args], cwd=tmp_path)  # the default --out is relative
+    assert result.returncode == code and message in result.stderr, result.stderr

@@ -55,7 +55,7 @@ import torch
 from torch.nn.functional import logsigmoid
 from tqdm.auto import tqdm
 
-from companion.objectives import ALGORITHMS, NORMALIZERS, advantages, get_algorithm, weighted_nll
+from companion.objectives import ALGORITHMS, NORMALIZERS, advantages, get_algorithm, policy_loss, weighted_nll
 
 APPROACHES = ("sound", "flawed")
 ROW_MEAN_NORMALIZERS = ("sequence", "constant")
@@ -121,6 +121,44 @@ class LengthSimConfig:
     @property
     def prompts_per_step(self) -> int:
         return self.samples_per_step // self.num_generations
+
+
+# --------------------------------------------------------------------------------------------------
+# Credit per token, read off the package's loss
+# --------------------------------------------------------------------------------------------------
+
+
+def token_credit(lengths: list[int], correct: list[bool], *, algo: str = "grpo", normalizer: str = "",
+                 max_completion_length: int | None = None, **weight_knobs) -> list[dict]:
+    """The credit each token of each response of one group gets: −∂loss/∂log π(o_{i,t}) of ``policy_loss``.
+
+    The gradient step raises log π(o_{i,t}) in proportion to this number, so it is the share of the update
+    that token receives. ``normalizer`` '' takes the algorithm's own; ``weight_knobs`` go to
+    :func:`objectives.advantages`. One record per response: its ``length``, ``correct``, ``weight`` w_i,
+    ``credit`` per token (the same for every token of a response: assumption A2) and ``total`` = credit × |o|.
+
+    >>> rows = token_credit([10, 40, 10, 40], [True, True, False, False], std="population", eps_std=0.0)
+    >>> [(r["length"], r["correct"], round(r["credit"], 4), round(r["total"], 3)) for r in rows]
+    [(10, True, 0.025, 0.25), (40, True, 0.0063, 0.25), (10, False, -0.025, -0.25), (40, False, -0.0063, -0.25)]
+    """
+    if len(lengths) != len(correct) or len(lengths) < 2:
+        raise ValueError("give one length and one correct flag per response, at least two responses (one group)")
+    if min(lengths) < 1:
+        raise ValueError(f"lengths must be at least 1 token; got {lengths}")
+    normalizer = normalizer or get_algorithm(algo).normalizer
+    T = max(lengths)
+    L_max = max_completion_length or T
+    G = len(lengths)
+    rewards = torch.tensor([1.0 if c else 0.0 for c in correct])
+    weights = advantages(rewards, G, algo=algo, **weight_knobs)  # (G,)
+    mask = (torch.arange(T) < torch.tensor(lengths)[:, None]).long()  # (G, T)
+    logps = torch.zeros(G, T, dtype=torch.float64, requires_grad=True)  # the value does not matter on-policy
+    loss, _ = policy_loss(logps, None, weights, mask, normalizer=normalizer, max_completion_length=L_max)
+    (grad,) = torch.autograd.grad(loss, logps)
+    credit = -grad[:, 0]  # (G,) every real token of a row gets the same
+    return [dict(algo=algo, normalizer=normalizer, sample=i, length=n, correct=bool(c), weight=w,
+                 credit=g, total=g * n)
+            for i, (n, c, w, g) in enumerate(zip(lengths, correct, weights.tolist(), credit.tolist()))]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,6 +591,18 @@ def effective_reward(policy: LengthPolicy, cfg: LengthSimConfig) -> torch.Tensor
     expected_w = omega[:, 1, None, None] * a + omega[:, 0, None, None] * (1 - a)  # (M, 2, L)
     n = lengths(cfg) if normalizer == "sequence" else torch.full_like(lengths(cfg), cfg.max_completion_length)
     return expected_w / n
+
+
+def effective_reward_records(cfg: LengthSimConfig, normalizers: tuple[str, ...] = ROW_MEAN_NORMALIZERS) -> list[dict]:
+    """Tidy records of the initial policy's effective reward, averaged over prompts, for each normaliser:
+    ``normalizer``, ``approach``, ``length`` (from ``min_length``) and ``reward``."""
+    policy = initial_policy(Runs([cfg]))
+    out = []
+    for normalizer in normalizers:
+        r_tilde = effective_reward(policy, replace(cfg, normalizer=normalizer)).mean(dim=0)  # (2, L)
+        out += [dict(normalizer=normalizer, approach=APPROACHES[k], length=l, reward=r_tilde[k, l - 1].item())
+                for k in range(2) for l in range(cfg.min_length, cfg.max_completion_length + 1)]
+    return out
 
 
 def expected_gradient(policy: LengthPolicy, cfg: LengthSimConfig) -> list[torch.Tensor]:

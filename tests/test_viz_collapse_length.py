@@ -1,0 +1,119 @@
+"""Chapters 2 and 3's figures and widgets: built from records, interactive controls wired to the right traces."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import plotly.graph_objects as go
+import pytest
+
+from companion import lengthsim as ls
+from companion.viz.collapse import gradient_agreement_figure, group_weight_records, group_weights_figure
+from companion.viz.length import effective_reward_figure, length_drift_figure, token_credit_figure
+
+SMALL = ls.LengthSimConfig(samples_per_step=32, num_prompts=8, steps=10, calibration_batches=2, record_every=5)
+
+
+@pytest.fixture(scope="module")
+def drift_records():
+    configs = [replace(SMALL, algo=a, normalizer=n, num_generations=g, length_accuracy=k)
+               for a, n in [("grpo", "sequence"), ("dr_grpo", "constant"), ("fisft_plus", "kept_token"),
+                            ("fisft_pm", "sequence"), ("grpo", "token"), ("fisft_plus", "constant")]
+               for g in (4, 8) for k in (0.0, 1.0)]
+    return ls.simulate(configs, progress=False)
+
+
+def test_group_weights_are_the_closed_forms_and_filter_one_outcome_groups():
+    G = 8
+    rows = {(r["algo"], r["c"]): r for r in group_weight_records(G, std="population", eps_std=0.0)}
+    for c in range(1, G):
+        p = c / G
+        assert rows[("grpo", c)]["weight_right"] == pytest.approx(((1 - p) / p) ** 0.5, rel=1e-5)
+        assert rows[("grpo", c)]["weight_wrong"] == pytest.approx(-(p / (1 - p)) ** 0.5, rel=1e-5)
+        assert not rows[("grpo", c)]["filtered"]
+    for algo in ("grpo", "dr_grpo", "fisft_pm"):
+        assert rows[(algo, 0)]["filtered"] and rows[(algo, G)]["filtered"]
+    assert rows[("fisft_plus", 0)]["filtered"] and not rows[("fisft_plus", G)]["filtered"]  # SFT keeps all-right
+
+
+def test_group_weights_slider_moves_bars_and_marker():
+    G = 6
+    fig = group_weights_figure(group_weight_records(G), start=3)
+    assert isinstance(fig, go.Figure)
+    steps = fig.layout.sliders[0].steps
+    assert [s.label for s in steps] == [str(c) for c in range(G + 1)] and fig.layout.sliders[0].active == 3
+    first = steps[0].args
+    assert list(first[1]) == [0, 1, 4] and list(first[0]["x"][2]) == [0, 0]  # bars of both outcomes, and the c marker
+    assert list(first[0]["text"][0]) == ["filtered"] * 4  # no right sample: every rule drops the group
+    assert fig.data[0].y == tuple(steps[3].args[0]["y"][0])  # the figure opens on the slider's step
+
+
+def test_token_credit_figure_has_a_column_per_normaliser():
+    records = []
+    for n in ("sequence", "token", "constant"):
+        records += ls.token_credit([8, 32, 8, 32], [True, True, False, False], normalizer=n, max_completion_length=48)
+    fig = token_credit_figure(records)
+    assert len(fig.data) == 6
+    sequence_per_token = fig.data[0].y
+    assert sequence_per_token[0] == pytest.approx(4 * sequence_per_token[1])  # 1/|o|: 8 vs 32 tokens
+    assert fig.data[1].y[0] == pytest.approx(fig.data[1].y[1])  # the same total for each response
+    constant_per_token = fig.data[4].y
+    assert constant_per_token[2] == pytest.approx(constant_per_token[3])  # wrong: the same push per token
+    assert constant_per_token[2] < 0
+
+
+def test_token_credit_rejects_a_mismatched_group():
+    with pytest.raises(ValueError, match="one length and one correct flag"):
+        ls.token_credit([8, 16], [True])
+
+
+def test_effective_reward_figure():
+    fig = effective_reward_figure(ls.effective_reward_records(ls.LengthSimConfig()))
+    assert [t.name for t in fig.data] == ["sound approach (mostly right)", "flawed approach (mostly wrong)"] * 2
+    flawed_sequence = fig.data[1].y
+    assert flawed_sequence[-1] > flawed_sequence[0]  # a long wrong response is penalised less
+
+
+def test_drift_figure_buttons_and_slider_combine(drift_records):
+    fig = length_drift_figure(drift_records, default=dict(num_generations=8, base_accuracy=0.5, length_accuracy=0.0))
+    buttons = fig.layout.updatemenus[0].buttons
+    assert [b.label for b in buttons] == ["each algorithm's own", "sequence", "token", "constant"]
+    n = len(fig.data)
+    assert n == 4 * 4 * 3  # options × algorithms × (right, wrong, accuracy)
+    for button in buttons:  # each button shows one option: four panels of three curves
+        assert len(button.args[0]["visible"]) == n and sum(button.args[0]["visible"]) == 12
+    slider = fig.layout.sliders[0]
+    keys = sorted({(r["num_generations"], r["base_accuracy"], r["length_accuracy"]) for r in drift_records})
+    assert len(slider.steps) == len(keys) and slider.active == keys.index((8, 0.5, 0.0))
+    # the slider only changes y, for every trace, so it keeps whichever option the buttons chose
+    assert all(set(s.args[0]) == {"y"} and len(s.args[0]["y"]) == n for s in slider.steps)
+    own_grpo_right = fig.data[0]
+    grpo = sorted((r for r in drift_records if r["algo"] == "grpo" and r["normalizer"] == "sequence"
+                   and r["num_generations"] == 8 and r["length_accuracy"] == 0.0), key=lambda r: r["step"])
+    assert list(own_grpo_right.y) == [r["mean_length_correct"] for r in grpo]
+
+
+def test_drift_figure_without_a_grid_has_no_slider(drift_records):
+    one = [r for r in drift_records if r["num_generations"] == 4 and r["length_accuracy"] == 0.0]
+    assert not length_drift_figure(one).layout.sliders
+
+
+def test_gradient_agreement_figure():
+    records = [dict(case="on-policy", grpo=x, nll=x) for x in (-1.0, 0.5)] + [dict(case="after a step", grpo=1.0, nll=2.0)]
+    fig = gradient_agreement_figure(records)
+    assert [t.name for t in fig.data] == ["on-policy", "after a step", "y = x"]
+
+
+def test_widgets_draw_and_report_impossible_settings():
+    pytest.importorskip("ipywidgets")
+    from companion.widgets import collapse_widget, length_widget
+
+    collapse = collapse_widget(6)
+    group, right = collapse.children[0].children
+    group.value = 3
+    assert right.max == 3  # c follows G
+    widget = length_widget(SMALL)
+    controls = {c.description: c for c in widget.children[0].children}
+    controls["base accuracy p₀"].value = 0.9  # above what the sound approach reaches at κ = 0: a message, no traceback
+    controls["length-accuracy κ"].value = 0.5
+    controls["base accuracy p₀"].value = 0.4  # back to a valid setting: the widget still draws

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 from companion.config import add_dataclass_arguments, config_from_args, load_config, save_config
 from companion.objectives import ALGORITHMS, NORMALIZERS, STD_KINDS, advantages, policy_loss, zero_spread_groups
-from companion.rollout import Rollout, encode_prompts, generate, per_token_logps
+from companion.rollout import Rollout, generate, per_token_logps
 
 SCHEDULERS = ("constant", "linear", "cosine")
 
@@ -368,7 +368,7 @@ def _check_context(tokenizer, model, task, problems: list, max_completion_length
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is None:
         return
-    longest = max(encode_prompts(tokenizer, [task.prompt(p)], "cpu")[1].sum().item() for p in problems)
+    longest = max(map(len, tokenizer([task.prompt(p) for p in problems], add_special_tokens=False)["input_ids"]))
     if longest + max_completion_length > limit:
         raise ValueError(f"the longest {what} prompt is {longest} tokens; with max_completion_length="
                          f"{max_completion_length} that exceeds the model's context of {limit} tokens: lower "
@@ -422,7 +422,6 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
     from companion.tasks import get_task
 
     out = _prepare_run_dir(config, resume=resume, overwrite=overwrite)
-    save_config(config, out / "config.json")
     metrics_path, checkpoint_path = out / "metrics.jsonl", out / "checkpoint.pt"
 
     random.seed(config.seed)
@@ -447,13 +446,16 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(
         u, total=config.total_updates, warmup=config.warmup_steps, kind=config.lr_scheduler))
 
+    save_config(config, out / "config.json")  # only now: a run that failed to start leaves nothing to clobber
     start = 0
     if resume:
         state = load_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler)
         start, stream.position = state["step"], state["data_position"]
         # Records after the checkpoint belong to the interrupted attempt; the resumed run writes them again.
         kept = [r for r in _read_metrics(metrics_path) if r["step"] <= start]
-        metrics_path.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
+        partial = metrics_path.with_name(metrics_path.name + ".partial")
+        partial.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
+        os.replace(partial, metrics_path)
     elif config.eval_every:
         _write_record(metrics_path, {"step": 0, **_evaluate(config, model, tokenizer, task, eval_set, step=0)})
     last_saved = start if resume else None
@@ -484,11 +486,11 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
                              std=config.std).to(device)  # (B*G,)
 
         # 4. update: μ optimizer steps on the weighted log-likelihood of the batch (clipped, maybe KL-penalised)
+        lr = scheduler.get_last_lr()[0]
         update = _update(config, model, reference, optimizer, scheduler, params, rollout, weights, normalizer,
                          timing, step=step, last_saved=last_saved, out=out)
 
-        record = {"step": step, **_rollout_metrics(rollout, rewards, G, config.threshold), **update,
-                  "lr": scheduler.get_last_lr()[0]}
+        record = {"step": step, **_rollout_metrics(rollout, rewards, G, config.threshold), **update, "lr": lr}
         if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
             t = time.perf_counter()
             record.update(_evaluate(config, model, tokenizer, task, eval_set, step=step))
@@ -548,7 +550,10 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
     totals: dict[str, float] = {}
     grad_norm = torch.tensor(0.0)
     for iteration in range(config.num_iterations):
-        optimizer.zero_grad(set_to_none=False)  # an empty batch still steps AdamW with a zero gradient
+        # Zeros, not None: a batch where nothing has weight still steps AdamW (with a zero gradient), as the
+        # full-batch loss would, instead of silently skipping the parameters.
+        for p in params:
+            p.grad = torch.zeros_like(p) if p.grad is None else p.grad.zero_()
         loss_value, stats_sum = 0.0, {}
         for i, chunk in enumerate(chunks):
             t = time.perf_counter()

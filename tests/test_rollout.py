@@ -145,3 +145,22 @@ def test_bad_requests_are_refused(tiny_policy, kwargs, match):
     model, tok = tiny_policy
     with pytest.raises(ValueError, match=match):
         generate(model, tok, PROMPTS, **{"max_completion_length": 8, **kwargs})
+
+
+def test_a_stop_token_of_the_generation_config_ends_completions_too(tiny_policy):
+    model, tok = tiny_policy
+    stop = tok.convert_tokens_to_ids("!")
+    model.generation_config.eos_token_id = [tok.eos_token_id, stop]  # as an instruct model's <|im_end|>
+    bias = torch.zeros(len(tok))
+    bias[stop] = 4.0
+    handle = model.lm_head.register_forward_hook(lambda module, args, output: output + bias)
+    try:
+        rollout = generate(model, tok, PROMPTS, num_generations=4, max_completion_length=12, seed=3)
+    finally:
+        handle.remove()
+    ended = 0
+    for row, length in zip(rollout.completion_ids.tolist(), rollout.lengths.tolist()):
+        if stop in row:
+            assert row.index(stop) == length - 1
+            ended += 1
+    assert ended > 0 and rollout.truncated.sum() < len(rollout.texts)

@@ -65,6 +65,14 @@ def completion_mask_from_ids(completion_ids: torch.Tensor, eos_token_id: int | l
     return (eos_before == 0).long()
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a completion: the tokenizer's EOS and any the model's generation config adds
+    (an instruct Qwen2.5 stops at ``<|im_end|>`` and at ``<|endoftext|>``), as ``model.generate`` would."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    return sorted({tokenizer.eos_token_id, *configured})
+
+
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[index] without materialising the full (N, T, V) log-prob tensor.
 
@@ -243,7 +251,7 @@ def generate(
         )
     B = prompt_ids.shape[0]
     N = B * num_generations
-    eos_ids = torch.tensor([tokenizer.eos_token_id], device=device)
+    eos_ids = torch.tensor(stop_token_ids(model, tokenizer), device=device)
     pad = tokenizer.pad_token_id
     greedy = temperature == 0
 
@@ -287,7 +295,7 @@ def generate(
 
     completion_ids = torch.stack(tokens, dim=1)  # (N, T)
     # 3. keep tokens up to and including the first EOS; pad the rest
-    completion_mask = completion_mask_from_ids(completion_ids, tokenizer.eos_token_id)  # (N, T)
+    completion_mask = completion_mask_from_ids(completion_ids, eos_ids.tolist())  # (N, T)
     completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
     per_token, entropy = None, None
     if return_logps:

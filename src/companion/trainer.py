@@ -490,15 +490,15 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
         update = _update(config, model, reference, optimizer, scheduler, params, rollout, weights, normalizer,
                          timing, step=step, last_saved=last_saved, out=out)
 
+        timing["step_time"] = time.perf_counter() - t_step  # sample to update; evaluation is timed apart
+        tokens = rollout.completion_mask.sum().item()
+        timing["gen_tokens_per_s"] = tokens / timing["time_generate"]
+        timing["tokens_per_s"] = tokens / timing["step_time"]
         record = {"step": step, **_rollout_metrics(rollout, rewards, G, config.threshold), **update, "lr": lr}
         if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
             t = time.perf_counter()
             record.update(_evaluate(config, model, tokenizer, task, eval_set, step=step))
             timing["time_eval"] = time.perf_counter() - t
-        tokens = rollout.completion_mask.sum().item()
-        timing["step_time"] = time.perf_counter() - t_step
-        timing["gen_tokens_per_s"] = tokens / timing["time_generate"]
-        timing["tokens_per_s"] = tokens / timing["step_time"]
         record.update(timing)
         _write_record(metrics_path, record)
         if (config.save_every and step % config.save_every == 0) or step == stop:

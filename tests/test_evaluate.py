@@ -1,0 +1,328 @@
+"""`companion eval` and its sampler: the sampling distribution against transformers' own warpers and a
+teacher-forced forward pass, end-to-end runs on the tiny random policy, resume, refusal, and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from companion.evaluate import ROWS_FILE, EvalConfig, EvalError, evaluate, load_results, main, problem_seed
+from companion.passk import pass_at_k_curve
+from companion.sampler import sample_completions, sample_next_token, uniforms_for
+from companion.tasks import get_task
+
+PROMPTS = ["Using the numbers [1, 2], make 3.\n<think>", "Hi\n<think>", "abc"]  # three lengths: left padding
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on two shared cores spin against other processes and run several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def chatty_policy(tiny_policy):
+    """The random tiny policy with its weights scaled up: peaked, prompt-dependent next-token distributions,
+    and two ordinary characters made EOS tokens, so completions end at many different lengths."""
+    model, tokenizer = tiny_policy
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(3)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id] + tokenizer.convert_tokens_to_ids(["e", "7"])
+    return model, tokenizer
+
+
+# --- the sampler ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.6, 0.95), (1.3, 0.5), (0.3, 0.8)])
+def test_next_token_distribution_equals_transformers_warpers(temperature, top_p):
+    """Inverse-CDF sampling over an even grid of uniforms hits each token as often as its warped probability."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    logits = torch.randn(1, 12, generator=torch.Generator().manual_seed(int(10 * temperature + 100 * top_p))) * 2
+    warped = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, logits.clone()))
+    expected = torch.softmax(warped, dim=-1)[0]  # (V,) what model.generate(do_sample=True) samples from
+    grid = 20_000
+    uniforms = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    picks = sample_next_token(logits.expand(grid, -1), uniforms, temperature=temperature, top_p=top_p)
+    frequencies = torch.bincount(picks, minlength=12).double() / grid
+    assert torch.allclose(frequencies, expected.double(), atol=1.5 / grid)
+
+
+def test_greedy_matches_rollout_generate(chatty_policy):
+    from companion.rollout import generate
+
+    model, tokenizer = chatty_policy
+    model.generation_config.eos_token_id = tokenizer.eos_token_id  # rollout.generate stops on the tokenizer's EOS
+    reference = generate(model, tokenizer, PROMPTS, num_generations=2, max_completion_length=40, temperature=0,
+                         return_logps=False)
+    ours = sample_completions(model, tokenizer, PROMPTS, 2, seeds=[0, 1, 2], max_completion_length=40, temperature=0,
+                              batch_size=4)
+    assert [c.text for samples in ours for c in samples] == reference.texts
+    assert len(set(reference.texts)) == 3  # the three prompts really are continued differently
+
+
+def test_every_token_is_the_draw_a_full_forward_pass_gives(chatty_policy):
+    """The in-place cache, the positions under left padding, the dropping of finished rows and batches that
+    span prompts change nothing: each token equals inverse-CDF sampling, with the same uniform, from the
+    logits of one uncached forward pass over prompt + completion."""
+    model, tokenizer = chatty_policy
+    seeds, num_samples, max_len = [11, 12, 13], 12, 40
+    results = sample_completions(model, tokenizer, PROMPTS, num_samples, seeds=seeds, max_completion_length=max_len,
+                                 temperature=0.7, top_p=0.9, batch_size=7)
+    lengths = [c.length for samples in results for c in samples]
+    assert min(lengths) < max_len // 2 and max(lengths) == max_len and len(set(lengths)) > 8  # rows were dropped
+    model.eval()
+    for prompt, seed, samples in zip(PROMPTS, seeds, results):
+        uniforms = uniforms_for(seed, num_samples, max_len)
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        for i, completion in enumerate(samples):
+            ids = list(completion.token_ids)
+            assert len(ids) == completion.length
+            eos = model.generation_config.eos_token_id
+            assert completion.finished == (ids[-1] in eos) and not any(t in eos for t in ids[:-1])
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt_ids + ids])).logits[0, len(prompt_ids) - 1: -1]
+            redrawn = sample_next_token(logits, uniforms[i, : len(ids)], temperature=0.7, top_p=0.9)
+            assert redrawn.tolist() == ids
+
+
+def test_samples_do_not_depend_on_batching(chatty_policy):
+    model, tokenizer = chatty_policy
+    kwargs = dict(max_completion_length=30, temperature=1.0, top_p=0.95)
+    together = sample_completions(model, tokenizer, PROMPTS, 5, seeds=[1, 2, 3], batch_size=64, **kwargs)
+    small_batches = sample_completions(model, tokenizer, PROMPTS, 5, seeds=[1, 2, 3], batch_size=2, **kwargs)
+    alone = sample_completions(model, tokenizer, PROMPTS[1:2], 5, seeds=[2], batch_size=5, **kwargs)
+    assert together == small_batches
+    assert together[1] == alone[0]
+    other_seed = sample_completions(model, tokenizer, PROMPTS[1:2], 5, seeds=[4], batch_size=5, **kwargs)
+    assert other_seed != alone
+
+
+def test_sampler_refuses_a_completion_past_the_context(tiny_policy):
+    model, tokenizer = tiny_policy
+    with pytest.raises(ValueError, match="exceeds the model's context of 384 tokens"):
+        sample_completions(model, tokenizer, PROMPTS, 1, seeds=[0, 0, 0], max_completion_length=380)
+
+
+# --- evaluate(): end to end -------------------------------------------------------------------------------------
+
+
+def small_config(out: Path, **overrides) -> EvalConfig:
+    values = dict(model="random", problems=4, n=4, temperature=1.0, top_p=0.95, max_completion_length=24,
+                  batch_size=8, threads=1, out=str(out))
+    return EvalConfig(**(values | overrides))
+
+
+def rows_without_timing(out: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in load_results(out).rows]
+
+
+def test_evaluate_end_to_end_on_the_tiny_random_policy(tiny_policy, tmp_path):
+    model, tokenizer = tiny_policy
+    config = small_config(tmp_path / "run", problems=3, n=8, save_completions=True)
+    summary = evaluate(config, model=model, tokenizer=tokenizer, progress=False)
+
+    results = load_results(tmp_path / "run")
+    assert results.config == config and results.summary == summary
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+    task, problems = get_task("countdown"), get_task("countdown").generate(3, seed=0, split="test")
+    assert [row["index"] for row in results.rows] == [0, 1, 2]
+    for row, problem in zip(results.rows, problems):
+        assert row["problem"] == problem
+        assert row["rewards"] == [task.reward(text, problem) for text in row["completions"]]
+        assert row["num_correct"] == sum(r == 1.0 for r in row["rewards"])
+        assert len(row["lengths"]) == len(row["finished"]) == 8
+        assert all(1 <= n <= 24 for n in row["lengths"])
+        assert all(n == 24 for n, done in zip(row["lengths"], row["finished"]) if not done)
+    curve = pass_at_k_curve([row["num_correct"] for row in results.rows], 8, n_bootstrap=1000, seed=0)
+    assert summary["pass_at_k"] == [point._asdict() for point in curve.values()]
+    assert [p["k"] for p in summary["pass_at_k"]] == [1, 2, 4, 8]
+    assert summary["samples"] == 24 and summary["num_problems"] == 3
+    assert summary["tokens"] == sum(sum(row["lengths"]) for row in results.rows)
+    assert summary["samples_per_s"] > 0 and summary["tokens_per_s"] > 0
+    assert model.training  # evaluation leaves the policy in the mode it found it in
+
+
+def test_evaluate_scores_real_solutions_as_correct(tiny_policy, tmp_path, monkeypatch):
+    """The scoring path on completions we control: a sampler that answers problem i right in sample 0 only."""
+    import companion.sampler
+    from companion.sampler import Completion
+
+    task = get_task("countdown")
+
+    def fake_sampler(model, tokenizer, prompts, num_samples, **kwargs):
+        problems = task.generate(4, seed=0, split="test")
+        by_prompt = {task.prompt(p): p for p in problems}
+        answers = []
+        for prompt in prompts:
+            right = f"</think><answer>{task.reference(by_prompt[prompt])}</answer>"
+            texts = [right] + ["</think><answer>1+1</answer>"] * (num_samples - 1)
+            answers.append([Completion(text, (), len(text) + 1, True) for text in texts])
+        return answers
+
+    monkeypatch.setattr(companion.sampler, "sample_completions", fake_sampler)
+    model, tokenizer = tiny_policy
+    summary = evaluate(small_config(tmp_path / "run"), model=model, tokenizer=tokenizer, progress=False)
+    assert summary["coverage"] == 1.0 and summary["accuracy"] == 0.25
+    assert [p["estimate"] for p in summary["pass_at_k"]] == [0.25, 0.5, 1.0]
+    assert summary["mean_reward"] == pytest.approx(0.25 + 0.75 * 0.1)  # wrong but well-formed: format score
+    assert summary["mean_length_wrong"] == len("</think><answer>1+1</answer>") + 1
+
+
+def test_resumed_runs_equal_an_uninterrupted_run(tiny_policy, tmp_path):
+    model, tokenizer = tiny_policy
+    evaluate(small_config(tmp_path / "straight"), model=model, tokenizer=tokenizer, progress=False)
+    expected = rows_without_timing(tmp_path / "straight")
+
+    # Stopped after two problems, then rerun with all four (groups of 8 // 4 = 2 problems).
+    evaluate(small_config(tmp_path / "resumed", problems=2), model=model, tokenizer=tokenizer, progress=False)
+    summary = evaluate(small_config(tmp_path / "resumed"), model=model, tokenizer=tokenizer, progress=False)
+    assert rows_without_timing(tmp_path / "resumed") == expected
+    assert summary["num_problems"] == 4
+
+    # A crash in the middle of writing problem 3's row: the half line is dropped and problem 3 redone.
+    rows_file = tmp_path / "resumed" / ROWS_FILE
+    data = rows_file.read_bytes()
+    last_line_start = data.rstrip(b"\n").rfind(b"\n") + 1
+    rows_file.write_bytes(data[: last_line_start + 40])
+    assert len(load_results(tmp_path / "resumed").rows) == 3  # read-only loading skips the partial line
+    evaluate(small_config(tmp_path / "resumed"), model=model, tokenizer=tokenizer, progress=False)
+    assert rows_without_timing(tmp_path / "resumed") == expected
+    assert rows_file.read_bytes().count(b"\n") == 4 and rows_file.read_bytes().endswith(b"\n")
+
+
+def test_rerunning_a_finished_run_samples_nothing(tiny_policy, tmp_path):
+    model, tokenizer = tiny_policy
+    first = evaluate(small_config(tmp_path / "run"), model=model, tokenizer=tokenizer, progress=False)
+    # No model at all: a finished run must not need one (config.model "random" is not even loadable).
+    assert evaluate(small_config(tmp_path / "run"), progress=False) == first
+
+
+def test_a_different_config_is_refused_unless_overwrite(tiny_policy, tmp_path):
+    model, tokenizer = tiny_policy
+    evaluate(small_config(tmp_path / "run"), model=model, tokenizer=tokenizer, progress=False)
+    with pytest.raises(EvalError, match=r"different config \(n: 4 there, 8 now\).*--overwrite"):
+        evaluate(small_config(tmp_path / "run", n=8), model=model, tokenizer=tokenizer, progress=False)
+    with pytest.raises(EvalError, match="temperature: 1.0 there, 0.7 now"):
+        evaluate(small_config(tmp_path / "run", temperature=0.7), model=model, tokenizer=tokenizer, progress=False)
+    summary = evaluate(small_config(tmp_path / "run", n=8, overwrite=True), model=model, tokenizer=tokenizer,
+                       progress=False)
+    assert summary["n"] == 8
+    assert all(len(row["rewards"]) == 8 for row in load_results(tmp_path / "run").rows)
+
+
+def test_corrupt_rows_are_reported_not_guessed(tiny_policy, tmp_path):
+    model, tokenizer = tiny_policy
+    evaluate(small_config(tmp_path / "run"), model=model, tokenizer=tokenizer, progress=False)
+    rows_file = tmp_path / "run" / ROWS_FILE
+    lines = rows_file.read_text().splitlines(keepends=True)
+    rows_file.write_text(lines[0] + "{not json\n" + "".join(lines[2:]))
+    with pytest.raises(EvalError, match="line 2, is not valid JSON"):
+        evaluate(small_config(tmp_path / "run"), model=model, tokenizer=tokenizer, progress=False)
+    rows_file.write_text(lines[0] + lines[0])
+    with pytest.raises(EvalError, match="two rows for problem 0"):
+        evaluate(small_config(tmp_path / "run"), model=model, tokenizer=tokenizer, progress=False)
+
+
+def test_a_directory_of_other_files_is_not_taken_over(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ROWS_FILE).write_text("{}\n")
+    with pytest.raises(EvalError, match="no config.json"):
+        evaluate(small_config(tmp_path / "run"), progress=False)
+    with pytest.raises(EvalError, match="holds no evaluation"):
+        load_results(tmp_path / "run")
+
+
+def test_problem_seeds_are_distinct_and_stable():
+    seeds = [problem_seed(0, i) for i in range(1000)]
+    assert len(set(seeds)) == 1000
+    assert problem_seed(0, 7) == problem_seed(0, 7) != problem_seed(1, 7)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(n=0), "n \\(samples per problem\\) must be at least 1"),
+    (dict(temperature=0.0), "use --n 1 for greedy"),
+    (dict(top_p=0.0), "top_p must be in"),
+    (dict(problems=0), "problems must be at least 1"),
+    (dict(data_file="x.jsonl"), "data_file is for --task gsm8k only"),
+])
+def test_config_errors_say_what_to_change(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        small_config(tmp_path, **overrides)
+
+
+# --- loading models by name, and the command line ------------------------------------------------------------
+
+
+def test_eval_loads_a_model_directory_and_refuses_a_too_long_completion(tiny_policy_dir, tmp_path):
+    summary = evaluate(small_config(tmp_path / "run", model=str(tiny_policy_dir), problems=2), progress=False)
+    assert summary["samples"] == 8
+    with pytest.raises(EvalError, match="lower --max-completion-length to at most 2"):
+        evaluate(small_config(tmp_path / "long", model=str(tiny_policy_dir), max_completion_length=300), progress=False)
+    with pytest.raises(EvalError, match="cannot load the model"):
+        evaluate(small_config(tmp_path / "missing", model=str(tmp_path / "no-such-model")), progress=False)
+
+
+def _companion() -> str:
+    script = Path(sys.executable).parent / "companion"
+    if not script.exists():
+        pytest.skip(f"no console script at {script}: install the package (pip install -e .)")
+    return str(script)
+
+
+def test_cli_runs_resumes_and_refuses(tiny_policy_dir, tmp_path, capsys):
+    out = tmp_path / "cli-run"
+    options = ["--model", str(tiny_policy_dir), "--task", "countdown", "--problems", "2", "--n", "4",
+               "--max-completion-length", "16", "--threads", "1", "--out", str(out)]
+    done = subprocess.run([_companion(), "eval", *options], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "pass@1" in done.stdout and "pass@4" in done.stdout
+    assert (out / "summary.json").exists() and len(load_results(out).rows) == 2
+
+    # The same command in process: nothing left to sample, the same summary printed.
+    assert main(options) == 0
+    assert capsys.readouterr().out == done.stdout
+    assert main(options + ["--n", "8"]) == 2
+    assert "different config (n: 4 there, 8 now)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--n", "0"])
+    assert exit_info.value.code == 2 and "n (samples per problem) must be at least 1" in capsys.readouterr().err
+
+
+def test_main_help_lists_every_field(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--model", "--task", "--problems", "--n", "--temperature", "--top-p", "--max-completion-length",
+                 "--batch-size", "--seed", "--save-completions", "--out", "--overwrite"):
+        assert flag in text
+
+
+def _shipped_tiny() -> Path | None:
+    import companion.tiny
+
+    shipped = getattr(companion.tiny, "SHIPPED_DIR", None)
+    return Path(shipped) if shipped is not None and (Path(shipped) / "config.json").exists() else None
+
+
+@pytest.mark.skipif(_shipped_tiny() is None, reason="no shipped tiny base checkpoint yet (companion.tiny.SHIPPED_DIR "
+                                                    "with a config.json); build it with `companion pretrain`")
+def test_small_run_on_the_shipped_tiny_base_model(tmp_path):
+    summary = evaluate(EvalConfig(model="tiny", problems=4, n=8, max_completion_length=128, threads=1,
+                                  out=str(tmp_path / "run")), progress=False)
+    rows = load_results(tmp_path / "run").rows
+    assert summary["samples"] == 32
+    # The base model was pretrained on solver traces: most samples at least close the answer tag.
+    assert summary["mean_reward"] > 0.05, summary
+    assert summary["truncated_fraction"] < 0.5, summary
+    assert all(len(row["rewards"]) == 8 for row in rows)

@@ -178,6 +178,19 @@ def test_evaluate_scores_real_solutions_as_correct(tiny_policy, tmp_path, monkey
     assert summary["mean_length_wrong"] == len("</think><answer>1+1</answer>") + 1
 
 
+@pytest.mark.parametrize("task, options", [
+    ("tinygsm", {}),
+    ("gsm8k", {"data_file": str(Path(__file__).parent / "data" / "gsm8k_sample.jsonl"), "split": "train"}),
+])
+def test_word_problem_tasks_run_and_resume(tiny_policy, tmp_path, task, options):
+    model, tokenizer = tiny_policy
+    config = small_config(tmp_path / task, task=task, problems=2, n=2, max_completion_length=8, **options)
+    summary = evaluate(config, model=model, tokenizer=tokenizer, progress=False)
+    assert summary["task"] == task and summary["samples"] == 4
+    # The rows' problems (TinyGSM's steps are tuples, JSON lists) match a fresh draw, so a rerun resumes.
+    assert evaluate(config, progress=False) == summary
+
+
 def test_resumed_runs_equal_an_uninterrupted_run(tiny_policy, tmp_path):
     model, tokenizer = tiny_policy
     evaluate(small_config(tmp_path / "straight"), model=model, tokenizer=tokenizer, progress=False)
@@ -308,15 +321,15 @@ def test_main_help_lists_every_field(capsys):
         assert flag in text
 
 
-def _shipped_tiny() -> Path | None:
-    import companion.tiny
+def _tiny_checkpoint() -> Path | None:
+    """The tiny base checkpoint "tiny" loads ($COMPANION_TINY_BASE or the shipped data/tiny-base), if built."""
+    from companion.tiny import tiny_dir
 
-    shipped = getattr(companion.tiny, "SHIPPED_DIR", None)
-    return Path(shipped) if shipped is not None and (Path(shipped) / "config.json").exists() else None
+    return tiny_dir() if (tiny_dir() / "config.json").exists() else None
 
 
-@pytest.mark.skipif(_shipped_tiny() is None, reason="no shipped tiny base checkpoint yet (companion.tiny.SHIPPED_DIR "
-                                                    "with a config.json); build it with `companion pretrain`")
+@pytest.mark.skipif(_tiny_checkpoint() is None, reason="no tiny base checkpoint yet (data/tiny-base, or "
+                                                       "$COMPANION_TINY_BASE): build it with `companion pretrain`")
 def test_small_run_on_the_shipped_tiny_base_model(tmp_path):
     summary = evaluate(EvalConfig(model="tiny", problems=4, n=8, max_completion_length=128, threads=1,
                                   out=str(tmp_path / "run")), progress=False)

@@ -28,7 +28,7 @@ Decisions, and why:
   floating-point rounding (which depends on what shares a batch) is that of the uninterrupted run.
 * **More problems later.** The problem draws are prefix-stable (the first 100 of 200 problems are the
   100 problems), so ``--problems`` may grow between runs in the same directory; so may the batch size,
-  the device and the thread count, which change only speed.
+  the device and the thread count, which change only speed (and float rounding).
 
 Python API for the book: :func:`evaluate` runs it (and accepts a model already in memory);
 :func:`load_results` reads a finished or partial run back.
@@ -87,12 +87,14 @@ class EvalConfig:
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature (0: greedy, needs --n 1)"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling: keep the most likely tokens up to this "
                                                          "probability mass"})
-    max_completion_length: int = field(default=256, metadata={"help": "tokens per completion at most (EOS included)"})
+    max_completion_length: int = field(default=200, metadata={"help": "tokens per completion at most (EOS included);"
+                                                                         " 200 as in training and pretraining"})
     seed: int = field(default=0, metadata={"help": "sampling seed; problem i uses a seed derived from it and i"})
-    batch_size: int = field(default=256, metadata={"help": "samples decoded together; larger is faster until memory "
-                                                           "or cores run out"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default, one per core); 1 is "
-                                                      "faster when other processes busy the cores"})
+    batch_size: int = field(default=256, metadata={"help": "samples decoded together (memory grows with it); 256 was "
+                                                           "the fastest for the tiny model in bench/bench_eval.py"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads, 0 for torch's default (one per core). One "
+                                                      "decodes the tiny model fastest when other processes share the "
+                                                      "cores (see bench/bench_eval.py)"})
     device: str = field(default="auto", metadata={"help": "'auto' (a GPU if there is one), 'cpu' or 'cuda'"})
     save_completions: bool = field(default=False, metadata={"help": "also write every completion's text to "
                                                                     "problems.jsonl (large for big n)"})

@@ -1,18 +1,16 @@
 """Many samples per prompt, fast: the sampler behind ``companion eval``.
 
 pass@k needs hundreds of completions per problem (Yue et al. use n = 256), so evaluation is mostly
-sampling. :func:`companion.rollout.generate` serves the trainers (it also returns log-probs); this module
-does only what evaluation needs, and does it in a way that pays on a CPU:
+sampling. Like :func:`companion.rollout.generate` (which serves the trainers and also returns log-probs),
+this sampler runs each prompt through the model once and copies its KV cache to every row that samples
+from it, and writes the cache in place (``transformers``' default cache re-concatenates itself at every
+step, which on the tiny model costs more than the model). Evaluation adds two things:
 
-1. **Prefill each prompt once.** The prompts' keys and values are computed in one forward pass and then
-   copied to every row that samples from them, instead of re-encoding the prompt for each sample.
-2. **Write the KV cache in place.** ``transformers``' default cache concatenates the whole cache at every
-   step, which for a tiny model costs more than the model itself; here each layer's cache is a buffer
-   sized for prompt + completion, and a step writes one slot of it.
-3. **Drop finished rows.** A row that has emitted EOS stops costing compute: once a quarter of the batch
-   has finished, the survivors are gathered into a smaller batch (gathering at every finish would copy
-   the cache more often than it saves).
-4. **One uniform per token, fixed in advance.** Sample ``i`` of a prompt draws its ``t``-th token by
+1. **Finished rows are dropped.** With n = 256 some sample almost always runs to the length cap while most
+   stopped long before; a row that has emitted EOS stops costing compute. Once a quarter of the batch has
+   finished, the survivors are gathered into a smaller batch (gathering at every finish would copy the
+   cache more often than it saves).
+2. **One uniform per token, fixed in advance.** Sample ``i`` of a prompt draws its ``t``-th token by
    inverse-CDF sampling with ``u[i, t]``, where ``u`` comes from the prompt's own seed. A sample therefore
    does not depend on which other prompts share its batch, on the batch size, or on when rows were
    dropped, which is what makes an interrupted evaluation resume to exactly the uninterrupted result.
@@ -28,6 +26,8 @@ from typing import Callable, NamedTuple
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from companion.rollout import filter_logits, stop_token_ids
 
 COMPACT_FRACTION = 0.25
 """Gather the surviving rows into a smaller batch once this share of the batch has finished."""
@@ -98,10 +98,9 @@ def _buffer_cache(prompt_cache: DynamicCache, rows: torch.Tensor, capacity: int)
 def sample_next_token(logits: torch.Tensor, uniforms: torch.Tensor, *, temperature: float, top_p: float) -> torch.Tensor:
     """Inverse-CDF sampling from softmax(logits / temperature) restricted to the top-p nucleus.
 
-    ``logits`` (R, V), ``uniforms`` (R,) in [0, 1); returns (R,) token ids. The nucleus is the smallest set
-    of most likely tokens whose probability reaches ``top_p`` (a token is kept when the tokens more likely
-    than it hold less than ``top_p``; the most likely token is always kept), as in ``transformers``'
-    top-p warper. ``temperature=0`` returns the argmax.
+    ``logits`` (R, V), ``uniforms`` (R,) in [0, 1); returns (R,) token ids: the first token, in vocabulary
+    order, at which the cumulative probability passes ``u``. The nucleus is :func:`companion.rollout.filter_logits`'
+    (the rule of ``transformers``' top-p warper). ``temperature=0`` returns the argmax.
 
     >>> logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
     >>> [sample_next_token(logits, torch.tensor([u]), temperature=1.0, top_p=1.0).item() for u in (0.1, 0.6, 0.9)]
@@ -111,17 +110,13 @@ def sample_next_token(logits: torch.Tensor, uniforms: torch.Tensor, *, temperatu
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (R, V)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)  # (R, V) each
-    cumulative = sorted_probs.cumsum(dim=-1)
-    keep = (cumulative - sorted_probs) < top_p  # (R, V) a prefix of the sorted tokens
-    kept = sorted_probs * keep
-    cdf = kept.cumsum(dim=-1)  # (R, V)
-    threshold = uniforms.to(cdf)[:, None] * cdf[:, -1:]  # (R, 1) u times the nucleus' mass
-    # The first sorted token whose CDF passes the threshold; a zero-probability token never does (its CDF
-    # step is flat). The clamp keeps float rounding at the top of the CDF inside the nucleus.
-    pick = (cdf <= threshold).sum(dim=-1).clamp(max=keep.sum(dim=-1) - 1)  # (R,)
-    return order.gather(-1, pick[:, None]).squeeze(-1)
+    probs = filter_logits(logits.float() / temperature, top_p=top_p).softmax(dim=-1)  # (R, V) 0 outside the nucleus
+    cdf = probs.cumsum(dim=-1)  # (R, V)
+    threshold = uniforms.to(cdf)[:, None] * cdf[:, -1:]  # (R, 1)
+    # A zero-probability token never passes the threshold (its CDF step is flat); float rounding at the top of
+    # the CDF must not step past the last token that has probability.
+    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).long().argmax(dim=-1)  # (R,)
+    return torch.minimum((cdf <= threshold).sum(dim=-1), last)
 
 
 # --- many samples per prompt ---------------------------------------------------------------------------------
@@ -141,7 +136,7 @@ def sample_completions(
     num_samples: int,
     *,
     seeds: list[int],
-    max_completion_length: int = 256,
+    max_completion_length: int = 200,
     temperature: float = 1.0,
     top_p: float = 1.0,
     batch_size: int = 256,
@@ -168,36 +163,32 @@ def sample_completions(
     if not prompts:
         return []
     device = next(model.parameters()).device
-    eos_ids = torch.tensor(_eos_ids(model, tokenizer), device=device)
+    eos_ids = torch.tensor(stop_token_ids(model, tokenizer), device=device)
     was_training = model.training
     model.eval()
     try:
-        # 1. prefill every prompt once
         enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-        prompt_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (J, P)
-        prompt_len = prompt_ids.shape[1]
+        all_ids, all_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (J, P) left padded
         limit = getattr(model.config, "max_position_embeddings", None)
-        longest = int(prompt_mask.sum(dim=1).max())
+        longest = int(all_mask.sum(dim=1).max())
         if limit is not None and longest + max_completion_length > limit:
             raise ValueError(f"the longest prompt ({longest} tokens) + max_completion_length ({max_completion_length}) "
                              f"exceeds the model's context of {limit} tokens: lower max_completion_length")
-        position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding does not shift positions
-        prompt_cache = DynamicCache()
-        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
-                    past_key_values=prompt_cache, use_cache=True, logits_to_keep=1)
-        prompt_logits = out.logits[:, -1].float()  # (J, V) the distribution of each first token
-        padded = bool((prompt_mask == 0).any())
-        uniforms = torch.stack([uniforms_for(seed, num_samples, max_completion_length) for seed in seeds])  # (J, N, T)
-
-        # 2. decode the (prompt, sample) rows in batches
-        rows = torch.arange(len(prompts) * num_samples)
         results: list[list[Completion | None]] = [[None] * num_samples for _ in prompts]
-        for batch in rows.split(batch_size):
+        prefilled = None  # (prompt indices, their cache, logits, mask) of the last prefill, reused while they last
+        # The (prompt, sample) rows laid end to end, decoded batch by batch.
+        for batch in torch.arange(len(prompts) * num_samples).split(batch_size):
             prompt_of, sample_of = batch // num_samples, batch % num_samples  # (R,) each
+            needed = prompt_of.unique()  # sorted
+            if prefilled is None or not torch.equal(prefilled[0], needed):
+                # 1. prefill the batch's prompts once each, and draw their samples' uniforms
+                draws = {j: uniforms_for(seeds[j], num_samples, max_completion_length) for j in needed.tolist()}
+                prefilled = (needed, draws, *_prefill(model, all_ids[needed], all_mask[needed]))
+            _, draws, prompt_cache, prompt_logits, prompt_mask = prefilled
+            uniforms = torch.stack([draws[j][i] for j, i in zip(prompt_of.tolist(), sample_of.tolist())])  # (R, T)
             tokens, lengths, finished = _decode_batch(
-                model, prompt_cache, prompt_logits, prompt_mask, prompt_of.to(device),
-                uniforms[prompt_of, sample_of].to(device), eos_ids, padded=padded, prompt_len=prompt_len,
-                temperature=temperature, top_p=top_p, on_finished=on_finished,
+                model, prompt_cache, prompt_logits, prompt_mask, torch.searchsorted(needed, prompt_of).to(device),
+                uniforms.to(device), eos_ids, temperature=temperature, top_p=top_p, on_finished=on_finished,
             )
             token_ids = [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist())]
             texts = tokenizer.batch_decode(token_ids, skip_special_tokens=True)
@@ -208,19 +199,25 @@ def sample_completions(
         model.train(was_training)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None) if hasattr(model, "generation_config") else None
-    eos = tokenizer.eos_token_id if eos is None else eos
-    if eos is None:
-        raise ValueError("the tokenizer has no EOS token, so completions would never end: set tokenizer.eos_token")
-    return [eos] if isinstance(eos, int) else list(eos)
+def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+    """Run the prompts (B, P) through the model once: their cache, the logits of each first completion token
+    (B, V), and their mask with the columns that are padding in every row cut off (B, P')."""
+    first_real = int((prompt_mask.sum(dim=0) > 0).nonzero()[0])
+    prompt_ids, prompt_mask = prompt_ids[:, first_real:], prompt_mask[:, first_real:]
+    position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding does not shift positions
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    return cache, out.logits[:, -1].float(), prompt_mask
 
 
-def _decode_batch(model, prompt_cache, prompt_logits, prompt_mask, prompt_of, uniforms, eos_ids, *, padded,
-                  prompt_len, temperature, top_p, on_finished):
+def _decode_batch(model, prompt_cache, prompt_logits, prompt_mask, prompt_of, uniforms, eos_ids, *, temperature, top_p,
+                  on_finished):
     """Sample one batch of rows to the end. Returns tokens (R, T), lengths (R,), finished (R,)."""
     num_rows, max_len = uniforms.shape  # (R, T)
     device = uniforms.device
+    prompt_len = prompt_mask.shape[1]
+    padded = bool((prompt_mask[prompt_of] == 0).any())
     cache = _buffer_cache(prompt_cache, prompt_of, capacity=prompt_len + max_len)
     tokens = torch.zeros(num_rows, max_len, dtype=torch.long, device=device)  # (R, T) valid up to each length
     lengths = torch.full((num_rows,), max_len, dtype=torch.long, device=device)
@@ -234,6 +231,7 @@ def _decode_batch(model, prompt_cache, prompt_logits, prompt_mask, prompt_of, un
     logits = prompt_logits[prompt_of]  # (A, V)
     running = torch.ones(num_rows, dtype=torch.bool, device=device)  # (A,) not yet finished, among the live rows
     for t in range(max_len):
+        # 2. a token for every live row, from its own uniform
         next_tokens = sample_next_token(logits, uniforms[live, t], temperature=temperature, top_p=top_p)  # (A,)
         tokens[live, t] = next_tokens
         ends = running & torch.isin(next_tokens, eos_ids)  # (A,)

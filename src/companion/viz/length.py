@@ -126,8 +126,12 @@ def length_drift_figure(records: list[dict], *, scenario: tuple[str, ...] = (
                 traces.append((option, algo, column))
     buttons = [dict(label="each algorithm's own" if option == "own" else option, method="restyle",
                     args=[{"visible": [t[0] == option for t in traces]}]) for option in options]
-    menus = [dict(type="buttons", direction="right", buttons=buttons, x=0.0, xanchor="left", y=1.09,
-                  yanchor="bottom", showactive=True, pad=dict(r=4, t=2))] if len(options) > 1 else []
+    # the controls sit below the panels, where they have the full width (the book's pages are narrow)
+    menus = [dict(type="buttons", direction="right", buttons=buttons, x=0.13, xanchor="left", y=-0.115,
+                  yanchor="top", showactive=True, pad=dict(r=4, t=2))] if len(options) > 1 else []
+    if menus:
+        fig.add_annotation(text="normaliser:", x=0.0, xref="paper", xanchor="left", y=-0.133, yref="paper",
+                           yanchor="top", showarrow=False, font=dict(size=13))
     sliders = []
     if len(keys) > 1:
         # the slider only swaps the y data and the buttons only the visibility, so the two choices combine
@@ -135,7 +139,7 @@ def length_drift_figure(records: list[dict], *, scenario: tuple[str, ...] = (
                        args=[{"y": [[r[column] for r in run_records(algo, option, key)]
                                     for option, algo, column in traces]}]) for key in keys]
         # tick labels would overlap: the current scenario is spelled out above the slider instead
-        sliders = [dict(active=start, steps=steps_, x=0.0, len=1.0, y=-0.1, yanchor="top", pad=dict(t=40),
+        sliders = [dict(active=start, steps=steps_, x=0.0, len=1.0, y=-0.18, yanchor="top", pad=dict(t=40),
                         currentvalue=dict(prefix="scenario: ", font=dict(size=14, color="#333")),
                         ticklen=0, font=dict(size=1, color="rgba(0,0,0,0)"))]
     # one length scale for every panel and scenario, so that panels compare and the slider does not rescale
@@ -146,8 +150,8 @@ def length_drift_figure(records: list[dict], *, scenario: tuple[str, ...] = (
     fig.update_xaxes(title_text="training step", row=2)
     if steps:
         fig.update_xaxes(range=[0, steps])
-    fig.update_layout(height=760, margin=dict(t=120, b=140 if sliders else 40, l=60, r=50),
+    fig.update_layout(height=820, margin=dict(t=110, b=(200 if sliders else 110) if menus else 50, l=60, r=50),
                       updatemenus=menus, sliders=sliders,
-                      legend=dict(orientation="h", y=1.09, yanchor="bottom", x=1, xanchor="right"),
-                      title=dict(text="Simulated length of right and wrong answers during training", y=0.98))
+                      legend=dict(orientation="h", y=1.07, yanchor="bottom", x=0, xanchor="left"),
+                      title=dict(text="Simulated length of right and wrong answers during training", y=0.985))
     return fig

@@ -51,6 +51,25 @@ def test_sampling_matches_transformers_generate_for_the_same_seed(tiny_policy, t
     assert torch.equal(_pad_to(ours.completion_ids, theirs.shape[1], tok.pad_token_id), theirs)
 
 
+def test_sampling_still_matches_when_finished_rows_are_dropped_mid_way(tiny_policy):
+    model, tok = tiny_policy
+    bias = torch.zeros(len(tok))
+    bias[tok.eos_token_id] = 1.5  # ~4% a step: most completions end before the cap, some run to it
+    batch_sizes = []
+    hooks = [model.lm_head.register_forward_hook(lambda module, args, output: output + bias),
+             model.register_forward_pre_hook(lambda module, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]),
+                                             with_kwargs=True)]
+    try:
+        ours = generate(model, tok, PROMPTS, num_generations=4, max_completion_length=30, seed=11)
+        assert min(batch_sizes) < len(PROMPTS) * 4 and ours.truncated.any()  # rows were dropped, some ran on
+        torch.manual_seed(11)
+        theirs = _hf_generate(model, tok, PROMPTS, 4, max_new_tokens=30, do_sample=True, top_k=0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.equal(_pad_to(ours.completion_ids, theirs.shape[1], tok.pad_token_id), theirs)
+
+
 def test_filter_logits_matches_transformers_warpers():
     from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 

@@ -11,9 +11,10 @@ processors, stopping criteria, input preparation, and a KV cache re-concatenated
 was half the decoding time on the tiny model); and ``generate(output_logits=True)`` keeps every step's full
 (N, V) logits, gigabytes for a 151k-token vocabulary. The loop below does what ``generate`` does for plain
 sampling (temperature, top-k, top-p, stop at EOS), but runs each prompt once for its G rows, writes the cache
-in place, and reduces each step's logits to one log-prob and one entropy per row before moving on.
-``tests/test_rollout.py`` checks it against ``model.generate``: the same greedy tokens, and the same sampled
-tokens for the same seed.
+in place, drops finished rows from the batch (the loop runs as long as the longest completion; on the tiny
+model that halves the rows decoded), and reduces each step's logits to one log-prob and one entropy per row
+before moving on. ``tests/test_rollout.py`` checks it against ``model.generate``: the same greedy tokens, and
+the same sampled tokens for the same seed, rows dropped or not.
 """
 
 from __future__ import annotations
@@ -189,6 +190,12 @@ def _in_place_layer_class():
             self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
             return self.keys, self.values
 
+        def keep(self, rows: torch.Tensor) -> None:
+            """Drop every batch row not in ``rows`` (finished completions stop costing compute)."""
+            end = self.keys.shape[-2]
+            self._keys, self._values = self._keys[rows], self._values[rows]
+            self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+
     return InPlaceLayer
 
 
@@ -261,46 +268,59 @@ def generate(
     if seed is not None:  # a private generator: reproducible, and the caller's RNG stream is left alone
         generator = torch.Generator(device=device).manual_seed(seed)
 
-    # 2. sample token by token with the KV cache; finished rows keep emitting pad, which the mask drops
+    # 2. sample token by token with the KV cache. Rows that finish are dropped from the batch once they are a
+    # quarter of it: the loop runs as long as the longest completion, and most finish long before it.
     logits, cache = _prefill(model, prompt_ids, prompt_mask, num_generations, P + max_completion_length)
     prompt_ids = prompt_ids.repeat_interleave(num_generations, dim=0)  # (N, P), row b*G + g
     prompt_mask = prompt_mask.repeat_interleave(num_generations, dim=0)
-    attention_mask = prompt_mask  # (N, P + t): grows by one column per step
-    next_position = prompt_mask.sum(dim=1, keepdim=True)  # (N, 1): positions count real tokens only
-    tokens, logps, entropies = [], [], []
-    finished = torch.zeros(N, dtype=torch.bool, device=device)
+    completion_ids = prompt_ids.new_full((N, max_completion_length), pad)  # (N, T)
+    logps = torch.zeros(N, max_completion_length, device=device) if return_logps else None
+    entropies = torch.zeros(N, max_completion_length, device=device) if return_logps else None
+    rows = torch.arange(N, device=device)  # (n,) the batch rows still decoding, as rows of the output
+    attention_mask = prompt_mask  # (n, P + t): grows by one column per step
+    next_position = prompt_mask.sum(dim=1, keepdim=True)  # (n, 1): positions count real tokens only
+    finished = torch.zeros(N, dtype=torch.bool, device=device)  # (N,)
     for t in range(max_completion_length):
-        logits = logits.float()
+        logits = logits.float()  # (n, V)
         if greedy:
-            token = logits.argmax(dim=-1)  # (N,)
+            token = logits.argmax(dim=-1)  # (n,)
         else:
             logits = logits / temperature
             probs = filter_logits(logits, top_k=top_k, top_p=top_p).softmax(dim=-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
+            # argmax p / E with E ~ Exp(1) draws from p (what torch.multinomial does for one sample). Noise is
+            # drawn for all N rows every step, so a row's sample does not depend on which rows were dropped.
+            noise = torch.empty(N, probs.shape[1], device=device).exponential_(generator=generator)  # (N, V)
+            token = (probs / noise[rows]).argmax(dim=-1)  # (n,)
         if return_logps:
             # 4. (per step) the sampling policy's log-prob of its token, and its entropy
-            logp = torch.log_softmax(logits, dim=-1)  # (N, V)
-            logps.append(logp.gather(1, token.unsqueeze(1)).squeeze(1))
-            entropies.append(-(logp.exp() * logp).sum(dim=-1))
-        token = token.masked_fill(finished, pad)
-        tokens.append(token)
-        finished |= torch.isin(token, eos_ids)
+            logp = torch.log_softmax(logits, dim=-1)  # (n, V)
+            logps[rows, t] = logp.gather(1, token.unsqueeze(1)).squeeze(1)
+            entropies[rows, t] = -(logp.exp() * logp).sum(dim=-1)
+        token = token.masked_fill(finished[rows], pad)
+        completion_ids[rows, t] = token
+        finished[rows] |= torch.isin(token, eos_ids)
         if finished.all() or t == max_completion_length - 1:
             break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(N, 1)], dim=1)
+        done = finished[rows]
+        if done.sum() >= max(1, len(rows) // 4):
+            keep = (~done).nonzero().squeeze(1)
+            rows, token, attention_mask, next_position = rows[keep], token[keep], attention_mask[keep], next_position[keep]
+            for layer in cache.layers:
+                layer.keep(keep)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
         logits = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, position_ids=next_position,
                        past_key_values=cache, use_cache=True).logits[:, -1, :]
         next_position = next_position + 1
     model.train(was_training)
 
-    completion_ids = torch.stack(tokens, dim=1)  # (N, T)
-    # 3. keep tokens up to and including the first EOS; pad the rest
+    # 3. keep tokens up to and including the first EOS; pad the rest; trim to the longest completion
+    completion_ids = completion_ids[:, :t + 1]  # (N, T)
     completion_mask = completion_mask_from_ids(completion_ids, eos_ids.tolist())  # (N, T)
     completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
     per_token, entropy = None, None
     if return_logps:
-        per_token = torch.stack(logps, dim=1) * completion_mask  # (N, T)
-        entropy = torch.stack(entropies, dim=1) * completion_mask  # (N, T)
+        per_token = logps[:, :t + 1] * completion_mask  # (N, T)
+        entropy = entropies[:, :t + 1] * completion_mask  # (N, T)
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,

@@ -11,6 +11,7 @@ import torch
 
 from companion.objectives import ALGORITHMS, NORMALIZERS, policy_loss
 from companion.trainer import (
+    LOSS_STATS,
     TIMING_METRICS,
     RunDirError,
     TrainConfig,
@@ -38,8 +39,8 @@ def _comparable(records):
 def _assert_finite_metrics(records):
     for record in records:
         for key, value in record.items():
-            if value is None:  # a batch without a correct (or a wrong) answer has no length for it; no KL at beta=0
-                assert key in ("length_correct", "length_wrong", "kl"), key
+            if value is None:  # a batch without a correct (or a wrong) answer has no length for it; see LOSS_STATS
+                assert key in ("length_correct", "length_wrong", *LOSS_STATS), key
             else:
                 assert math.isfinite(value), (key, value)
 
@@ -203,3 +204,4 @@ def test_a_prompt_longer_than_the_context_is_refused_before_training(tiny_policy
     model, tok = tiny_policy
     with pytest.raises(ValueError, match="exceeds the model's context.*--max-completion-length"):
         train(_run_config(tmp_path, max_completion_length=370), model=model, tokenizer=tok, progress=False)
+

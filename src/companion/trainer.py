@@ -55,6 +55,10 @@ from companion.rollout import Rollout, generate, per_token_logps
 
 SCHEDULERS = ("constant", "linear", "cosine")
 
+LOSS_STATS = ("ratio_mean", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "kl")
+"""Diagnostics of :func:`companion.objectives.policy_loss` in each record: ``None`` on a step where no completion
+had a weight (nothing ran through the loss), and ``kl`` only with ``beta > 0``."""
+
 TIMING_METRICS = ("step_time", "time_generate", "time_verify", "time_reference", "time_forward", "time_backward",
                   "time_eval", "gen_tokens_per_s", "tokens_per_s")
 """Metrics that measure the machine, not the run: the only fields that differ between identical runs."""
@@ -547,7 +551,8 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
         timing["time_reference"] = time.perf_counter() - t
 
     olds = [None] * len(chunks)  # π_old: the first iteration's log-probs, detached (the policy that sampled)
-    totals: dict[str, float] = {}
+    # policy_loss's diagnostics, token-weighted over chunks and averaged over iterations; None when no token ran
+    totals: dict[str, float | None] = {"loss": 0.0, **dict.fromkeys(LOSS_STATS)}
     grad_norm = torch.tensor(0.0)
     for iteration in range(config.num_iterations):
         # Zeros, not None: a batch where nothing has weight still steps AdamW (with a zero gradient), as the
@@ -581,9 +586,8 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
         scheduler.step()
         timing["time_backward"] += time.perf_counter() - t
         for key, value in {"loss": loss_value, **stats_sum}.items():
-            totals[key] = totals.get(key, 0.0) + value / config.num_iterations
-    return {**totals, "kl": totals.get("kl"), "grad_norm": grad_norm.item(),
-            "frac_weighted": (weights != 0).float().mean().item()}
+            totals[key] = (totals[key] or 0.0) + value / config.num_iterations
+    return {**totals, "grad_norm": grad_norm.item(), "frac_weighted": (weights != 0).float().mean().item()}
 
 
 def _diverged(what: str, *, step: int, last_saved: int | None, out: Path, config: TrainConfig):

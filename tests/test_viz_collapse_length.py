@@ -101,7 +101,8 @@ def test_drift_figure_without_a_grid_has_no_slider(drift_records):
 def test_gradient_agreement_figure():
     records = [dict(case="on-policy", grpo=x, nll=x) for x in (-1.0, 0.5)] + [dict(case="after a step", grpo=1.0, nll=2.0)]
     fig = gradient_agreement_figure(records)
-    assert [t.name for t in fig.data] == ["on-policy", "after a step", "y = x"]
+    assert [a.text for a in fig.layout.annotations] == ["on-policy", "after a step"]  # one panel per case
+    assert list(fig.data[1].x) == [-1.0, 0.5] and fig.layout.xaxis2.range[1] == pytest.approx(2.1)
 
 
 def test_widgets_draw_and_report_impossible_settings():

@@ -87,7 +87,7 @@ class LengthSimConfig:
     learning_rate: float = field(default=0.05, metadata={
         "help": "step size, in units of the run's initial gradient size (see simulate)"})
     calibration_batches: int = field(default=8, metadata={
-        "help": "batches whose gradient size sets the step size (see simulate)"})
+        "help": "batches whose mean gradient sets the step size (see simulate)"})
     lam: float = field(default=1.0, metadata={"help": "λ, F-ISFT±'s weight on wrong samples"})
     record_every: int = field(default=5, metadata={"help": "record the policy's statistics every this many steps"})
     seed: int = field(default=0, metadata={"help": "seed of the run's random generator"})
@@ -365,8 +365,8 @@ def sample_batch(policy: LengthPolicy, runs: Runs, generators: list[torch.Genera
     Run r draws its random numbers from ``generators[r]`` alone.
     """
     N, M, L = runs.first.samples_per_step, runs.first.num_prompts, runs.first.max_completion_length
-    uniform = torch.stack([torch.rand(3 * N, generator=g, dtype=torch.float64) for g in generators])  # (R, 3N)
-    prompt_draws = torch.stack([torch.randint(M, (N,), generator=g) for g in generators])  # (R, N)
+    uniform = torch.stack([torch.rand(4 * N, generator=g, dtype=torch.float64) for g in generators])  # (R, 4N)
+    prompt_draws = (uniform[:, 3 * N:] * M).long().clamp(max=M - 1)  # (R, N) uniform over the M prompts
     prompts = prompt_draws.gather(1, torch.arange(N) // runs.num_generations[:, None])  # (R, N): group b gets draw b
     with torch.no_grad():
         p_sound = torch.sigmoid(policy.approach_logits.gather(1, prompts).double())  # (R, N)
@@ -377,7 +377,7 @@ def sample_batch(policy: LengthPolicy, runs: Runs, generators: list[torch.Genera
         both = torch.searchsorted(cdf, u).clamp(max=L - 1)  # (R, 2, N); the clamp guards round-off at the top
         length = both.gather(1, approach[:, None]).squeeze(1) + 1  # (R, N)
         p_correct = runs.correct[torch.arange(len(runs))[:, None], approach, length - 1]  # (R, N)
-    return Batch(prompts, approach, length, (uniform[:, 2 * N:] < p_correct).double())
+    return Batch(prompts, approach, length, (uniform[:, 2 * N:3 * N] < p_correct).double())
 
 
 def sample_weights(rewards: torch.Tensor, runs: Runs) -> torch.Tensor:
@@ -425,7 +425,7 @@ def packed_token_logps(policy: LengthPolicy, batch: Batch) -> tuple[torch.Tensor
     log_length = flat.gather(1, batch.approach * L + batch.length - 1)  # (R, N)
     pos = torch.arange(int(batch.length.max()))  # as wide as the longest response: the padding adds nothing
     logps = torch.where(pos == 0, (log_approach(policy, batch) + log_length)[:, :, None], 0.0)  # (R, N, T)
-    return logps, (pos < batch.length[:, :, None]).long()
+    return logps, (pos < batch.length[:, :, None]).to(logps.dtype)  # a float mask spares the loss a conversion
 
 
 def total_loss(policy: LengthPolicy, batch: Batch, weights: torch.Tensor, runs: Runs, scale: torch.Tensor,
@@ -471,12 +471,13 @@ def simulate(configs: LengthSimConfig | list[LengthSimConfig], *, progress: bool
     weights were all zero, over the steps since the previous record. Runs must agree on the fields in
     ``_SHARED`` (lengths, batch size, steps, learning rate); anything else may differ.
 
-    The update is plain gradient descent on each run's loss divided by the RMS of its gradient over the
-    first ``calibration_batches`` batches (sampled, not applied). The losses differ by constant factors
-    (1/L_max against 1/|o|, the division by the std) that a tuned learning rate would absorb; dividing
-    them out makes every run start at the same speed. Adam would also do that, but it rescales each
-    parameter separately, and here that turns the sparse, noisy gradients of rarely visited positions
-    into full-size steps that move the lengths on their own.
+    The update is plain gradient descent on each run's loss divided by the size (RMS over prompts) of its
+    mean gradient on the approach logits over the first ``calibration_batches`` batches (sampled, not
+    applied): the part of the gradient that learns the task. The losses differ by constant factors (1/L_max
+    against 1/|o|, the division by the std) that a tuned learning rate would absorb; dividing them out makes
+    every run start learning the task at the same speed, whatever its loss does to lengths. Adam would also
+    remove the factors, but it rescales each parameter separately, which turns the sparse, noisy gradients of
+    rarely visited positions into full-size steps that move the lengths on their own.
     """
     configs = [configs] if isinstance(configs, LengthSimConfig) else list(configs)
     # runs with one normaliser next to each other: fewer blocks in total_loss
@@ -496,13 +497,14 @@ def simulate(configs: LengthSimConfig | list[LengthSimConfig], *, progress: bool
         return total_loss(policy, batch, weights, runs, scale), weights
 
     with one_thread():
-        # 0. calibration: the RMS of each run's gradient at the start
-        square = torch.zeros(R, dtype=torch.float64)
+        # 0. calibration: each run's mean gradient on the approach choice, the direction that learns the task
+        approach = torch.zeros_like(policy.approach_logits, dtype=torch.float64)  # (R, M)
         for _ in range(first.calibration_batches):
             loss, _ = loss_and_weights(torch.ones(R))
-            grads = torch.autograd.grad(loss, params)  # run r's slice of each gradient is its own gradient
-            square += sum(g.double().pow(2).flatten(1).sum(dim=1) for g in grads) / sum(p[0].numel() for p in params)
-        scale = (square / first.calibration_batches).sqrt().clamp(min=1e-12).float()  # (R,)
+            # run r's slice of the gradient is its own gradient
+            approach += torch.autograd.grad(loss, policy.approach_logits)[0].double()
+        rms = (approach / first.calibration_batches).pow(2).mean(dim=1).sqrt()  # (R,)
+        scale = rms.clamp(min=1e-12).float()
         optimizer = torch.optim.SGD(params, lr=first.learning_rate)
 
         for step in tqdm(range(first.steps + 1), desc="length simulation", disable=not progress):

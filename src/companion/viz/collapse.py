@@ -100,24 +100,24 @@ def group_weights_figure(records: list[dict], *, start: int | None = None) -> go
 
 
 def gradient_agreement_figure(records: list[dict]) -> go.Figure:
-    """Scatter of gradient entries: the GRPO loss's (x) against the weighted NLL's (y), one colour per case.
+    """Scatter of gradient entries, the GRPO loss's (x) against the weighted NLL's (y), one panel per case.
 
-    ``records``: dicts with ``case`` (a label), ``grpo`` and ``nll`` (one gradient entry each). On the
-    diagonal the two gradients agree.
+    ``records``: dicts with ``case`` (a label), ``grpo`` and ``nll`` (one gradient entry each). Each panel has
+    its own scale (the cases differ by orders of magnitude) and the diagonal y = x, where the two agree.
     """
-    fig = go.Figure()
     cases = list(dict.fromkeys(r["case"] for r in records))
-    for case in cases:
+    fig = make_subplots(rows=1, cols=len(cases), subplot_titles=cases, horizontal_spacing=0.08)
+    for col, case in enumerate(cases, start=1):
         rows = [r for r in records if r["case"] == case]
-        fig.add_trace(go.Scattergl(x=[r["grpo"] for r in rows], y=[r["nll"] for r in rows], mode="markers",
-                                   name=case, marker=dict(size=4, opacity=0.6),
-                                   hovertemplate="GRPO %{x:.2e}<br>weighted NLL %{y:.2e}<extra>" + case + "</extra>"))
-    values = [abs(r[k]) for r in records for k in ("grpo", "nll")]
-    top = max(values) if values else 1.0
-    fig.add_trace(go.Scatter(x=[-top, top], y=[-top, top], mode="lines", line=dict(color="grey", dash="dot"),
-                             name="y = x", hoverinfo="skip"))
-    fig.update_layout(height=460, margin=dict(t=50, b=50, l=70, r=20),
-                      xaxis_title="∂(GRPO loss)/∂θ", yaxis_title="∂(weighted NLL)/∂θ",
-                      title_text="The two gradients, entry by entry (a random sample of the model's parameters)",
-                      legend=dict(orientation="h", y=-0.2))
+        x, y = [r["grpo"] for r in rows], [r["nll"] for r in rows]
+        top = max([abs(v) for v in x + y] + [1e-30]) * 1.05
+        fig.add_trace(go.Scatter(x=[-top, top], y=[-top, top], mode="lines", hoverinfo="skip", showlegend=False,
+                                 line=dict(color="grey", dash="dot", width=1)), row=1, col=col)
+        fig.add_trace(go.Scattergl(x=x, y=y, mode="markers", marker=dict(size=4, opacity=0.6), showlegend=False,
+                                   hovertemplate="GRPO %{x:.2e}<br>weighted NLL %{y:.2e}<extra>" + case + "</extra>"),
+                      row=1, col=col)
+        fig.update_xaxes(range=[-top, top], title_text="∂(GRPO loss)/∂θ", exponentformat="e", row=1, col=col)
+        fig.update_yaxes(range=[-top, top], exponentformat="e", row=1, col=col)
+    fig.update_yaxes(title_text="∂(weighted NLL)/∂θ", row=1, col=1)
+    fig.update_layout(height=420, margin=dict(t=60, b=50, l=70, r=20))
     return fig

@@ -285,6 +285,26 @@ def test_eval_loads_a_model_directory_and_refuses_a_too_long_completion(tiny_pol
         evaluate(small_config(tmp_path / "missing", model=str(tmp_path / "no-such-model")), progress=False)
 
 
+def test_eval_of_saved_lora_adapters_equals_the_model_that_saved_them(tiny_policy_dir, tmp_path):
+    """`companion train` saves LoRA adapters with a note of their base; --model on that directory rebuilds the
+    policy, and samples through peft's forward exactly as the in-memory model does."""
+    from companion.models import LoraSettings, load_policy, save_policy
+
+    model, tokenizer = load_policy(str(tiny_policy_dir), lora=LoraSettings(r=2), device="cpu")
+    with torch.no_grad():  # fresh adapters are a no-op (B = 0); make them change the policy
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(generator=torch.Generator().manual_seed(0))
+    save_policy(model, tokenizer, tmp_path / "adapters", base=str(tiny_policy_dir))
+    from_disk = evaluate(small_config(tmp_path / "disk", model=str(tmp_path / "adapters")), progress=False)
+    in_memory = evaluate(small_config(tmp_path / "memory", model=str(tmp_path / "adapters")), model=model,
+                         tokenizer=tokenizer, progress=False)
+    base = evaluate(small_config(tmp_path / "base", model=str(tiny_policy_dir)), progress=False)
+    assert rows_without_timing(tmp_path / "disk") == rows_without_timing(tmp_path / "memory")
+    assert rows_without_timing(tmp_path / "disk") != rows_without_timing(tmp_path / "base")
+    assert from_disk["pass_at_k"] == in_memory["pass_at_k"] and base["samples"] == from_disk["samples"]
+
+
 def _companion() -> str:
     script = Path(sys.executable).parent / "companion"
     if not script.exists():
@@ -292,6 +312,7 @@ def _companion() -> str:
     return str(script)
 
 
+@pytest.mark.slow  # a subprocess that imports torch and transformers: 10-25 s on the shared cores
 def test_cli_runs_resumes_and_refuses(tiny_policy_dir, tmp_path, capsys):
     out = tmp_path / "cli-run"
     options = ["--model", str(tiny_policy_dir), "--task", "countdown", "--problems", "2", "--n", "4",

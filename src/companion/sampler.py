@@ -1,23 +1,27 @@
-"""Many samples per prompt, fast: the sampler behind ``companion eval``.
+"""Many samples per prompt, fast, and each prompt's samples fixed by its own seed: the sampler behind
+``companion eval``.
 
 pass@k needs hundreds of completions per problem (Yue et al. use n = 256), so evaluation is mostly
-sampling. Like :func:`companion.rollout.generate` (which serves the trainers and also returns log-probs),
-this sampler runs each prompt through the model once and copies its KV cache to every row that samples
-from it, and writes the cache in place (``transformers``' default cache re-concatenates itself at every
-step, which on the tiny model costs more than the model). Evaluation adds two things:
+sampling. Like :func:`companion.rollout.generate` (the trainers' sampler), this one runs each prompt through
+the model once and copies its KV cache to every row that samples from it, writes the cache in place
+(``transformers``' default cache re-concatenates itself at every step, which on the tiny model costs more
+than the model), and drops finished rows from the batch (with n = 256 some sample nearly always runs to the
+length cap while most stopped long before). Two things differ, and are why evaluation has its own:
 
-1. **Finished rows are dropped.** With n = 256 some sample almost always runs to the length cap while most
-   stopped long before; a row that has emitted EOS stops costing compute. Once a quarter of the batch has
-   finished, the survivors are gathered into a smaller batch (gathering at every finish would copy the
-   cache more often than it saves).
-2. **One uniform per token, fixed in advance.** Sample ``i`` of a prompt draws its ``t``-th token by
-   inverse-CDF sampling with ``u[i, t]``, where ``u`` comes from the prompt's own seed. A sample therefore
-   does not depend on which other prompts share its batch, on the batch size, or on when rows were
-   dropped, which is what makes an interrupted evaluation resume to exactly the uninterrupted result.
+1. **One uniform per token, fixed in advance.** Sample ``i`` of a prompt draws its ``t``-th token by
+   inverse-CDF sampling with ``u[i, t]``, where ``u`` comes from that prompt's own seed. A sample therefore
+   depends on the model, its prompt and its seed only: not on which other prompts share its batch, on the
+   batch size, or on when rows were dropped. That is what lets an interrupted evaluation resume, with any
+   batch size, to the uninterrupted result. (``rollout.generate`` draws from one generator per call, so a
+   sample there depends on what else is in the call.)
+2. **Batches of a fixed size.** The (prompt, sample) rows are laid end to end and cut into batches of
+   ``batch_size`` rows: several prompts share a batch when n is small, and n = 1024 samples of one prompt
+   do not all decode at once.
 
-The distribution is the one ``model.generate(do_sample=True, temperature=..., top_p=..., top_k=0)``
-samples: temperature, then the smallest set of most likely tokens whose probability reaches ``top_p``.
-``temperature=0`` is greedy decoding.
+Finished rows are gathered out of the batch once a quarter of it has finished (gathering at every finish
+would copy the cache more often than it saves). The distribution is the one
+``model.generate(do_sample=True, temperature=..., top_p=..., top_k=0)`` samples: temperature, then the
+smallest set of most likely tokens whose probability reaches ``top_p``. ``temperature=0`` is greedy.
 """
 
 from __future__ import annotations
@@ -217,16 +221,15 @@ def _decode_batch(model, prompt_cache, prompt_logits, prompt_mask, prompt_of, un
     num_rows, max_len = uniforms.shape  # (R, T)
     device = uniforms.device
     prompt_len = prompt_mask.shape[1]
-    padded = bool((prompt_mask[prompt_of] == 0).any())
     cache = _buffer_cache(prompt_cache, prompt_of, capacity=prompt_len + max_len)
     tokens = torch.zeros(num_rows, max_len, dtype=torch.long, device=device)  # (R, T) valid up to each length
     lengths = torch.full((num_rows,), max_len, dtype=torch.long, device=device)
     finished = torch.zeros(num_rows, dtype=torch.bool, device=device)
     # The physical batch: which original rows are still decoded, and their attention masks and next positions.
     live = torch.arange(num_rows, device=device)  # (A,)
-    mask = torch.ones(num_rows, prompt_len + max_len, dtype=torch.long, device=device) if padded else None
-    if padded:
-        mask[:, :prompt_len] = prompt_mask[prompt_of]
+    # One code path with or without left padding: transformers drops an all-ones mask by itself.
+    mask = torch.ones(num_rows, prompt_len + max_len, dtype=torch.long, device=device)  # (A, P + T)
+    mask[:, :prompt_len] = prompt_mask[prompt_of]
     positions = prompt_mask.sum(dim=1)[prompt_of]  # (A,) position of the next token: the prompt's real length
     logits = prompt_logits[prompt_of]  # (A, V)
     running = torch.ones(num_rows, dtype=torch.bool, device=device)  # (A,) not yet finished, among the live rows
@@ -248,12 +251,11 @@ def _decode_batch(model, prompt_cache, prompt_logits, prompt_mask, prompt_of, un
             keep = running.nonzero().squeeze(1)  # (A',)
             cache.batch_select_indices(keep)
             live, positions, running, next_tokens = live[keep], positions[keep], running[keep], next_tokens[keep]
-            if padded:
-                mask = mask[keep]
+            mask = mask[keep]
         # 4. one step of the model on the last token of every live row
-        step = {"attention_mask": mask[:, : prompt_len + t + 1]} if padded else {}
-        logits = model(input_ids=next_tokens[:, None], position_ids=(positions + t)[:, None], past_key_values=cache,
-                       use_cache=True, logits_to_keep=1, **step).logits[:, -1]  # (A, V)
+        logits = model(input_ids=next_tokens[:, None], attention_mask=mask[:, : prompt_len + t + 1],
+                       position_ids=(positions + t)[:, None], past_key_values=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]  # (A, V)
     unfinished = ~finished
     if on_finished is not None and unfinished.any():
         on_finished(int(unfinished.sum()), int(lengths[unfinished].sum()))

@@ -118,7 +118,7 @@ def length_drift_figure(records: list[dict], *, scenario: tuple[str, ...] = (
                 rows = run_records(algo, option, keys[start])
                 fig.add_trace(go.Scatter(
                     x=[r["step"] for r in rows], y=[r[column] for r in rows], mode="lines", line=line, name=name,
-                    legendgroup=column, showlegend=(i == 0 and option == options[0]),
+                    legendgroup=column, showlegend=i == 0,  # hidden traces leave the legend
                     visible=option == options[0],
                     hovertemplate=f"step %{{x}}<br>{name}: %{{y:.3g}}<extra>{ALGO_TITLES.get(algo, algo)}, "
                                   f"{rows[0]['normalizer'] if rows else option}</extra>",

@@ -260,8 +260,9 @@ def _mean(values: torch.Tensor) -> float | None:
     return values.float().mean().item() if values.numel() else None
 
 
-def evaluate(model, tokenizer, task, problems: list, *, max_completion_length: int, temperature: float = 1.0,
-             top_p: float = 1.0, samples: int = 4, seed: int = 0, threshold: float = 1.0, batch_size: int = 32) -> dict:
+def heldout_accuracy(model, tokenizer, task, problems: list, *, max_completion_length: int, temperature: float = 1.0,
+                     top_p: float = 1.0, samples: int = 4, seed: int = 0, threshold: float = 1.0,
+                     batch_size: int = 32) -> dict:
     """Accuracy on ``problems``: greedy (temperature 0) and sampled (``samples`` completions each).
 
     Sampling uses its own seeded generator, so evaluating never moves the caller's random stream.
@@ -617,9 +618,9 @@ def _rollout_metrics(rollout: Rollout, rewards: torch.Tensor, num_generations: i
 
 
 def _evaluate(config: TrainConfig, model, tokenizer, task, problems, *, step: int) -> dict:
-    return evaluate(model, tokenizer, task, problems, max_completion_length=config.max_completion_length,
-                    temperature=config.temperature, top_p=config.top_p, samples=config.eval_samples,
-                    seed=config.seed * 1_000_003 + step, threshold=config.threshold)
+    return heldout_accuracy(model, tokenizer, task, problems, max_completion_length=config.max_completion_length,
+                            temperature=config.temperature, top_p=config.top_p, samples=config.eval_samples,
+                            seed=config.seed * 1_000_003 + step, threshold=config.threshold)
 
 
 def read_metrics(out: str | Path) -> list[dict]:

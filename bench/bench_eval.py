@@ -160,12 +160,12 @@ def main() -> None:
                 report(f"{count} thread(s)", timed(ours, args.repeats))
 
     if "chunk" not in args.skip:
-        print(f"\n3. companion eval --n {args.n} on {args.chunk_problems} problems (batch_size 256, "
-              f"{args.threads} thread(s)), through evaluate()")
         with tempfile.TemporaryDirectory() as out:
             config = EvalConfig(model=args.model, problems=args.chunk_problems, n=args.n, threads=args.threads,
                                 temperature=args.temperature, top_p=args.top_p,
                                 max_completion_length=args.max_completion_length, out=out)
+            print(f"\n3. companion eval --n {args.n} on {args.chunk_problems} problems (batch_size {config.batch_size}, "
+                  f"{args.threads} thread(s)), through evaluate()")
             start = time.perf_counter()
             summary = evaluate(config, model=model, tokenizer=tokenizer, progress=False)
             elapsed = time.perf_counter() - start

@@ -333,6 +333,35 @@ def test_cli_runs_resumes_and_refuses(tiny_policy_dir, tmp_path, capsys):
     assert exit_info.value.code == 2 and "n (samples per problem) must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess that imports torch and transformers: 10-25 s on the shared cores
+def test_a_killed_run_keeps_its_finished_problems_and_resumes_to_the_uninterrupted_result(tiny_policy_dir, tmp_path):
+    import signal
+    import time
+
+    options = ["--model", str(tiny_policy_dir), "--problems", "12", "--n", "4", "--max-completion-length", "32",
+               "--temperature", "1.0", "--threads", "1", "--out", str(tmp_path / "killed")]
+    rows_file = tmp_path / "killed" / ROWS_FILE
+    process = subprocess.Popen([_companion(), "eval", *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:
+        if rows_file.exists() and rows_file.read_bytes().count(b"\n") >= 2:
+            process.send_signal(signal.SIGKILL)  # no handler runs: only what was fsynced survives
+            break
+        time.sleep(0.02)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    survivors = load_results(tmp_path / "killed").rows
+    assert 2 <= len(survivors) < 12
+
+    assert main(options) == 0
+    straight = small_config(tmp_path / "straight", model=str(tiny_policy_dir), problems=12, max_completion_length=32)
+    evaluate(straight, progress=False)
+    assert rows_without_timing(tmp_path / "killed") == rows_without_timing(tmp_path / "straight")
+    assert rows_without_timing(tmp_path / "killed")[: len(survivors)] == \
+        [{k: v for k, v in row.items() if k != "seconds"} for row in survivors]
+
+
 def test_main_help_lists_every_field(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -90,8 +90,9 @@ class EvalConfig:
     max_completion_length: int = field(default=200, metadata={"help": "tokens per completion at most (EOS included);"
                                                                          " 200 as in training and pretraining"})
     seed: int = field(default=0, metadata={"help": "sampling seed; problem i uses a seed derived from it and i"})
-    batch_size: int = field(default=256, metadata={"help": "samples decoded together (memory grows with it); 256 was "
-                                                           "the fastest for the tiny model in bench/bench_eval.py"})
+    batch_size: int = field(default=512, metadata={"help": "samples decoded together (memory grows with it); 512 was "
+                                                           "the fastest for the tiny model at n = 256 in "
+                                                           "bench/bench_eval.py"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads, 0 for torch's default (one per core). One "
                                                       "decodes the tiny model fastest when other processes share the "
                                                       "cores (see bench/bench_eval.py)"})
@@ -275,14 +276,17 @@ def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool =
     if todo:
         if model is None:
             model, tokenizer = _load_model(config)
-        prompts = [task.prompt(p, style=config.prompt_style, tokenizer=tokenizer) for p in problems]
+        try:
+            prompts = [task.prompt(p, style=config.prompt_style, tokenizer=tokenizer) for p in problems]
+        except ValueError as error:  # e.g. --prompt-style chat with a tokenizer that has no chat template
+            raise EvalError(str(error)) from error
         _check_context(model, tokenizer, prompts, config)
         threads = torch.get_num_threads()
         if config.threads:
             torch.set_num_threads(config.threads)
         size = config.problems_per_group
         groups = sorted({i // size for i in todo})
-        bar = tqdm(total=len(problems) * config.n, initial=len(done) * config.n, unit="sample", smoothing=0.05,
+        bar = tqdm(total=len(problems) * config.n, initial=(len(problems) - len(todo)) * config.n, unit="sample", smoothing=0.05,
                    desc=f"eval {config.task}", disable=not progress, dynamic_ncols=True)
         tokens = 0
 
@@ -452,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     except EvalError as error:
         print(f"companion eval: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ncompanion eval: interrupted; every finished problem is in {config.out}/{ROWS_FILE}: rerun the same "
+              "command to resume", file=sys.stderr)
+        return 130
     print(f"{summary['num_problems']} problems x {summary['n']} samples of {summary['model']} on {summary['task']}: "
           f"coverage {summary['coverage']:.3f}, mean reward {summary['mean_reward']:.3f}")
     for point in summary["pass_at_k"]:

@@ -11,7 +11,7 @@ Reports samples/s and tokens/s (completion tokens, EOS included) for:
 
 Wall time is what a user waits; CPU time (this process's user + system time) is less disturbed when other
 processes share the cores, so both are printed, each the best of ``--repeats`` runs. With no tiny checkpoint built yet, a random model of the
-tiny model's size stands in: it never emits EOS, so every completion runs to the length cap.
+tiny model's size stands in: it rarely emits EOS, so most completions run to the length cap.
 
     python bench/bench_eval.py                          # the tiny base model ("tiny"), 2 problems x 256
     python bench/bench_eval.py --model DIR --problems 4 --chunk-problems 5

@@ -205,3 +205,33 @@ def test_a_prompt_longer_than_the_context_is_refused_before_training(tiny_policy
     with pytest.raises(ValueError, match="exceeds the model's context.*--max-completion-length"):
         train(_run_config(tmp_path, max_completion_length=370), model=model, tokenizer=tok, progress=False)
 
+
+
+# --- a few real steps on the tiny base model --------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["full", "lora", "4bit-lora"])
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_a_few_real_steps_on_the_tiny_base_model_change_the_parameters(tmp_path, algo, variant):
+    from companion.models import LoraSettings, load_policy, trainable_state_dict
+
+    lora = variant != "full"
+    model, tok = load_policy("tiny", load_in_4bit=variant == "4bit-lora", device="cpu",
+                             lora=LoraSettings(r=8, alpha=16) if lora else None)
+    before = trainable_state_dict(model)
+    # Word problems, where the base model is sometimes right: 2 steps x 8 problems x 8 samples give the
+    # F-ISFT rules, which need a correct sample, something to learn from.
+    config = _run_config(tmp_path, algo=algo, task="tinygsm", lora=lora, lora_r=8, lora_alpha=16,
+                         load_in_4bit=variant == "4bit-lora", prompts_per_step=8, num_generations=8,
+                         max_completion_length=128, train_problems=64, learning_rate=1e-3 if lora else 1e-4)
+    result = train(config, model=model, tokenizer=tok, progress=False)
+    _assert_finite_metrics(result.metrics)
+    assert any(r["frac_weighted"] > 0 for r in result.metrics), "no completion had a weight: nothing to learn from"
+    after = trainable_state_dict(result.model)
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed and (not lora or all("lora_" in name for name in changed))
+    if variant == "4bit-lora":
+        import bitsandbytes as bnb
+
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in result.model.modules())

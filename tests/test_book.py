@@ -78,7 +78,7 @@ def test_book_builds_with_figures_and_math(built_book):
         assert "plotly-graph-div" in text, f"{page.name}: no plotly figure made it into the HTML"
         assert text.count("plotly.js v") <= 1, f"{page.name}: plotly.js embedded more than once"
         assert 'class="math' in text, f"{page.name}: no math"
-    assert (built_book / "_static" / "mathjax" / "MathJax.js").exists(), "MathJax is not served locally"
+    assert (built_book / "mathjax" / "MathJax.js").exists(), "MathJax is not served locally"
     assert (built_book / "index.html").exists()
 
 
@@ -124,7 +124,7 @@ def test_pages_render_figures_and_math_in_chromium(built_book, site_url):
                 page.wait_for_function(
                     f"document.querySelectorAll('.plotly-graph-div .main-svg').length >= {n_figures}", timeout=30000)
             if 'class="math' in html:
-                page.wait_for_function("window.MathJax && MathJax.Hub && MathJax.Hub.Queue", timeout=30000)
+                page.wait_for_function("!!(window.MathJax && MathJax.isReady)", timeout=30000)
                 page.evaluate("new Promise(done => MathJax.Hub.Queue(() => done(true)))")  # typesetting finished
                 assert page.locator(".MathJax, .MathJax_Display").count() > 0, f"{rel}: math was not typeset"
                 assert page.locator(".MathJax_Error, merror").count() == 0, f"{rel}: MathJax error"

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 
 
 def _show_token(token: str) -> str:
-    return {"\n": "⏎", " ": "␣"}.get(token, token)
+    return {"\n": "\\n", " ": "space"}.get(token, token)
 
 
 def token_tree_figure(records: list[dict], prompt: str, *, eos_token: str | None = None) -> go.Figure:

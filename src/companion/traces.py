@@ -7,8 +7,8 @@ sometimes, wrong often, with a varied number of attempts. The exact solver's cle
 format, are the "stronger teacher" a later chapter distils from.
 
 **Countdown.** Each line is one attempt: steps that combine two of the values left, until one value
-remains, then ``yes`` or ``no`` against the target. A step whose result is negative or fractional is
-abandoned (``drop``). An attempt follows a known solution with probability ``guided`` (the solver's
+remains, then ``yes`` or ``no`` against the target. A step whose result would be negative, fractional or
+above :data:`LIMIT` is abandoned (``drop``). An attempt follows a known solution with probability ``guided`` (the solver's
 "intuition") and otherwise picks each step at random; any step may slip (a wrong result, believed).
 The solver stops at its first ``yes`` or after a budget of attempts drawn uniformly from
 ``1..max_attempts``, then answers with the attempt it believes hit, or else its closest one::
@@ -21,7 +21,7 @@ The solver stops at its first ``yes`` or after a budget of attempts drawn unifor
 
 **Word problems** (:mod:`companion.tasks.tinygsm`). One line per step of the worked solution; each step
 picks a wrong operation with probability ``wrong_op``; a wrong step is noticed and abandoned
-(``, no``) with probability ``notice`` (always when its result is not a whole number) and the solver tries
+(``, no``) with probability ``notice`` (always when its result is not a whole number up to :data:`LIMIT`) and the solver tries
 again, otherwise it is kept and carried into the next steps. Any step may slip.
 
 >>> import random
@@ -38,6 +38,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import lru_cache
 
 from companion.tasks import countdown, prompts
 
@@ -45,6 +46,12 @@ TASKS = ("countdown", "tinygsm")
 """The tasks with a noisy and an exact solver here (GSM8K has no solver: it is the GPU world's task)."""
 
 _OPS = ("+", "-", "*", "/")
+
+LIMIT = 100
+"""Largest intermediate value the noisy solver computes. A step that would give a negative, fractional or
+larger value is dropped without computing it (``17*19, drop``), as a person would: targets are at most 100,
+and 99% of held-out Countdown problems have a solution whose every intermediate value is at most 100.
+It also spares a tiny model from learning products like 17*19 that no solution needs."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,10 @@ def _fmt(x) -> str:
 
 def _plain(x: Fraction) -> bool:
     return x.denominator == 1 and x >= 0
+
+
+def _usable(x: Fraction | None) -> bool:
+    return x is not None and _plain(x) and x <= LIMIT
 
 
 def _slip(value: Fraction, rng: random.Random, p: float) -> Fraction:
@@ -116,9 +127,9 @@ def _attempt(numbers, path, rng: random.Random, noise: Noise):
             op = rng.choice(_OPS)
         (a, ea, ca), (b, eb, cb) = items[i], items[j]
         value = countdown.apply_op(a, op, b)
-        if value is None or not _plain(value):
-            shown = "?" if value is None else _fmt(value)
-            texts.append(f"{_fmt(a)}{op}{_fmt(b)}={shown}, drop")
+        # A replayed solution may pass LIMIT; it still drops a step that a slip made impossible.
+        if not _usable(value) and (path is None or value is None or not _plain(value)):
+            texts.append(f"{_fmt(a)}{op}{_fmt(b)}, drop")
             return ", ".join(texts), None, None
         value = _slip(value, rng, noise.slip)
         texts.append(f"{_fmt(a)}{op}{_fmt(b)}={_fmt(value)}")
@@ -129,8 +140,16 @@ def _attempt(numbers, path, rng: random.Random, noise: Noise):
 
 
 def _solution_paths(numbers, target) -> list:
+    return _solution_paths_of(tuple(numbers), target)
+
+
+@lru_cache(maxsize=1 << 15)
+def _solution_paths_of(numbers: tuple[int, ...], target: int) -> list:
+    """The solutions whose intermediate values are all at most :data:`LIMIT`, else the integer ones, else
+    all. Cached: a corpus meets the same problem many times."""
     paths = list(countdown.solution_steps(numbers, target, integer_only=True))
-    return paths or list(countdown.solution_steps(numbers, target))
+    small = [path for path in paths if all(step.result <= LIMIT for step in path)]
+    return small or paths or list(countdown.solution_steps(numbers, target))
 
 
 def countdown_trace(problem: dict, rng: random.Random, noise: Noise = Noise()) -> str:
@@ -138,8 +157,8 @@ def countdown_trace(problem: dict, rng: random.Random, noise: Noise = Noise()) -
 
     >>> print(countdown_trace({"numbers": [13, 2, 1], "target": 28}, random.Random(9)))
     <BLANKLINE>
-    2-13=-11, drop
-    13/2=13/2, drop
+    2-13, drop
+    13/2, drop
     13+2=15, 15/1=15, no
     13+1=14, 14*2=28, yes
     </think>
@@ -218,8 +237,11 @@ def tinygsm_trace(problem: dict, rng: random.Random, noise: Noise = Noise()) -> 
         while True:
             chosen = rng.choice([o for o in _OPS if o != op]) if rng.random() < noise.wrong_op else op
             value = countdown.apply_op(x, chosen, y)
-            if chosen != op and (value is None or not _plain(value) or rng.random() < noise.notice):
-                lines.append(f"{_fmt(x)}{chosen}{_fmt(y)}={'?' if value is None else _fmt(value)}, no")
+            if chosen != op and not _usable(value):
+                lines.append(f"{_fmt(x)}{chosen}{_fmt(y)}, no")
+                continue
+            if chosen != op and rng.random() < noise.notice:
+                lines.append(f"{_fmt(x)}{chosen}{_fmt(y)}={_fmt(value)}, no")
                 continue
             break
         previous = _slip(value, rng, noise.slip) if _plain(value) else value
@@ -277,3 +299,40 @@ def examples(task: str, problems: list[dict], *, seed: int = 0, noise: Noise | N
         completion = clean_trace(task, problem, rng) if noise is None else noisy_trace(task, problem, rng, noise)
         pairs.append((prompt, completion))
     return pairs
+
+
+# --- arithmetic drills -----------------------------------------------------------------------------------
+
+DRILL_PROMPT = "Arithmetic:\n"
+"""The header of a drill: a short document of worked sums, the arithmetic a real base model picks up from
+the web before it ever sees a puzzle."""
+
+
+def _drill_operand(rng: random.Random) -> int:
+    # Mostly the puzzles' own small numbers, sometimes an intermediate value up to LIMIT.
+    return rng.randint(1, 20) if rng.random() < 0.6 else rng.randint(1, LIMIT)
+
+
+def arithmetic_fact(rng: random.Random) -> str:
+    """One line ``a op b=c`` of the arithmetic the solvers do: whole numbers, results 0..LIMIT, exact division.
+
+    >>> [arithmetic_fact(random.Random(s)) for s in range(4)]
+    ['14/14=1', '61-27=34', '40+7=47', '19-1=18']
+    """
+    op = rng.choice(_OPS)
+    while True:
+        if op == "/":
+            b, q = rng.randint(1, 20), rng.randint(0, 20)
+            a = b * q
+            if a > LIMIT:
+                continue
+        else:
+            a, b = _drill_operand(rng), _drill_operand(rng)
+        value = countdown.apply_op(Fraction(a), op, Fraction(b))
+        if _usable(value):
+            return f"{a}{op}{b}={_fmt(value)}"
+
+
+def arithmetic_drill(rng: random.Random, n_facts: int = 24) -> str:
+    """A drill: ``n_facts`` lines of :func:`arithmetic_fact`, to follow :data:`DRILL_PROMPT`."""
+    return "\n".join(arithmetic_fact(rng) for _ in range(n_facts))

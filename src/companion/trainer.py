@@ -15,6 +15,15 @@ append-only), ``checkpoint.pt`` (the last checkpoint: trainable weights, optimiz
 step and data position) and, at the end, ``policy/`` (the trained model or adapters, loadable with
 :func:`companion.models.load_policy`).
 
+Each line of ``metrics.jsonl`` is one step: ``reward``, ``accuracy`` (share of completions with reward ≥
+``threshold``), ``frac_zero_spread`` (groups whose rewards are all equal: they get no weight),
+``frac_weighted`` (completions with a non-zero weight), ``length``, ``length_correct`` and ``length_wrong``
+(mean tokens, EOS included; ``None`` when there is none), ``frac_truncated`` (cut by
+``max_completion_length``), ``entropy`` (of the sampling distribution, per token), ``loss``, ``grad_norm``
+(before clipping), ``lr`` and :data:`LOSS_STATS` (``kl`` among them), the wall-clock :data:`TIMING_METRICS`,
+and, every ``eval_every`` steps (and at step 0), ``eval_accuracy_greedy`` / ``eval_accuracy_sampled`` on
+held-out problems.
+
 Decisions, and why:
 
 * **One sampled batch, μ updates.** A step samples ``prompts_per_step`` × ``num_generations`` completions

@@ -338,8 +338,10 @@ def test_a_killed_run_keeps_its_finished_problems_and_resumes_to_the_uninterrupt
     import signal
     import time
 
-    options = ["--model", str(tiny_policy_dir), "--problems", "12", "--n", "4", "--max-completion-length", "32",
-               "--temperature", "1.0", "--threads", "1", "--out", str(tmp_path / "killed")]
+    # One problem per batch (--batch-size = --n), so rows land one by one and the kill falls mid-run.
+    options = ["--model", str(tiny_policy_dir), "--problems", "30", "--n", "4", "--batch-size", "4",
+               "--max-completion-length", "32", "--temperature", "1.0", "--threads", "1",
+               "--out", str(tmp_path / "killed")]
     rows_file = tmp_path / "killed" / ROWS_FILE
     process = subprocess.Popen([_companion(), "eval", *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -352,10 +354,11 @@ def test_a_killed_run_keeps_its_finished_problems_and_resumes_to_the_uninterrupt
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
     survivors = load_results(tmp_path / "killed").rows
-    assert 2 <= len(survivors) < 12
+    assert 2 <= len(survivors) < 30
 
     assert main(options) == 0
-    straight = small_config(tmp_path / "straight", model=str(tiny_policy_dir), problems=12, max_completion_length=32)
+    straight = small_config(tmp_path / "straight", model=str(tiny_policy_dir), problems=30, batch_size=4,
+                            max_completion_length=32)
     evaluate(straight, progress=False)
     assert rows_without_timing(tmp_path / "killed") == rows_without_timing(tmp_path / "straight")
     assert rows_without_timing(tmp_path / "killed")[: len(survivors)] == \

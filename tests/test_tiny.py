@@ -133,6 +133,34 @@ def test_noisy_traces_vary_in_length(train_problems):
     assert max(lengths) > 2.5 * min(lengths)
 
 
+def test_arithmetic_drills_are_right_and_within_the_limit():
+    import re
+
+    rng = random.Random(0)
+    for _ in range(500):
+        a, op, b, result = re.fullmatch(r"(\d+)([-+*/])(\d+)=(\d+)", traces.arithmetic_fact(rng)).groups()
+        a, b, result = int(a), int(b), int(result)
+        expected = {"+": a + b, "-": a - b, "*": a * b, "/": a // b if b and a % b == 0 else None}[op]
+        assert expected == result and 0 <= result <= traces.LIMIT
+
+
+def test_corpus_holds_groups_of_traces_on_training_problems_only():
+    from companion.tasks import countdown, tinygsm
+
+    config = PretrainConfig(num_examples=400, traces_per_problem=4, drill_fraction=0.25)
+    corpus = tiny.build_corpus(config)
+    assert sum(len(g.completions) for g in corpus) == 400 and all(len(g.completions) == 4 for g in corpus)
+    assert sum(g.task == "arithmetic" for g in corpus) == 25
+    split = {"countdown": countdown.split_of, "tinygsm": tinygsm.split_of}
+    for group in corpus:
+        if group.task != "arithmetic":
+            assert split[group.task](group.problem) == "train"
+            assert group.prompt == tiny.task_prompt(group.task, group.problem)
+    countdown_groups = [g for g in corpus if g.task == "countdown"]
+    assert sum(len(set(g.completions)) > 1 for g in countdown_groups) > 0.8 * len(countdown_groups)  # noisy
+    assert tiny.build_corpus(config) == corpus
+
+
 def test_bad_noise_and_unknown_tasks_say_what_to_change():
     with pytest.raises(ValueError, match="probability"):
         Noise(slip=1.5)

@@ -37,13 +37,21 @@ def _field_type(cls: type, f: dataclasses.Field) -> Any:
     return tp
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--field-name`` option per dataclass field, with its help string and default."""
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),
+                            defaults: Any = None) -> None:
+    """Add one ``--field-name`` option per dataclass field, with its help string and default.
+
+    ``defaults``, an instance of ``cls``, supplies the defaults instead of the class (for a nested config
+    whose owner sets other defaults than the nested class does).
+    """
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         tp = _field_type(cls, f)
         if tp is bool:

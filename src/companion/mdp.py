@@ -92,7 +92,7 @@ def trajectory_records(tokenizer, prompt: str, completion: str, reward_fn: Calla
         rows.append({
             "t": t,
             "state": tokenizer.decode(mdp.completion(state)),
-            "action": tokenizer.convert_ids_to_tokens(action),
+            "action": tokenizer.decode([action]),  # the text, not the byte-level symbol (Ġ for a space)
             "reward": reward if done else 0.0,
             "credit": credit[t],
         })
@@ -122,7 +122,7 @@ def token_tree(model, tokenizer, prompt: str, *, depth: int = 3, top_k: int = 3)
         for (ids, node, path_prob), p_row, a_row in zip(frontier, top.values.tolist(), top.indices.tolist()):
             for p, a in zip(p_row, a_row):
                 child_ids = ids + (a,)
-                token = tokenizer.convert_ids_to_tokens(a)
+                token = tokenizer.decode([a])  # the text, not the byte-level symbol
                 child = node + "\u2192" + token if node else token
                 records.append({"id": child, "parent": node, "token": token, "prob": p,
                                 "path_prob": path_prob * p, "depth": len(child_ids)})

@@ -35,44 +35,72 @@ from companion.traces import TASKS, Noise
 
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
-UNK_TOKEN = "<|unk|>"
-SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, UNK_TOKEN)
-# Printable ASCII plus newline: every prompt template, trace line, tag (<think>, <answer>) and word problem
-# is written in it. Tab and the rarer whitespace characters are left out; anything else becomes UNK.
+SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN)
 ALPHABET = string.digits + string.ascii_letters + string.punctuation + " \n"
+"""The characters every prompt template, trace line, tag (<think>, <answer>) and word problem is written in.
+Each is one token; so is every other byte (a rarer character is its UTF-8 bytes, one token each)."""
 DEFAULT_CONTEXT = 384
 
 
 def build_tokenizer(model_max_length: int = DEFAULT_CONTEXT):
-    """A character-level tokenizer as a ``PreTrainedTokenizerFast``: one token per character.
+    """A byte-level tokenizer with no merges as a ``PreTrainedTokenizerFast``: one token per byte, so one
+    token per character of the ASCII the tasks are written in.
+
+    It is Qwen2's own tokenizer pipeline (NFC normaliser, ByteLevel pre-tokenizer and decoder, BPE) with
+    an empty merge list and a 258-token vocabulary (pad, EOS, the 256 bytes). That matters: next to a
+    Qwen2 ``config.json``, ``AutoTokenizer.from_pretrained`` always builds a ``Qwen2Tokenizer`` from the
+    saved vocabulary, whatever ``tokenizer_config.json`` says; a tokenizer of another kind (say, raw
+    characters with no ByteLevel step) would silently reload as a different one, dropping spaces and
+    newlines. This one reloads token for token.
 
     Pad and EOS are distinct tokens, so masking the padding never masks the EOS a completion ends with.
-    Padding is on the left, as generation needs. Save it with ``save_pretrained(dir)`` and load it back
-    with ``AutoTokenizer.from_pretrained(dir)``.
+    Padding is on the left, as generation needs.
 
     >>> tok = build_tokenizer()
     >>> ids = tok("3+5=8\\n<answer>")["input_ids"]
     >>> len(ids), tok.decode(ids)
     (14, '3+5=8\\n<answer>')
     >>> tok.pad_token, tok.eos_token, tok.padding_side, len(tok)
-    ('<|pad|>', '<|endoftext|>', 'left', 99)
+    ('<|pad|>', '<|endoftext|>', 'left', 258)
     """
+    from tokenizers import normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(ALPHABET))}
-    # A BPE model with no merges is exactly a character tokenizer, and needs no pre-tokenizer, so spaces
-    # and newlines are ordinary tokens; the Fuse decoder joins characters back without separators.
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK_TOKEN))
+    byte_symbols = pre_tokenizers.ByteLevel.alphabet()  # the 256 printable stand-ins for the bytes
+    by_byte = sorted(byte_symbols, key=_byte_of)
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(by_byte))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None, continuing_subword_prefix="",
+                                   end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(SPECIAL_TOKENS))
-    backend.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token=PAD_TOKEN,
         eos_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
+        unk_token=None,
         padding_side="left",
         model_max_length=model_max_length,
     )
+
+
+@lru_cache(maxsize=None)
+def _unicode_to_byte() -> dict[str, int]:
+    """GPT-2's byte-to-unicode table, inverted: which byte each ByteLevel symbol stands for."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            symbols[chr(b)] = b
+        else:
+            symbols[chr(256 + extra)] = b
+            extra += 1
+    return symbols
+
+
+def _byte_of(symbol: str) -> int:
+    return _unicode_to_byte()[symbol]
 
 
 def model_config(
@@ -92,7 +120,7 @@ def model_config(
     >>> cfg = model_config(build_tokenizer(), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
     ...                    num_key_value_heads=1, intermediate_size=64)
     >>> cfg.model_type, cfg.vocab_size, cfg.pad_token_id, cfg.eos_token_id, cfg.tie_word_embeddings
-    ('qwen2', 99, 0, 1, True)
+    ('qwen2', 258, 0, 1, True)
     """
     from transformers import Qwen2Config
 
@@ -148,6 +176,10 @@ _WRITTEN = ("config.json", "generation_config.json", "model.safetensors", "token
 
 # --- the run config ---------------------------------------------------------------------------------------
 
+PRETRAIN_NOISE = Noise(max_attempts=8, guided=0.3, slip=0.02)
+"""The noisy solver the shipped model imitates: up to 8 attempts, 30% of them following a known solution
+(the solver's "intuition"), 2% of steps miscalculated."""
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -156,28 +188,30 @@ class PretrainConfig:
     out: str = field(default="data/tiny-base", metadata={"help": "directory to write the checkpoint and metrics.json to"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing run in --out made with another config"})
     seed: int = field(default=0, metadata={"help": "seeds the corpus, the initial weights, the batch order and the eval"})
-    num_threads: int = field(default=1, metadata={"help": "torch threads: fixed, since results depend on it; "
-                                                "one is fastest for these small matrices on a shared 2-core CPU"})
+    num_threads: int = field(default=2, metadata={"help": "torch threads: fixed, since the weights depend on it; two "
+                                                "use both cores of the 2-core CPU (bench/bench_pretrain.py); on a "
+                                                "busy machine one thread per run wastes less"})
     # model
-    hidden_size: int = field(default=128, metadata={"help": "width of the residual stream"})
-    num_hidden_layers: int = field(default=4, metadata={"help": "transformer blocks"})
+    hidden_size: int = field(default=96, metadata={"help": "width of the residual stream"})
+    num_hidden_layers: int = field(default=3, metadata={"help": "transformer blocks"})
     num_attention_heads: int = field(default=4, metadata={"help": "query heads per block"})
     num_key_value_heads: int = field(default=2, metadata={"help": "key/value heads (grouped-query attention, as in Qwen2)"})
-    intermediate_size: int = field(default=512, metadata={"help": "width of each block's SwiGLU MLP"})
+    intermediate_size: int = field(default=384, metadata={"help": "width of each block's SwiGLU MLP"})
     context: int = field(default=DEFAULT_CONTEXT, metadata={"help": "context length in characters (prompt + completion)"})
     # corpus
     tasks: tuple[str, ...] = field(default=TASKS, metadata={"help": "tasks of the corpus and the eval"})
     task_weights: tuple[float, ...] = field(default=(0.7, 0.3), metadata={"help": "share of each task in the corpus"})
-    num_examples: int = field(default=48_000, metadata={"help": "pretraining examples (prompt + noisy trace)"})
+    num_examples: int = field(default=41_600, metadata={"help": "pretraining examples (prompt + noisy trace)"})
     drill_fraction: float = field(default=0.2, metadata={"help": "share of the examples that are arithmetic drills "
                                                                  "(companion.traces.arithmetic_drill)"})
-    traces_per_problem: int = field(default=4, metadata={"help": "noisy traces of each problem, trained in one batch "
+    traces_per_problem: int = field(default=1, metadata={"help": "noisy traces of each problem, trained in one batch "
                                                                "(its prompt runs once for all of them)"})
-    noise: Noise = field(default=Noise(), metadata={"help": "the noisy solver's knobs (see companion.traces.Noise)"})
+    noise: Noise = field(default=PRETRAIN_NOISE, metadata={"help": "the noisy solver's knobs (see companion.traces.Noise)"})
     # optimisation
-    batch_size: int = field(default=32, metadata={"help": "examples (traces) per optimizer step"})
+    batch_size: int = field(default=8, metadata={"help": "examples (traces) per optimizer step; small batches, "
+                                                           "many steps: what a 15-minute budget learns most from"})
     learning_rate: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate (linear warmup, cosine decay to 10%)"})
-    warmup_steps: int = field(default=100, metadata={"help": "steps of linear learning-rate warmup"})
+    warmup_steps: int = field(default=200, metadata={"help": "steps of linear learning-rate warmup"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices (not norms)"})
     # evaluation
     eval_problems: int = field(default=200, metadata={"help": "held-out (test-split) problems per task"})
@@ -657,6 +691,11 @@ def load_tiny(path: str | os.PathLike | None = None):
     if broken or model.config.vocab_size != len(tokenizer) or tokenizer.eos_token_id is None:
         raise ValueError(f"{path} holds an inconsistent checkpoint (missing or mismatched weights: "
                          f"{list(broken)[:3]}; vocab {model.config.vocab_size} vs tokenizer {len(tokenizer)}): {rebuild}")
+    if tokenizer.decode(tokenizer(ALPHABET, add_special_tokens=False)["input_ids"]) != ALPHABET:
+        # e.g. a character tokenizer saved by an older version: next to a Qwen2 config it reloads as a
+        # Qwen2Tokenizer that drops spaces and newlines, so the model would read text it was never trained on
+        raise ValueError(f"{path} holds a tokenizer that does not reload to one token per character (spaces or "
+                         f"newlines are lost): {rebuild}")
     model.eval()
     return model, tokenizer
 
@@ -668,13 +707,18 @@ def main(argv: list[str] | None = None) -> int:
         description="Pretrain the tiny Qwen2 base model on noisy solver traces, evaluate pass@k on held-out "
                     "problems, and write a save_pretrained checkpoint with metrics.json. The defaults rebuild "
                     "the shipped data/tiny-base.")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and stop")
     add_dataclass_arguments(parser, PretrainConfig, skip=("noise",))
-    add_dataclass_arguments(parser.add_argument_group("noisy solver (companion.traces.Noise)"), Noise)
+    add_dataclass_arguments(parser.add_argument_group("noisy solver (companion.traces.Noise)"), Noise,
+                            defaults=PretrainConfig().noise)
     args = parser.parse_args(argv)
     try:
         config = config_from_args(PretrainConfig, args, noise=config_from_args(Noise, args))
     except ValueError as error:
         parser.error(str(error))
+    if args.dry_run:
+        print(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True))
+        return 0
     try:
         metrics = pretrain(config)
     except (FileExistsError, ValueError) as error:

@@ -7,7 +7,7 @@ bin="$venv/bin"
 
 echo "==> pairing each chapter with its notebook twin for Colab (jupytext)"
 for md in book/[0-9]*.md; do
-  "$bin/jupytext" --quiet --to ipynb -o "${md%.md}.ipynb" "$md"
+  "$bin/jupytext" --quiet --update --to ipynb -o "${md%.md}.ipynb" "$md"
 done
 
 echo "==> copying MathJax into _vendor/ so pages render math offline"

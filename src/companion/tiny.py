@@ -65,10 +65,10 @@ def build_tokenizer(model_max_length: int = DEFAULT_CONTEXT):
     """
     from tokenizers import normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    byte_symbols = pre_tokenizers.ByteLevel.alphabet()  # the 256 printable stand-ins for the bytes
-    by_byte = sorted(byte_symbols, key=_byte_of)
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(by_byte))}
+    symbol = bytes_to_unicode()  # byte -> the printable character ByteLevel writes for it (GPT-2's table)
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(symbol[b] for b in range(256)))}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None, continuing_subword_prefix="",
                                    end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
     backend.normalizer = normalizers.NFC()
@@ -83,24 +83,6 @@ def build_tokenizer(model_max_length: int = DEFAULT_CONTEXT):
         padding_side="left",
         model_max_length=model_max_length,
     )
-
-
-@lru_cache(maxsize=None)
-def _unicode_to_byte() -> dict[str, int]:
-    """GPT-2's byte-to-unicode table, inverted: which byte each ByteLevel symbol stands for."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    symbols, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            symbols[chr(b)] = b
-        else:
-            symbols[chr(256 + extra)] = b
-            extra += 1
-    return symbols
-
-
-def _byte_of(symbol: str) -> int:
-    return _unicode_to_byte()[symbol]
 
 
 def model_config(

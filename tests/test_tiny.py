@@ -153,6 +153,30 @@ def test_noisy_traces_vary_in_length(train_problems):
     assert max(lengths) > 2.5 * min(lengths)
 
 
+def test_the_audit_scores_the_solvers_own_traces_as_faithful(train_problems):
+    problems = train_problems["countdown"] * 4
+    clean = traces.audit_countdown([c for _, c in traces.examples("countdown", problems, noise=Noise(slip=0.0))],
+                                   problems)
+    assert (clean["copy"], clean["arithmetic"], clean["verdict"]) == (1.0, 1.0, 1.0)
+    assert clean["attempts"] > 1.5 and 0 < clean["hit"] <= clean["said_yes"] == clean["hit"]
+    slipping = traces.audit_countdown([c for _, c in traces.examples("countdown", problems, noise=Noise(slip=0.3))],
+                                      problems)
+    assert slipping["copy"] == 1.0 and slipping["verdict"] == 1.0  # a slip is believed and carried on
+    assert 0.6 < slipping["arithmetic"] < 0.8
+
+
+def test_the_audit_reads_a_model_that_copies_and_judges_badly():
+    problem = {"numbers": [13, 2, 1], "target": 28}
+    sloppy = ["\n7*4=38, 9+6=15, yes\n</think><answer>1</answer>",  # numbers not in the prompt, a wrong product
+              "\n13+2=15, 15*1=15, yes\n</think><answer>1</answer>",  # right steps, wrong verdict
+              "no steps at all"]
+    audit = traces.audit_countdown(sloppy, [problem] * 3)
+    assert audit["completions"] == 3 and audit["attempts"] == pytest.approx(2 / 3, abs=1e-4)
+    assert audit["copy"] == 0.5 and audit["arithmetic"] == 0.75 and audit["verdict"] == 0.0
+    assert audit["said_yes"] == 1.0 and audit["hit"] == 0.0
+    assert traces.audit_countdown(["nothing"], [problem])["copy"] is None
+
+
 def test_arithmetic_drills_are_right_and_within_the_limit():
     import re
 

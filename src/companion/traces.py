@@ -36,9 +36,11 @@ again, otherwise it is kept and carried into the next steps. Any step may slip.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
+from typing import NamedTuple
 
 from companion.tasks import countdown, prompts
 
@@ -253,6 +255,94 @@ def tinygsm_clean_trace(problem: dict, rng: random.Random | None = None) -> str:
     """The exact solver's trace: the worked solution's steps, then the answer."""
     lines = [f"{a}{op}{b}={r}" for a, op, b, r in problem["steps"]]
     return "\n" + "\n".join(lines) + "\n" + _ending(str(problem["steps"][-1][3]))
+
+
+# --- reading a Countdown trace back ---------------------------------------------------------------------------
+
+_STEP = re.compile(r"^(\d+)([-+*/])(\d+)(?:=(-?\d+))?$")
+
+
+class Attempt(NamedTuple):
+    """What one line of a Countdown trace did, read back by :func:`read_countdown_attempts`."""
+
+    steps: int
+    """Steps written (``a op b=c``, or ``a op b`` before ``drop``)."""
+    copied: int
+    """Steps whose two operands were among the values left at that point (the prompt's numbers and the results
+    of the line's earlier steps)."""
+    results: int
+    """Steps that wrote a result."""
+    computed: int
+    """Steps whose written result is the true value of their written operands."""
+    value: int | None
+    """The last result written, the value the attempt believes it reached (``None`` if it wrote none)."""
+    verdict: str | None
+    """``"yes"``, ``"no"``, or ``None`` for a dropped or unreadable line."""
+
+
+def read_countdown_attempts(completion: str, problem: dict) -> list[Attempt]:
+    """The attempts of a Countdown completion, one per line of its thinking, checked against ``problem``.
+
+    Only steps that copied their operands correctly update the values left; a line that ends in neither ``yes``
+    nor ``no`` has no verdict. Any text is accepted: a sampled completion need not follow the format.
+
+    >>> [tuple(a) for a in read_countdown_attempts("\\n13*2=26, 26+1=27, no\\n2-13, drop\\n13+1=14, 14*3=28, yes\\n"
+    ...                                            "</think>", {"numbers": [13, 2, 1], "target": 28})]
+    [(2, 2, 2, 2, 27, 'no'), (1, 1, 0, 0, None, None), (2, 1, 2, 1, 28, 'yes')]
+    """
+    thinking = completion.split("</think>")[0]
+    attempts = []
+    for line in thinking.strip().split("\n"):
+        left = [Fraction(v) for v in problem["numbers"]]
+        steps = copied = results = computed = 0
+        value = None
+        parts = [part.strip() for part in line.split(",")]
+        for part in parts:
+            match = _STEP.match(part)
+            if not match:
+                continue
+            a, op, b = Fraction(int(match[1])), match[2], Fraction(int(match[3]))
+            steps += 1
+            ok = a in left and b in [v for k, v in enumerate(left) if k != left.index(a)]
+            copied += ok
+            if match[4] is None:
+                continue
+            written = Fraction(int(match[4]))
+            results += 1
+            computed += countdown.apply_op(a, op, b) == written
+            value = int(written)
+            if ok:
+                left.remove(a)
+                left.remove(b)
+                left.append(written)
+        verdict = parts[-1] if parts and parts[-1] in ("yes", "no") and value is not None else None
+        if steps:
+            attempts.append(Attempt(steps, copied, results, computed, value, verdict))
+    return attempts
+
+
+def audit_countdown(completions, problems) -> dict:
+    """How faithfully Countdown completions carry out the noisy solver's search, as rates over all their steps
+    and attempts: ``copy`` (operands among the values left), ``arithmetic`` (written results right),
+    ``verdict`` (``yes`` exactly when the value is the target), ``said_yes`` and ``hit`` (shares of verdicts),
+    and ``attempts`` per completion. The noisy solver's own traces score 1 on copy and verdict and
+    ``1 - slip`` on arithmetic; a model that imitates it scores what it has learned of each skill.
+    """
+    attempts = [(a, p) for c, p in zip(completions, problems) for a in read_countdown_attempts(c, p)]
+    judged = [(a, p) for a, p in attempts if a.verdict is not None]
+
+    def rate(num, den):
+        return round(num / den, 4) if den else None
+
+    return {
+        "completions": len(completions),
+        "attempts": rate(len(attempts), len(completions)),
+        "copy": rate(sum(a.copied for a, _ in attempts), sum(a.steps for a, _ in attempts)),
+        "arithmetic": rate(sum(a.computed for a, _ in attempts), sum(a.results for a, _ in attempts)),
+        "verdict": rate(sum((a.verdict == "yes") == (a.value == p["target"]) for a, p in judged), len(judged)),
+        "said_yes": rate(sum(a.verdict == "yes" for a, _ in judged), len(judged)),
+        "hit": rate(sum(a.value == p["target"] for a, p in judged), len(judged)),
+    }
 
 
 # --- by task name ----------------------------------------------------------------------------------------

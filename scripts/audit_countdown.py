@@ -1,0 +1,56 @@
+"""Where a tiny base model fails at Countdown: copying the numbers, the arithmetic, or the verdict.
+
+Samples completions of held-out Countdown problems from a checkpoint (the shipped one by default) and reads
+them back with :func:`companion.traces.audit_countdown`: the share of steps whose operands are among the values
+left, of results that are right, of ``yes``/``no`` verdicts that are right, and pass@1. The noisy solver the
+model imitates scores 1, 1 - slip and 1 on the first three::
+
+    .venv/bin/python scripts/audit_countdown.py                      # data/tiny-base, 60 problems x 16 samples
+    .venv/bin/python scripts/audit_countdown.py --model runs/my-base --problems 200 --n 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from tqdm.auto import tqdm
+
+from companion import tiny, traces
+from companion.rollout import generate
+from companion.tasks import get_task
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped data/tiny-base)")
+    parser.add_argument("--problems", type=int, default=60, help="held-out problems (the pretraining eval's first ones)")
+    parser.add_argument("--n", type=int, default=16, help="samples per problem, at temperature 1")
+    parser.add_argument("--max-completion-length", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.problems < 1 or args.n < 1:
+        parser.error("--problems and --n must be at least 1")
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer = tiny.load_tiny(args.model)
+    task = get_task("countdown")
+    problems = tiny.heldout_problems("countdown", args.problems)
+    texts, per_batch = [], max(1, 512 // args.n)
+    for b, start in enumerate(tqdm(range(0, len(problems), per_batch), desc="sampling", unit="batch")):
+        chunk = problems[start:start + per_batch]
+        rollout = generate(model, tokenizer, [tiny.task_prompt("countdown", p) for p in chunk], num_generations=args.n,
+                           max_completion_length=args.max_completion_length, temperature=1.0, seed=args.seed + b,
+                           return_logps=False)
+        texts += rollout.texts
+    repeated = [p for p in problems for _ in range(args.n)]
+    audit = traces.audit_countdown(texts, repeated)
+    audit["pass@1"] = round(sum(task.reward(t, p) == 1.0 for t, p in zip(texts, repeated)) / len(texts), 4)
+    audit["model"] = str(tiny.tiny_dir(args.model))
+    print(json.dumps(audit, indent=2))
+
+
+if __name__ == "__main__":
+    main()

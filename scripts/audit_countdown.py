@@ -15,11 +15,8 @@ import argparse
 import json
 
 import torch
-from tqdm.auto import tqdm
 
 from companion import tiny, traces
-from companion.rollout import generate
-from companion.tasks import get_task
 
 
 def main() -> None:
@@ -36,18 +33,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model, tokenizer = tiny.load_tiny(args.model)
-    task = get_task("countdown")
     problems = tiny.heldout_problems("countdown", args.problems)
-    texts, per_batch = [], max(1, 512 // args.n)
-    for b, start in enumerate(tqdm(range(0, len(problems), per_batch), desc="sampling", unit="batch")):
-        chunk = problems[start:start + per_batch]
-        rollout = generate(model, tokenizer, [tiny.task_prompt("countdown", p) for p in chunk], num_generations=args.n,
-                           max_completion_length=args.max_completion_length, temperature=1.0, seed=args.seed + b,
-                           return_logps=False)
-        texts += rollout.texts
-    repeated = [p for p in problems for _ in range(args.n)]
-    audit = traces.audit_countdown(texts, repeated)
-    audit["pass@1"] = round(sum(task.reward(t, p) == 1.0 for t, p in zip(texts, repeated)) / len(texts), 4)
+    records = tiny.evaluate_base(model, tokenizer, "countdown", problems, n=args.n,
+                                 max_completion_length=args.max_completion_length, temperature=1.0, seed=args.seed)
+    audit = traces.audit_countdown([c for r in records for c in r["completions"]],
+                                   [r["problem"] for r in records for _ in r["completions"]])
+    audit["pass@1"] = round(sum(r["correct"] for r in records) / (len(records) * args.n), 4)
     audit["model"] = str(tiny.tiny_dir(args.model))
     print(json.dumps(audit, indent=2))
 

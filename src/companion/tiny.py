@@ -436,9 +436,9 @@ def evaluate_base(model, tokenizer, task: str, problems: list[dict], *, n: int =
                   progress: bool = True) -> list[dict]:
     """Sample ``n`` completions per problem and score them with the task's verifier.
 
-    Returns one record per problem: ``correct`` (how many of the n were right), ``lengths`` (each
-    completion's length in tokens, EOS included), ``rewards`` and ``finished`` (whether each ended with EOS
-    within ``max_completion_length``). Pass the counts to :func:`companion.passk.pass_at_k_curve`.
+    Returns one record per problem: ``correct`` (how many of the n were right), ``completions`` (their
+    text), ``lengths`` (each completion's length in tokens, EOS included), ``rewards`` and ``finished``
+    (whether each ended with EOS within ``max_completion_length``). Pass the counts to :func:`companion.passk.pass_at_k_curve`.
     Deterministic for a seed (each batch of prompts is sampled with its own seed).
     """
     from companion.rollout import generate
@@ -460,6 +460,7 @@ def evaluate_base(model, tokenizer, task: str, problems: list[dict], *, n: int =
             rows = range(k * n, (k + 1) * n)
             rewards = [spec.reward(rollout.texts[r], problem) for r in rows]
             records.append({"problem": problem, "correct": sum(r == 1.0 for r in rewards), "rewards": rewards,
+                            "completions": [rollout.texts[r] for r in rows],
                             "lengths": [lengths[r] for r in rows], "finished": [finished[r] for r in rows]})
         bar.update(len(chunk) * n)
     bar.close()

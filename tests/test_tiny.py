@@ -294,7 +294,7 @@ def test_an_existing_different_run_is_not_overwritten_without_overwrite(short_ru
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_configs_that_cannot_work_are_refused_with_what_to_change():
+def test_configs_that_cannot_work_are_refused_with_what_to_change(tmp_path):
     with pytest.raises(ValueError, match="--max-completion-length .* raise --context"):
         PretrainConfig(context=128)
     with pytest.raises(ValueError, match="countdown, tinygsm"):
@@ -303,6 +303,11 @@ def test_configs_that_cannot_work_are_refused_with_what_to_change():
         PretrainConfig(tasks=("countdown",))
     with pytest.raises(ValueError, match="multiple of num_attention_heads"):
         PretrainConfig(hidden_size=100, num_attention_heads=8)
+    # An eval that cannot fit is refused before the training it would waste, and nothing is written.
+    with pytest.raises(ValueError, match="prompt of .* exceeds the context of 200: lower --max-completion-length"):
+        tiny.pretrain(PretrainConfig(**{**SHORT, "out": str(tmp_path / "run"), "context": 200,
+                                        "max_completion_length": 120}), progress=False)
+    assert not (tmp_path / "run").exists()
     config = PretrainConfig(context=100, max_completion_length=40, num_examples=32, batch_size=16)
     with pytest.raises(ValueError, match="does not fit the context of 100: raise --context"):
         tiny.encode_corpus(tiny.build_tokenizer(100), tiny.build_corpus(config), config.context)

@@ -545,12 +545,25 @@ def _prepare_out(config: PretrainConfig) -> Path:
     return out
 
 
+def _check_eval_fits(config: PretrainConfig) -> None:
+    """Raise unless every held-out prompt of the eval leaves room for ``max_completion_length`` in the context."""
+    tokenizer = build_tokenizer(config.context)
+    for task in config.tasks if config.eval_problems else ():
+        longest = max(len(tokenizer(task_prompt(task, p))["input_ids"])
+                      for p in heldout_problems(task, config.eval_problems))
+        if longest + config.max_completion_length > config.context:
+            raise ValueError(f"a {task} prompt of {longest} tokens + --max-completion-length "
+                             f"{config.max_completion_length} exceeds the context of {config.context}: lower "
+                             "--max-completion-length or raise --context")
+
+
 def pretrain(config: PretrainConfig = PretrainConfig(), *, progress: bool = True) -> dict:
     """Build the tokenizer, corpus and model, pretrain, save, reload and evaluate. Returns the metrics, which
     are also written to ``config.out/metrics.json`` (next to the resolved config and the checkpoint)."""
     import torch
     import transformers
 
+    _check_eval_fits(config)  # before the training it would waste
     out = _prepare_out(config)
     start, cpu_start = time.perf_counter(), time.process_time()
     with deterministic(config.seed, config.num_threads):
@@ -584,11 +597,6 @@ def pretrain(config: PretrainConfig = PretrainConfig(), *, progress: bool = True
     model, tokenizer = load_tiny(out)
     for k, task in enumerate(config.tasks if config.eval_problems else ()):
         problems = heldout_problems(task, config.eval_problems)
-        longest = max(len(tokenizer(task_prompt(task, p))["input_ids"]) for p in problems)
-        if longest + config.max_completion_length > config.context:
-            raise ValueError(f"a {task} prompt of {longest} tokens + --max-completion-length "
-                             f"{config.max_completion_length} exceeds the context of {config.context}: lower "
-                             "--max-completion-length or raise --context")
         start = time.perf_counter()
         with deterministic(config.seed, config.num_threads):
             records = evaluate_base(model, tokenizer, task, problems, n=config.eval_samples,

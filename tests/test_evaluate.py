@@ -109,8 +109,9 @@ def test_samples_do_not_depend_on_batching(chatty_policy):
 
 def test_sampler_refuses_a_completion_past_the_context(tiny_policy):
     model, tokenizer = tiny_policy
-    with pytest.raises(ValueError, match="exceeds the model's context of 384 tokens"):
-        sample_completions(model, tokenizer, PROMPTS, 1, seeds=[0, 0, 0], max_completion_length=380)
+    context = model.config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"exceeds the model's context of {context} tokens"):
+        sample_completions(model, tokenizer, PROMPTS, 1, seeds=[0, 0, 0], max_completion_length=context - 4)
 
 
 # --- evaluate(): end to end -------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped data/tiny-base)")
     parser.add_argument("--problems", type=int, default=60, help="held-out problems (the pretraining eval's first ones)")
     parser.add_argument("--n", type=int, default=16, help="samples per problem, at temperature 1")
-    parser.add_argument("--max-completion-length", type=int, default=200)
+    parser.add_argument("--max-completion-length", type=int, default=tiny.PretrainConfig.max_completion_length,
+                        help="tokens per completion at most (default: the pretraining eval's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

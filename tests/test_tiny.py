@@ -125,7 +125,7 @@ def test_noise_knobs_move_accuracy_and_length(train_problems):
     assert _accuracy("countdown", cd, Noise(guided=1.0, slip=0.0)) == 1.0
     assert _accuracy("tinygsm", words, Noise(wrong_op=0.0, slip=0.0)) == 1.0
     # Without intuition, one blind attempt rarely hits.
-    assert _accuracy("countdown", cd, Noise(guided=0.0, max_attempts=1)) < 0.15
+    assert _accuracy("countdown", cd * 4, Noise(guided=0.0, max_attempts=1)) < 0.2
     # A slip on every step makes every one-step word problem wrong ...
     one_step = [p for p in words if len(p["steps"]) == 1]
     assert one_step and _accuracy("tinygsm", one_step, Noise(slip=1.0)) == 0.0
@@ -175,6 +175,55 @@ def test_the_audit_reads_a_model_that_copies_and_judges_badly():
     assert audit["copy"] == 0.5 and audit["arithmetic"] == 0.75 and audit["verdict"] == 0.0
     assert audit["said_yes"] == 1.0 and audit["hit"] == 0.0
     assert traces.audit_countdown(["nothing"], [problem])["copy"] is None
+
+
+def test_countdown_attempts_write_their_order_chain_their_steps_and_end_beside_the_target(train_problems):
+    import re
+
+    verdicts = []
+    problems = train_problems["countdown"] * 3
+    for problem, (_, completion) in zip(problems, traces.examples("countdown", problems)):
+        for line in completion.split("</think>")[0].strip().split("\n"):
+            order, line = line.split(": ")
+            order = [int(x) for x in order.split()]
+            assert sorted(order) == sorted(problem["numbers"])  # every number once
+            if line.endswith(", drop"):
+                continue
+            *steps, compared, verdict = line.split(", ")
+            steps = [re.fullmatch(r"(\d+)[-+*/](\d+)=(\d+)", step).groups() for step in steps]
+            # The first step combines the first two numbers of the order, the next one its result and the third.
+            assert sorted(map(int, steps[0][:2])) == sorted(order[:2])
+            assert sorted(map(int, steps[1][:2])) == sorted([int(steps[0][2]), order[2]])
+            last_result = steps[-1][2]  # the value the solver believes (a slip included)
+            assert compared == f"{last_result} vs {problem['target']}"
+            assert verdict == ("yes" if last_result == str(problem["target"]) else "no")
+            verdicts.append(verdict)
+    assert "yes" in verdicts and "no" in verdicts
+
+
+def test_an_aimed_last_step_is_the_combination_closest_to_the_target(train_problems):
+    import re
+    from fractions import Fraction
+
+    from companion.tasks import countdown
+
+    problems = train_problems["countdown"]
+    checked = 0
+    for problem, (_, completion) in zip(problems, traces.examples("countdown", problems,
+                                                                  noise=Noise(guided=0.0, aim=1.0, slip=0.0))):
+        for line in completion.split("</think>")[0].strip().split("\n"):
+            if line.endswith(", drop"):
+                continue
+            a, op, b, value = re.fullmatch(r"(\d+)([-+*/])(\d+)=(\d+)", line.split(", ")[-3]).groups()
+            results = [countdown.apply_op(Fraction(x), o, Fraction(y)) for x, y in ((a, b), (b, a)) for o in "+-*/"]
+            usable = [r for r in results if r is not None and r.denominator == 1 and 0 <= r <= traces.LIMIT]
+            assert abs(int(value) - problem["target"]) == min(abs(r - problem["target"]) for r in usable)
+            checked += 1
+    assert checked > len(problems)
+    # Aiming is what lets a solver without intuition hit: far more often than picking the last step blindly.
+    blind = _accuracy("countdown", problems, Noise(guided=0.0, aim=0.0))
+    aimed = _accuracy("countdown", problems, Noise(guided=0.0, aim=1.0))
+    assert aimed > blind + 0.1, (blind, aimed)
 
 
 def test_arithmetic_drills_are_right_and_within_the_limit():

@@ -39,7 +39,7 @@ SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN)
 ALPHABET = string.digits + string.ascii_letters + string.punctuation + " \n"
 """The characters every prompt template, trace line, tag (<think>, <answer>) and word problem is written in.
 Each is one token; so is every other byte (a rarer character is its UTF-8 bytes, one token each)."""
-DEFAULT_CONTEXT = 384
+DEFAULT_CONTEXT = 448
 
 
 def build_tokenizer(model_max_length: int = DEFAULT_CONTEXT):
@@ -158,9 +158,10 @@ _WRITTEN = ("config.json", "generation_config.json", "model.safetensors", "token
 
 # --- the run config ---------------------------------------------------------------------------------------
 
-PRETRAIN_NOISE = Noise(max_attempts=8, guided=0.3, slip=0.02)
-"""The noisy solver the shipped model imitates: up to 8 attempts, 30% of them following a known solution
-(the solver's "intuition"), 2% of steps miscalculated."""
+PRETRAIN_NOISE = Noise(max_attempts=7, guided=0.1, aim=1.0, slip=0.02)
+"""The noisy solver the shipped model imitates: up to 7 attempts; 10% of them follow a known solution (the
+solver's "intuition", which a model cannot see in the prompt), the others aim their last step at the target
+(which it can); 2% of steps miscalculated."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ class PretrainConfig:
     tasks: tuple[str, ...] = field(default=TASKS, metadata={"help": "tasks of the corpus and the eval"})
     task_weights: tuple[float, ...] = field(default=(0.7, 0.3), metadata={"help": "share of each task in the corpus"})
     num_examples: int = field(default=41_600, metadata={"help": "pretraining examples (prompt + noisy trace)"})
-    drill_fraction: float = field(default=0.2, metadata={"help": "share of the examples that are arithmetic drills "
+    drill_fraction: float = field(default=0.3, metadata={"help": "share of the examples that are arithmetic drills "
                                                                  "(companion.traces.arithmetic_drill)"})
     traces_per_problem: int = field(default=1, metadata={"help": "noisy traces of each problem, trained in one batch "
                                                                "(its prompt runs once for all of them)"})
@@ -199,7 +200,7 @@ class PretrainConfig:
     eval_problems: int = field(default=200, metadata={"help": "held-out (test-split) problems per task"})
     eval_samples: int = field(default=64, metadata={"help": "samples per problem, n of pass@k"})
     eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the eval"})
-    max_completion_length: int = field(default=200, metadata={"help": "longest completion sampled in the eval, in tokens"})
+    max_completion_length: int = field(default=256, metadata={"help": "longest completion sampled in the eval, in tokens"})
     eval_batch_rows: int = field(default=512, metadata={"help": "completions sampled at once in the eval (memory vs speed)"})
 
     def __post_init__(self):

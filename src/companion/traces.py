@@ -6,18 +6,26 @@ model is pretrained on noisy traces, so at temperature 1 it behaves like the noi
 sometimes, wrong often, with a varied number of attempts. The exact solver's clean traces, in the same
 format, are the "stronger teacher" a later chapter distils from.
 
-**Countdown.** Each line is one attempt: steps that combine two of the values left, until one value
-remains, then ``yes`` or ``no`` against the target. A step whose result would be negative, fractional or
-above :data:`LIMIT` is abandoned (``drop``). An attempt follows a known solution with probability ``guided`` (the solver's
-"intuition") and otherwise picks each step at random; any step may slip (a wrong result, believed).
-The solver stops at its first ``yes`` or after a budget of attempts drawn uniformly from
-``1..max_attempts``, then answers with the attempt it believes hit, or else its closest one::
+**Countdown.** Each line is one attempt. It writes the order it takes the numbers in, then steps that combine
+the value so far with the next number, until one value remains, then that value beside the target and ``yes`` or
+``no``. A step whose result would be negative, fractional or above :data:`LIMIT` is abandoned (``drop``). An attempt
+follows a known solution with probability ``guided`` (the solver's "intuition"). Otherwise it picks its order and its
+operations at random, except that with probability ``aim`` it aims its last step: of the ways to combine the two
+values left, it takes the one whose result is closest to the target, as a person checks ``26+1`` and ``26*1`` against
+28 before writing either. Any step may slip (a wrong result, believed). The solver stops at its first ``yes`` or
+after a budget of attempts drawn uniformly from ``1..max_attempts``, then answers with the attempt it believes hit,
+or else its closest one::
 
     <think>
-    13*2=26, 26+1=27, no
-    13+1=14, 14*2=28, yes
+    13 2 1: 13*2=26, 26+1=27, 27 vs 28, no
+    13 1 2: 13+1=14, 14*2=28, 28 vs 28, yes
     </think>
     <answer>(13+1)*2</answer>
+
+Each written piece keeps what the next one needs a few characters back, for a model of a few hundred thousand
+parameters that learns from these traces: the order holds the number the last step uses (measured on a model
+trained without it, only 27% of its second steps used the number left), and the target beside the value makes the
+verdict a comparison of two nearby numbers.
 
 **Word problems** (:mod:`companion.tasks.tinygsm`). One line per step of the worked solution; each step
 picks a wrong operation with probability ``wrong_op``; a wrong step is noticed and abandoned
@@ -28,7 +36,7 @@ again, otherwise it is kept and carried into the next steps. Any step may slip.
 >>> problem = {"numbers": [13, 2, 1], "target": 28}
 >>> print(countdown_clean_trace(problem, random.Random(0)))
 <BLANKLINE>
-13+1=14, 14*2=28, yes
+13 1 2: 13+1=14, 14*2=28, 28 vs 28, yes
 </think>
 <answer>(13+1)*2</answer>
 """
@@ -62,6 +70,8 @@ class Noise:
 
     max_attempts: int = field(default=5, metadata={"help": "countdown: attempt budget drawn uniformly from 1..max_attempts"})
     guided: float = field(default=0.3, metadata={"help": "countdown: chance an attempt follows a known solution"})
+    aim: float = field(default=0.0, metadata={"help": "countdown: chance an unguided attempt aims its last step at "
+                                                    "the target (the step closest to it) instead of picking at random"})
     slip: float = field(default=0.03, metadata={"help": "chance a step's result is miscalculated (and believed)"})
     wrong_op: float = field(default=0.4, metadata={"help": "word problems: chance a step picks a wrong operation"})
     notice: float = field(default=0.5, metadata={"help": "word problems: chance a wrong operation is noticed and retried"})
@@ -69,7 +79,7 @@ class Noise:
     def __post_init__(self):
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
-        for name in ("guided", "slip", "wrong_op", "notice"):
+        for name in ("guided", "aim", "slip", "wrong_op", "notice"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} is a probability and must be in [0, 1], got {value}")
@@ -108,13 +118,46 @@ def _ending(answer: str) -> str:
 # --- Countdown --------------------------------------------------------------------------------------------
 
 
-def _attempt(numbers, path, rng: random.Random, noise: Noise):
+def _aimed_step(a: Fraction, b: Fraction, target: int, rng: random.Random):
+    """``(swap, op)`` of the last step over the two values left whose result is closest to ``target``,
+    among results the solver computes (:data:`LIMIT`); ties are broken at random, ``None`` if no result is usable."""
+    best, ties = None, []
+    for swap in (False, True):
+        x, y = (b, a) if swap else (a, b)
+        for op in _OPS:
+            if op in "+*" and swap:
+                continue  # commutative: one order is enough
+            value = countdown.apply_op(x, op, y)
+            if not _usable(value):
+                continue
+            distance = abs(value - target)
+            if best is None or distance < best:
+                best, ties = distance, [(swap, op)]
+            elif distance == best:
+                ties.append((swap, op))
+    return rng.choice(ties) if ties else None
+
+
+def _attempt(numbers, path, rng: random.Random, noise: Noise, target: int | None = None):
     """One attempt: ``(line, value, expression)``; ``value`` is ``None`` when the attempt was dropped.
 
-    ``path`` is a known solution's steps to replay, or ``None`` to pick steps at random. Values are
+    ``path`` is a known solution's steps to replay, or ``None`` to pick steps at random; a random attempt
+    aims its last step at ``target`` with probability ``noise.aim``. Values are
     ``(value, expression, compound)`` triples; a step's result takes its first operand's place.
     """
-    items = [(Fraction(v), str(v), False) for v in numbers]
+    aim = path is None and noise.aim > 0 and target is not None and rng.random() < noise.aim
+    # The attempt first writes the order it takes the numbers in: a replayed solution's first two operands,
+    # else a random order. Its steps then combine the value so far with the next number (a replayed solution
+    # of four or more numbers may instead combine two of the later ones, as in (a+b)*(c+d)).
+    if path is not None:
+        rest = [Fraction(v) for v in numbers]
+        rest.remove(path[0].a)
+        rest.remove(path[0].b)
+        numbers = [path[0].a, path[0].b] + rest
+    else:
+        numbers = rng.sample(list(numbers), len(numbers))
+    order = " ".join(_fmt(v) for v in numbers) + ": "
+    items = [(Fraction(v), _fmt(v), False) for v in numbers]
     exact = [Fraction(v) for v in numbers]  # the values without slips, to find a replayed step's operands
     texts = []
     for k in range(len(numbers) - 1):
@@ -124,21 +167,38 @@ def _attempt(numbers, path, rng: random.Random, noise: Noise):
             j = next(n for n, v in enumerate(exact) if v == step.b and n != i)
             op = step.op
             exact = [step.result if n == i else v for n, v in enumerate(exact) if n != j]
-        else:
-            i, j = rng.sample(range(len(items)), 2)
+        elif aim and len(items) == 2 and (chosen := _aimed_step(items[0][0], items[1][0], target, rng)):
+            swap, op = chosen
+            i, j = (1, 0) if swap else (0, 1)
+        else:  # the value so far (or the first number) and the next number, either way round
+            i, j = rng.choice(((0, 1), (1, 0)))
             op = rng.choice(_OPS)
         (a, ea, ca), (b, eb, cb) = items[i], items[j]
         value = countdown.apply_op(a, op, b)
         # A replayed solution may pass LIMIT; it still drops a step that a slip made impossible.
         if not _usable(value) and (path is None or value is None or not _plain(value)):
             texts.append(f"{_fmt(a)}{op}{_fmt(b)}, drop")
-            return ", ".join(texts), None, None
+            return order + ", ".join(texts), None, None
         value = _slip(value, rng, noise.slip)
         texts.append(f"{_fmt(a)}{op}{_fmt(b)}={_fmt(value)}")
         merged = (value, f"{_operand(ea, ca)}{op}{_operand(eb, cb)}", True)
         items = [merged if n == i else it for n, it in enumerate(items) if n != j]
     value, expr, _ = items[0]
-    return ", ".join(texts), value, expr
+    return order + ", ".join(texts), value, expr
+
+
+def _verdict(value, target) -> str:
+    """How an attempt ends: its value next to the target, then ``yes`` or ``no``.
+
+    Writing the target beside the value makes the check local: the model copies the target (from the prompt,
+    or from the line above), then compares two numbers a few characters apart. With a bare ``yes``/``no``, a
+    tiny model learned only how often attempts hit (about half of the completed ones, since guided attempts
+    always do), not whether this one did: measured, it said ``yes`` to 71% of its attempts while 2% hit.
+
+    >>> _verdict(Fraction(27), 28), _verdict(Fraction(28), 28)
+    ('27 vs 28, no', '28 vs 28, yes')
+    """
+    return f"{_fmt(value)} vs {target}, {'yes' if value == target else 'no'}"
 
 
 def _solution_paths(numbers, target) -> list:
@@ -159,10 +219,9 @@ def countdown_trace(problem: dict, rng: random.Random, noise: Noise = Noise()) -
 
     >>> print(countdown_trace({"numbers": [13, 2, 1], "target": 28}, random.Random(9)))
     <BLANKLINE>
-    2-13, drop
-    13/2, drop
-    13+2=15, 15/1=15, no
-    13+1=14, 14*2=28, yes
+    2 13 1: 2*13=26, 26*1=26, 26 vs 28, no
+    13 2 1: 2/13, drop
+    13 1 2: 13+1=14, 14*2=28, 28 vs 28, yes
     </think>
     <answer>(13+1)*2</answer>
     """
@@ -171,12 +230,12 @@ def countdown_trace(problem: dict, rng: random.Random, noise: Noise = Noise()) -
     lines, best = [], None  # best: (distance to target, expression) over completed attempts
     for _ in range(rng.randint(1, noise.max_attempts)):
         path = rng.choice(paths) if paths and rng.random() < noise.guided else None
-        text, value, expr = _attempt(numbers, path, rng, noise)
+        text, value, expr = _attempt(numbers, path, rng, noise, target)
         if value is None:
             lines.append(text)
             continue
         hit = value == target
-        lines.append(f"{text}, {'yes' if hit else 'no'}")
+        lines.append(f"{text}, {_verdict(value, target)}")
         if hit:
             return "\n" + "\n".join(lines) + "\n" + _ending(expr)
         if best is None or abs(value - target) < best[0]:
@@ -196,7 +255,7 @@ def countdown_clean_trace(problem: dict, rng: random.Random | None = None) -> st
         raise ValueError(f"{problem} has no solution; the exact solver needs a solvable problem")
     path = rng.choice(paths) if rng is not None else paths[0]
     text, _, expr = _attempt(problem["numbers"], path, random.Random(0), Noise(slip=0.0))
-    return f"\n{text}, yes\n" + _ending(expr)
+    return f"\n{text}, {_verdict(Fraction(problem['target']), problem['target'])}\n" + _ending(expr)
 
 
 # --- word problems ----------------------------------------------------------------------------------------
@@ -283,16 +342,19 @@ class Attempt(NamedTuple):
 def read_countdown_attempts(completion: str, problem: dict) -> list[Attempt]:
     """The attempts of a Countdown completion, one per line of its thinking, checked against ``problem``.
 
-    Only steps that copied their operands correctly update the values left; a line that ends in neither ``yes``
-    nor ``no`` has no verdict. Any text is accepted: a sampled completion need not follow the format.
+    The order a line writes first (up to a colon) is skipped. Only steps that copied their operands correctly
+    update the values left; a line that ends in neither ``yes`` nor ``no`` has no verdict. Any text is accepted:
+    a sampled completion need not follow the format.
 
-    >>> [tuple(a) for a in read_countdown_attempts("\\n13*2=26, 26+1=27, no\\n2-13, drop\\n13+1=14, 14*3=28, yes\\n"
-    ...                                            "</think>", {"numbers": [13, 2, 1], "target": 28})]
+    >>> trace = ("\\n13 2 1: 13*2=26, 26+1=27, 27 vs 28, no\\n2 13 1: 2-13, drop\\n"
+    ...          "13 1 2: 13+1=14, 14*3=28, 28 vs 28, yes\\n</think>")
+    >>> [tuple(a) for a in read_countdown_attempts(trace, {"numbers": [13, 2, 1], "target": 28})]
     [(2, 2, 2, 2, 27, 'no'), (1, 1, 0, 0, None, None), (2, 1, 2, 1, 28, 'yes')]
     """
     thinking = completion.split("</think>")[0]
     attempts = []
     for line in thinking.strip().split("\n"):
+        line = line.split(":", 1)[-1]  # after the order an attempt writes first
         left = [Fraction(v) for v in problem["numbers"]]
         steps = copied = results = computed = 0
         value = None

@@ -42,3 +42,17 @@ def setup_plotly() -> str:
         _register_book_renderer()
         pio.renderers.default = "book"
     return pio.renderers.default
+
+
+def show_source(obj):
+    """The package's own code for ``obj`` (a function or class), as a Markdown code block for a chapter to
+    display: the book shows the code that runs, never a pasted copy of it.
+
+    >>> print(show_source(setup_plotly).data.splitlines()[:2])
+    ['```python', 'def setup_plotly() -> str:']
+    """
+    import inspect
+
+    from IPython.display import Markdown
+
+    return Markdown(f"```python\n{inspect.getsource(obj)}```")

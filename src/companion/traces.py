@@ -118,23 +118,20 @@ def _ending(answer: str) -> str:
 # --- Countdown --------------------------------------------------------------------------------------------
 
 
-def _aimed_step(a: Fraction, b: Fraction, target: int, rng: random.Random):
-    """``(swap, op)`` of the last step over the two values left whose result is closest to ``target``,
-    among results the solver computes (:data:`LIMIT`); ties are broken at random, ``None`` if no result is usable."""
+def _aimed_step(values: list[Fraction], target: int, rng: random.Random):
+    """``(i, j, op)`` of the step over ``values`` whose result is closest to ``target``, among the distinct steps
+    (:func:`companion.tasks.countdown.candidate_steps`' enumeration) whose result the solver computes
+    (:data:`LIMIT`); ties are broken at random, ``None`` if no result is usable."""
     best, ties = None, []
-    for swap in (False, True):
-        x, y = (b, a) if swap else (a, b)
-        for op in _OPS:
-            if op in "+*" and swap:
-                continue  # commutative: one order is enough
-            value = countdown.apply_op(x, op, y)
-            if not _usable(value):
-                continue
-            distance = abs(value - target)
-            if best is None or distance < best:
-                best, ties = distance, [(swap, op)]
-            elif distance == best:
-                ties.append((swap, op))
+    for i, j, op in countdown._pairs(len(values)):
+        value = countdown.apply_op(values[i], op, values[j])
+        if not _usable(value):
+            continue
+        distance = abs(value - target)
+        if best is None or distance < best:
+            best, ties = distance, [(i, j, op)]
+        elif distance == best:
+            ties.append((i, j, op))
     return rng.choice(ties) if ties else None
 
 
@@ -167,9 +164,8 @@ def _attempt(numbers, path, rng: random.Random, noise: Noise, target: int | None
             j = next(n for n, v in enumerate(exact) if v == step.b and n != i)
             op = step.op
             exact = [step.result if n == i else v for n, v in enumerate(exact) if n != j]
-        elif aim and len(items) == 2 and (chosen := _aimed_step(items[0][0], items[1][0], target, rng)):
-            swap, op = chosen
-            i, j = (1, 0) if swap else (0, 1)
+        elif aim and len(items) == 2 and (chosen := _aimed_step([v for v, _, _ in items], target, rng)):
+            i, j, op = chosen
         else:  # the value so far (or the first number) and the next number, either way round
             i, j = rng.choice(((0, 1), (1, 0)))
             op = rng.choice(_OPS)

@@ -27,6 +27,12 @@ import typing
 from pathlib import Path
 from typing import Any
 
+MAX_COMPLETION_LENGTH = 256
+"""Default completion budget, in tokens, of every sampler that a run config drives (RL training, ``companion eval``,
+the tiny base model's pretraining eval): one number, so a model is trained and judged with the same room. The tiny
+base model's Countdown searches reach ~250 tokens (p95 218 in data/tiny-base/metrics.json); at 200, 2-3% of them
+were cut off before their answer, and a cut-off completion scores 0."""
+
 
 def _field_type(cls: type, f: dataclasses.Field) -> Any:
     hints = typing.get_type_hints(cls)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from companion.config import add_dataclass_arguments, config_from_args, load_config, save_config
+from companion.config import MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, load_config, save_config
 
 CORRECT_REWARD = 1.0
 """Reward of a correct completion; anything less (Countdown's format score included) is wrong."""
@@ -87,8 +87,8 @@ class EvalConfig:
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature (0: greedy, needs --n 1)"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling: keep the most likely tokens up to this "
                                                          "probability mass"})
-    max_completion_length: int = field(default=200, metadata={"help": "tokens per completion at most (EOS included);"
-                                                                         " 200 as in training and pretraining"})
+    max_completion_length: int = field(default=MAX_COMPLETION_LENGTH, metadata={
+        "help": "tokens per completion at most (EOS included); the default is the same as in training and pretraining"})
     seed: int = field(default=0, metadata={"help": "sampling seed; problem i uses a seed derived from it and i"})
     batch_size: int = field(default=512, metadata={"help": "samples decoded together (memory grows with it); 512 was "
                                                            "the fastest for the tiny model at n = 256 in "

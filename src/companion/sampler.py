@@ -31,6 +31,7 @@ from typing import Callable, NamedTuple
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from companion.config import MAX_COMPLETION_LENGTH
 from companion.rollout import filter_logits, stop_token_ids
 
 COMPACT_FRACTION = 0.25
@@ -140,7 +141,7 @@ def sample_completions(
     num_samples: int,
     *,
     seeds: list[int],
-    max_completion_length: int = 200,
+    max_completion_length: int = MAX_COMPLETION_LENGTH,
     temperature: float = 1.0,
     top_p: float = 1.0,
     batch_size: int = 256,

@@ -30,7 +30,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models
 from tqdm.auto import tqdm
 
-from companion.config import add_dataclass_arguments, config_from_args, save_config
+from companion.config import MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, save_config
 from companion.traces import TASKS, Noise
 
 PAD_TOKEN = "<|pad|>"
@@ -200,7 +200,7 @@ class PretrainConfig:
     eval_problems: int = field(default=200, metadata={"help": "held-out (test-split) problems per task"})
     eval_samples: int = field(default=64, metadata={"help": "samples per problem, n of pass@k"})
     eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the eval"})
-    max_completion_length: int = field(default=256, metadata={"help": "longest completion sampled in the eval, in tokens"})
+    max_completion_length: int = field(default=MAX_COMPLETION_LENGTH, metadata={"help": "longest completion sampled in the eval, in tokens"})
     eval_batch_rows: int = field(default=512, metadata={"help": "completions sampled at once in the eval (memory vs speed)"})
 
     def __post_init__(self):
@@ -432,7 +432,7 @@ def train(model, tokenizer, corpus: list[Group], config: PretrainConfig, *, prog
 # --- 3. evaluation ----------------------------------------------------------------------------------------
 
 
-def evaluate_base(model, tokenizer, task: str, problems: list[dict], *, n: int = 64, max_completion_length: int = 200,
+def evaluate_base(model, tokenizer, task: str, problems: list[dict], *, n: int = 64, max_completion_length: int = MAX_COMPLETION_LENGTH,
                   temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_rows: int = 512,
                   progress: bool = True) -> list[dict]:
     """Sample ``n`` completions per problem and score them with the task's verifier.

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from companion.config import add_dataclass_arguments, config_from_args, load_config, save_config
+from companion.config import MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, load_config, save_config
 from companion.objectives import ALGORITHMS, NORMALIZERS, STD_KINDS, advantages, policy_loss, zero_spread_groups
 from companion.rollout import Rollout, generate, per_token_logps
 
@@ -96,7 +96,7 @@ class TrainConfig:
     # 1. sample
     prompts_per_step: int = field(default=8, metadata={"help": "distinct problems per step"})
     num_generations: int = field(default=8, metadata={"help": "completions sampled per problem (G)"})
-    max_completion_length: int = field(default=200, metadata={"help": "longest completion, in tokens"})
+    max_completion_length: int = field(default=MAX_COMPLETION_LENGTH, metadata={"help": "longest completion, in tokens"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1 = off)"})
     # 3. weight

@@ -6,6 +6,7 @@ two torch threads, with and without running each prompt once for its group of tr
 
     python bench/bench_pretrain.py                     # the default grid, a few minutes
     python bench/bench_pretrain.py --sizes 96,3,384 --steps 5
+    python bench/bench_pretrain.py --sizes 96,3,384 --threads 2 --batch-size 8 --steps 40 --traces-per-problem 1 2
 """
 
 from __future__ import annotations
@@ -48,19 +49,26 @@ def main() -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--traces-per-problem", nargs="+", type=int, default=[1],
+                        help="noisy traces per problem in a batch (PretrainConfig.traces_per_problem); with 1 there "
+                             "is nothing to share and the shared path only adds its cost")
     args = parser.parse_args()
-    corpus = tiny.build_corpus(tiny.PretrainConfig(num_examples=args.batch_size * (args.steps + 1) * 4))
-    print(f"{'size':>12} {'params':>9} {'threads':>7} {'shared':>6} {'cpu s/step':>10} {'wall s/step':>11}")
+    corpora = {k: tiny.build_corpus(tiny.PretrainConfig(num_examples=args.batch_size * (args.steps + 1) * 4,
+                                                        traces_per_problem=k))
+               for k in args.traces_per_problem}
+    print(f"{'size':>12} {'params':>9} {'threads':>7} {'traces':>6} {'shared':>6} {'cpu s/step':>10} {'wall s/step':>11}")
     for spec in args.sizes:
         hidden, layers, intermediate = map(int, spec.split(","))
         sizes = dict(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=intermediate,
                      num_attention_heads=4, num_key_value_heads=2)
         params = sum(p.numel() for p in tiny.random_model(tiny.build_tokenizer(), **sizes).parameters())
         for threads in args.threads:
-            for shared in (False, True):
-                cpu, wall = step_cost(sizes, corpus, threads=threads, shared=shared, steps=args.steps,
-                                      batch_size=args.batch_size)
-                print(f"{spec:>12} {params:>9,} {threads:>7} {str(shared):>6} {cpu:>10.2f} {wall:>11.2f}", flush=True)
+            for k, corpus in corpora.items():
+                for shared in (False, True):
+                    cpu, wall = step_cost(sizes, corpus, threads=threads, shared=shared, steps=args.steps,
+                                          batch_size=args.batch_size)
+                    print(f"{spec:>12} {params:>9,} {threads:>7} {k:>6} {str(shared):>6} {cpu:>10.3f} {wall:>11.3f}",
+                          flush=True)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ from contextlib import contextmanager
 
 import torch
 
-from companion import sampler
+from companion import decode, sampler
 from companion.evaluate import EvalConfig, evaluate, problem_seed
 from companion.rollout import generate
+from companion.runs import torch_threads
 from companion.tasks import get_task
 
 
@@ -41,7 +42,8 @@ def load_model(name: str):
 
         model, tokenizer = load_policy(name, device="cpu")
         return model.eval(), tokenizer, f"{name} ({tiny_dir() if name == 'tiny' else name})"
-    from companion.tiny import PretrainConfig, build_tokenizer, random_model
+    from companion.pretrain import PretrainConfig
+    from companion.tiny import build_tokenizer, random_model
 
     defaults = PretrainConfig()
     tokenizer = build_tokenizer()
@@ -52,23 +54,13 @@ def load_model(name: str):
 
 
 @contextmanager
-def threads(count: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@contextmanager
 def never_drop_rows():
-    previous = sampler.COMPACT_FRACTION
-    sampler.COMPACT_FRACTION = float("inf")
+    previous = decode.COMPACT_FRACTION
+    decode.COMPACT_FRACTION = float("inf")
     try:
         yield
     finally:
-        sampler.COMPACT_FRACTION = previous
+        decode.COMPACT_FRACTION = previous
 
 
 def timed(run, repeats: int) -> tuple[float, float, int, int]:
@@ -142,7 +134,7 @@ def main() -> None:
             with never_drop_rows():
                 return ours()
 
-        with threads(args.threads):
+        with torch_threads(args.threads):
             report("rollout.generate (the trainers' sampler)", timed(rollouts, args.repeats))
             report("eval sampler, prompt encoded for every sample", timed(prompt_per_sample, args.repeats))
             report("eval sampler, finished rows kept", timed(without_dropping, args.repeats))
@@ -150,28 +142,29 @@ def main() -> None:
 
     if "batch" not in args.skip:
         print(f"\n2a. eval sampler by batch size, {args.threads} thread(s)")
-        with threads(args.threads):
+        with torch_threads(args.threads):
             for batch_size in args.batch_sizes:
                 report(f"batch_size {batch_size}", timed(lambda: ours(batch_size), args.repeats))
     if "threads" not in args.skip:
         print("\n2b. eval sampler by torch threads, batch_size 256")
         for count in sorted({1, 2, torch.get_num_threads()}):
-            with threads(count):
+            with torch_threads(count):
                 report(f"{count} thread(s)", timed(ours, args.repeats))
 
     if "chunk" not in args.skip:
         with tempfile.TemporaryDirectory() as out:
-            config = EvalConfig(model=args.model, problems=args.chunk_problems, n=args.n, threads=args.threads,
+            config = EvalConfig(model=args.model, problems=args.chunk_problems, num_generations=args.n,
+                                num_threads=args.threads,
                                 temperature=args.temperature, top_p=args.top_p,
                                 max_completion_length=args.max_completion_length, out=out)
-            print(f"\n3. companion eval --n {args.n} on {args.chunk_problems} problems (batch_size {config.batch_size}, "
-                  f"{args.threads} thread(s)), through evaluate()")
+            print(f"\n3. companion eval --num-generations {args.n} on {args.chunk_problems} problems (batch_size "
+                  f"{config.batch_size}, {args.threads} thread(s)), through evaluate()")
             start = time.perf_counter()
             summary = evaluate(config, model=model, tokenizer=tokenizer, progress=False)
             elapsed = time.perf_counter() - start
         per_problem = elapsed / args.chunk_problems
         print(f"  {summary['samples']} samples in {elapsed:.1f} s: {summary['samples_per_s']:.1f} samples/s, "
-              f"{summary['tokens_per_s']:.0f} tokens/s, {summary['mean_length']:.1f} tokens/sample, "
+              f"{summary['tokens_per_s']:.0f} tokens/s, {summary['length']['mean']:.1f} tokens/sample, "
               f"{summary['truncated_fraction']:.1%} cut at the length cap")
         print(f"  n = {args.n} on 200 problems: about {200 * per_problem / 60:.0f} min "
               f"({per_problem:.1f} s per problem, scoring and writing included)")

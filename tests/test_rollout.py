@@ -10,13 +10,7 @@ from companion.rollout import filter_logits, generate, per_token_logps
 PROMPTS = ["3+5=", "Using the numbers [13, 14, 2], make 12", "x"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny model gains nothing from a second thread and loses a lot when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hf_generate(model, tokenizer, prompts, num_generations, **kwargs):
@@ -155,7 +149,8 @@ def test_generate_leaves_train_mode_as_it_found_it(tiny_policy):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(max_completion_length=380), "exceeds the model's context"),
+    (dict(max_completion_length=380), r"exceeds the model's context of 384 tokens: lower --max-completion-length to "
+                                      r"at most 346 \(or shorten the prompt\)"),  # the longest prompt is 38 tokens
     (dict(num_generations=0), "at least 1"),
     (dict(top_p=0.0), "top_p"),
     (dict(temperature=-1.0), "temperature"),

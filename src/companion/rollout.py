@@ -1,20 +1,12 @@
 """Sampling G completions per prompt, and gathering per-token log-probs.
 
-The shared plumbing of every trainer and of evaluation: 1. encode the prompts once (left padded),
-2. sample ``num_generations`` completions each, one token at a time with the KV cache, 3. mask every
-completion up to and including its first EOS, 4. keep the log-prob and the entropy the sampling policy gave
-each of its own tokens.
-
-Why our own decoding loop rather than ``model.generate``: on a model of a few million parameters a decoding
-step is a handful of small matrix products, and ``generate`` spends as much again around them (logits
-processors, stopping criteria, input preparation, and a KV cache re-concatenated at every step, which alone
-was half the decoding time on the tiny model); and ``generate(output_logits=True)`` keeps every step's full
-(N, V) logits, gigabytes for a 151k-token vocabulary. The loop below does what ``generate`` does for plain
-sampling (temperature, top-k, top-p, stop at EOS), but runs each prompt once for its G rows, writes the cache
-in place, drops finished rows from the batch (the loop runs as long as the longest completion; on the tiny
-model that halves the rows decoded), and reduces each step's logits to one log-prob and one entropy per row
-before moving on. ``tests/test_rollout.py`` checks it against ``model.generate``: the same greedy tokens, and
-the same sampled tokens for the same seed, rows dropped or not.
+The shared plumbing of every trainer and of the pretraining eval: 1. encode the prompts once (left padded),
+2. sample ``num_generations`` completions each, with the package's one decoding loop
+(:func:`companion.decode.decode`: why our own loop, and why one, is said there), 3. mask every completion up to
+and including its first EOS, 4. keep the log-prob and the entropy the sampling policy gave each of its own
+tokens. The draw is ``model.generate``'s (temperature, top-k, top-p, the exponential race from one seeded
+generator) and ``tests/test_rollout.py`` checks it against ``model.generate``: the same greedy tokens, and the
+same sampled tokens for the same seed, rows dropped or not.
 """
 
 from __future__ import annotations
@@ -22,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from companion.decode import check_context, decode, filter_logits  # noqa: F401 (filter_logits: re-exported)
 
 
 @dataclass
@@ -85,16 +79,6 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy −Σ p log p of softmax(logits) over the last dimension, (..., V) -> (...).
-
-    >>> round(entropy_from_logits(torch.zeros(4)).item(), 4)  # uniform over 4: log 4
-    1.3863
-    """
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
-
-
 def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float = 1.0,
                     share_prompts: bool = True):
     """log π(o_t | q, o_<t) of each completion token under ``model``, with gradient: (N, T).
@@ -142,85 +126,6 @@ def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_m
     return torch.cat([first_logps.unsqueeze(1), rest_logps], dim=1)
 
 
-def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Set to −inf every logit outside the top-k and outside the smallest set holding top-p of the mass.
-
-    Same rule as ``transformers``' TopK and TopP warpers: the most likely token always survives, and a token
-    is dropped once the probability mass *before* it reaches ``top_p``. (N, V) -> (N, V).
-
-    >>> filter_logits(torch.log(torch.tensor([[0.5, 0.3, 0.2]])), top_p=0.7).isinf().tolist()
-    [[False, False, True]]
-    >>> filter_logits(torch.tensor([[1., 3., 2.]]), top_k=1).tolist()
-    [[-inf, 3.0, -inf]]
-    """
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (N, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p  # mass strictly before the token
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def _in_place_layer_class():
-    from transformers.cache_utils import DynamicLayer
-
-    class InPlaceLayer(DynamicLayer):
-        """A growing cache layer whose keys and values are views into buffers of the final length.
-
-        ``DynamicLayer.update`` concatenates, copying the whole cache at every step (on the tiny model that copy
-        was half of the decoding time); here a step writes one column in place.
-        """
-
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, max_len: int):
-            super().__init__()
-            self.lazy_initialization(keys, values)
-            n, h, length, _ = keys.shape
-            self._keys = keys.new_empty(n, h, max_len, keys.shape[-1])
-            self._values = values.new_empty(n, h, max_len, values.shape[-1])
-            self._keys[:, :, :length], self._values[:, :, :length] = keys, values
-            self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
-
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-            start, end = self.keys.shape[-2], self.keys.shape[-2] + key_states.shape[-2]
-            self._keys[:, :, start:end], self._values[:, :, start:end] = key_states, value_states
-            self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
-            return self.keys, self.values
-
-        def keep(self, rows: torch.Tensor) -> None:
-            """Drop every batch row not in ``rows`` (finished completions stop costing compute)."""
-            end = self.keys.shape[-2]
-            self._keys, self._values = self._keys[rows], self._values[rows]
-            self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
-
-    return InPlaceLayer
-
-
-def _prefill(model, prompt_ids, prompt_mask, num_generations: int, max_len: int):
-    """Run the B distinct prompts once and give each of their G rows a copy of the KV cache.
-
-    Returns the logits at the last prompt position, (B*G, V), and the cache, now B*G rows with room for
-    ``max_len`` positions.
-    """
-    from transformers import DynamicCache
-
-    position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P)
-    cache = DynamicCache(config=model.config)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
-    layer_class = _in_place_layer_class()
-    cache.layers = [
-        layer_class(layer.keys.repeat_interleave(num_generations, dim=0),
-                    layer.values.repeat_interleave(num_generations, dim=0), max_len)
-        for layer in cache.layers
-    ]
-    return out.logits[:, -1, :].repeat_interleave(num_generations, dim=0), cache
-
-
-@torch.no_grad()
 def generate(
     model,
     tokenizer,
@@ -246,89 +151,24 @@ def generate(
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got {temperature}, {top_p}, {top_k}")
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
-    device = next(model.parameters()).device
-    # 1. encode each prompt once, then repeat its row for the G samples
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)  # (B, P)
-    P = prompt_ids.shape[1]
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and P + max_completion_length > limit:
-        raise ValueError(
-            f"prompt ({P} tokens) + max_completion_length ({max_completion_length}) exceeds the "
-            f"model's context of {limit} tokens: shorten the prompt or lower max_completion_length"
-        )
-    B = prompt_ids.shape[0]
-    N = B * num_generations
-    eos_ids = torch.tensor(stop_token_ids(model, tokenizer), device=device)
-    pad = tokenizer.pad_token_id
-    greedy = temperature == 0
-
-    was_training = model.training
-    model.eval()
-    generator = None
-    if seed is not None:  # a private generator: reproducible, and the caller's RNG stream is left alone
-        generator = torch.Generator(device=device).manual_seed(seed)
-
-    # 2. sample token by token with the KV cache. Rows that finish are dropped from the batch once they are a
-    # quarter of it: the loop runs as long as the longest completion, and most finish long before it.
-    logits, cache = _prefill(model, prompt_ids, prompt_mask, num_generations, P + max_completion_length)
-    prompt_ids = prompt_ids.repeat_interleave(num_generations, dim=0)  # (N, P), row b*G + g
-    prompt_mask = prompt_mask.repeat_interleave(num_generations, dim=0)
-    completion_ids = prompt_ids.new_full((N, max_completion_length), pad)  # (N, T)
-    logps = torch.zeros(N, max_completion_length, device=device) if return_logps else None
-    entropies = torch.zeros(N, max_completion_length, device=device) if return_logps else None
-    rows = torch.arange(N, device=device)  # (n,) the batch rows still decoding, as rows of the output
-    attention_mask = prompt_mask  # (n, P + t): grows by one column per step
-    next_position = prompt_mask.sum(dim=1, keepdim=True)  # (n, 1): positions count real tokens only
-    finished = torch.zeros(N, dtype=torch.bool, device=device)  # (N,)
-    for t in range(max_completion_length):
-        logits = logits.float()  # (n, V)
-        if greedy:
-            token = logits.argmax(dim=-1)  # (n,)
-        else:
-            logits = logits / temperature
-            probs = filter_logits(logits, top_k=top_k, top_p=top_p).softmax(dim=-1)
-            # argmax p / E with E ~ Exp(1) draws from p (what torch.multinomial does for one sample). Noise is
-            # drawn for all N rows every step, so a row's sample does not depend on which rows were dropped.
-            noise = torch.empty(N, probs.shape[1], device=device).exponential_(generator=generator)  # (N, V)
-            token = (probs / noise[rows]).argmax(dim=-1)  # (n,)
-        if return_logps:
-            # 4. (per step) the sampling policy's log-prob of its token, and its entropy
-            logp = torch.log_softmax(logits, dim=-1)  # (n, V)
-            logps[rows, t] = logp.gather(1, token.unsqueeze(1)).squeeze(1)
-            entropies[rows, t] = -(logp.exp() * logp).sum(dim=-1)
-        token = token.masked_fill(finished[rows], pad)
-        completion_ids[rows, t] = token
-        finished[rows] |= torch.isin(token, eos_ids)
-        if finished.all() or t == max_completion_length - 1:
-            break
-        done = finished[rows]
-        if done.sum() >= max(1, len(rows) // 4):
-            keep = (~done).nonzero().squeeze(1)
-            rows, token, attention_mask, next_position = rows[keep], token[keep], attention_mask[keep], next_position[keep]
-            for layer in cache.layers:
-                layer.keep(keep)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(rows), 1)], dim=1)
-        logits = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, position_ids=next_position,
-                       past_key_values=cache, use_cache=True).logits[:, -1, :]
-        next_position = next_position + 1
-    model.train(was_training)
-
-    # 3. keep tokens up to and including the first EOS; pad the rest; trim to the longest completion
-    completion_ids = completion_ids[:, :t + 1]  # (N, T)
-    completion_mask = completion_mask_from_ids(completion_ids, eos_ids.tolist())  # (N, T)
-    completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
-    per_token, entropy = None, None
-    if return_logps:
-        per_token = logps[:, :t + 1] * completion_mask  # (N, T)
-        entropy = entropies[:, :t + 1] * completion_mask  # (N, T)
+    # 1. encode each prompt once; 2. sample its G rows, all B*G in one batch, by the exponential race
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, next(model.parameters()).device)  # (B, P)
+    check_context(model, prompt_ids.shape[1], max_completion_length)
+    stop_ids = stop_token_ids(model, tokenizer)
+    (batch,) = decode(model, prompt_ids, prompt_mask, num_generations, max_completion_length=max_completion_length,
+                      stop_ids=stop_ids, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                      return_logps=return_logps)
+    # 3. keep tokens up to and including the first EOS; pad the rest
+    completion_mask = completion_mask_from_ids(batch.tokens, stop_ids)  # (N, T), T = the longest completion
+    completion_ids = batch.tokens.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
     return Rollout(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
+        prompt_ids=prompt_ids.repeat_interleave(num_generations, dim=0),  # (N, P), row b*G + g
+        prompt_mask=prompt_mask.repeat_interleave(num_generations, dim=0),
         completion_ids=completion_ids,
         completion_mask=completion_mask,
-        per_token_logps=per_token,
+        per_token_logps=None if batch.logps is None else batch.logps * completion_mask,  # (N, T)
         texts=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
         num_generations=num_generations,
-        entropies=entropy,
-        truncated=~finished,
+        entropies=None if batch.entropies is None else batch.entropies * completion_mask,  # (N, T)
+        truncated=~batch.finished,
     )

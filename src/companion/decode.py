@@ -1,0 +1,290 @@
+"""The decoding loop behind both samplers: :func:`companion.rollout.generate` (the trainers, the pretraining
+eval, chapter 2) and :func:`companion.sampler.sample_completions` (``companion eval``).
+
+Why our own loop rather than ``model.generate``: on a model of a few million parameters a decoding step is a
+handful of small matrix products, and ``generate`` spends as much again around them (logits processors,
+stopping criteria, input preparation, and a KV cache re-concatenated at every step, which alone was half the
+decoding time on the tiny model); and ``generate(output_logits=True)`` keeps every step's full (N, V) logits,
+gigabytes for a 151k-token vocabulary. So the loop runs each prompt once and copies its KV cache to every row
+that samples from it, writes the cache in place, and reduces each step's logits to a token (and, if asked, its
+log-prob and the entropy) before moving on. It runs as long as the longest completion, and most finish long
+before it, so finished rows are gathered out of the batch once a quarter of it has finished: on the tiny model
+that halves the rows decoded, and gathering at every finish would copy the cache more often than it saves.
+
+Why one loop with options: the two samplers differ only in how a token is drawn and how rows are batched. Two
+copies of the cache, the positions under left padding and the row dropping had already drifted apart (two
+cache classes, two compaction thresholds). The options:
+
+- **the draw**, from softmax(logits / temperature) cut to the top-k and the top-p nucleus (:func:`filter_logits`,
+  the rule of ``transformers``' warpers); ``temperature=0`` is greedy. With ``seed``: the exponential race
+  ``argmax p / E``, E ~ Exp(1) drawn for every row of the batch at every step from one generator, which is
+  what ``model.generate(do_sample=True)`` draws, bit for bit for the same seed, rows dropped or not. With
+  ``seeds`` (one per prompt): sample ``i`` draws its ``t``-th token by inverse CDF with ``u[i, t]`` of
+  :func:`uniforms_for`, so it depends on the model, its prompt and its seed only, never on the batching.
+- **the batches**: the (prompt, sample) rows are laid end to end, prompt-major, and cut into batches of
+  ``batch_size`` rows; a prefill is reused while its prompts last. ``generate`` decodes all its rows at once.
+- **log-probs**: ``return_logps`` also keeps each token's log-prob and the entropy of its distribution
+  (temperature-scaled, before top-k/top-p): π_old for the trainers.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Iterator, NamedTuple
+
+import torch
+
+COMPACT_FRACTION = 0.25
+"""Gather the surviving rows into a smaller batch once this share of the batch has finished."""
+
+
+class Batch(NamedTuple):
+    """One decoded batch: row ``j * num_generations + i`` of the request is sample ``i`` of prompt ``j``."""
+
+    rows: torch.Tensor  # (R,) the request's rows in this batch
+    tokens: torch.Tensor  # (R, T) sampled tokens, valid up to each length; T = the batch's longest completion
+    lengths: torch.Tensor  # (R,) tokens sampled, the stop token included
+    finished: torch.Tensor  # (R,) ended with a stop token (False: cut at max_completion_length)
+    logps: torch.Tensor | None  # (R, T) log-prob of each token under the sampling distribution, or None
+    entropies: torch.Tensor | None  # (R, T) entropy of that distribution at each token, or None
+
+
+def check_context(model, longest_prompt_tokens: int, max_completion_length: int) -> None:
+    """Refuse a request that does not fit in the model's context, saying how to make it fit. ``model`` may
+    also be the context length itself, in tokens (to check before there is a model).
+
+    >>> check_context(448, 130, 400)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: the longest prompt (130 tokens) + ... of 448 tokens: lower --max-completion-length to at most 318 ...
+    """
+    limit = model if isinstance(model, int) else getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and longest_prompt_tokens + max_completion_length > limit:
+        room = limit - longest_prompt_tokens
+        raise ValueError(f"the longest prompt ({longest_prompt_tokens} tokens) + max_completion_length "
+                         f"({max_completion_length}) exceeds the model's context of {limit} tokens: "
+                         + (f"lower --max-completion-length to at most {room} (or shorten the prompt)" if room > 0
+                            else "shorten the prompt"))
+
+
+# --- the draw -----------------------------------------------------------------------------------------------
+
+
+def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to −inf every logit outside the top-k and outside the smallest set holding top-p of the mass.
+
+    Same rule as ``transformers``' TopK and TopP warpers: the most likely token always survives, and a token
+    is dropped once the probability mass *before* it reaches ``top_p``. (N, V) -> (N, V).
+
+    >>> filter_logits(torch.log(torch.tensor([[0.5, 0.3, 0.2]])), top_p=0.7).isinf().tolist()
+    [[False, False, True]]
+    >>> filter_logits(torch.tensor([[1., 3., 2.]]), top_k=1).tolist()
+    [[-inf, 3.0, -inf]]
+    """
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p  # mass strictly before the token
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def uniforms_for(seed: int, num_generations: int, max_completion_length: int) -> torch.Tensor:
+    """The (num_generations, max_completion_length) uniforms that fix every token a prompt's samples draw."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.rand(num_generations, max_completion_length, generator=generator, dtype=torch.float64)
+
+
+def sample_next_token(logits: torch.Tensor, uniforms: torch.Tensor, *, temperature: float,
+                      top_p: float) -> torch.Tensor:
+    """Inverse-CDF sampling from softmax(logits / temperature) restricted to the top-p nucleus.
+
+    ``logits`` (R, V), ``uniforms`` (R,) in [0, 1); returns (R,) token ids: the first token, in vocabulary
+    order, at which the cumulative probability passes ``u``. The nucleus is :func:`filter_logits`'s.
+    ``temperature=0`` returns the argmax.
+
+    >>> logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    >>> [sample_next_token(logits, torch.tensor([u]), temperature=1.0, top_p=1.0).item() for u in (0.1, 0.6, 0.9)]
+    [0, 1, 2]
+    >>> [sample_next_token(logits, torch.tensor([u]), temperature=1.0, top_p=0.7).item() for u in (0.1, 0.6, 0.9)]
+    [0, 0, 1]
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    return _inverse_cdf(filter_logits(logits.float() / temperature, top_p=top_p).softmax(dim=-1), uniforms)
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """(R, V) probabilities, (R,) uniforms -> (R,) the first token at which the cumulative probability passes u."""
+    cdf = probs.cumsum(dim=-1)  # (R, V)
+    threshold = uniforms.to(cdf)[:, None] * cdf[:, -1:]  # (R, 1)
+    # A zero-probability token never passes the threshold (its CDF step is flat); float rounding at the top of
+    # the CDF must not step past the last token that has probability.
+    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).long().argmax(dim=-1)  # (R,)
+    return torch.minimum((cdf <= threshold).sum(dim=-1), last)
+
+
+# --- the in-place KV cache ------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _buffer_layer_class():
+    """The in-place cache layer class (made on first use, so that importing this module does not import
+    ``transformers``)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        """One layer's KV cache in buffers sized for the whole sequence: a step writes one column in place, where
+        ``DynamicLayer.update`` concatenates, copying the whole cache at every step."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+            super().__init__()
+            self.lazy_initialization(keys, values)
+            rows, heads, _, head_dim = keys.shape  # (R, H, L, D)
+            self._keys = keys.new_empty(rows, heads, capacity, head_dim)  # (R, H, capacity, D)
+            self._values = values.new_empty(rows, heads, capacity, values.shape[-1])
+            self.length = 0
+            self.update(keys, values)
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            start, self.length = self.length, self.length + key_states.shape[-2]
+            self._keys[:, :, start:self.length], self._values[:, :, start:self.length] = key_states, value_states
+            self.keys, self.values = self._keys[:, :, :self.length], self._values[:, :, :self.length]  # views
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            # Copy only the filled part: the rest of the buffer is never read before it is written.
+            for name in ("_keys", "_values"):
+                old = getattr(self, name)
+                new = old.new_empty(len(indices), *old.shape[1:])
+                new[:, :, :self.length] = old[indices, :, :self.length]
+                setattr(self, name, new)
+            self.keys, self.values = self._keys[:, :, :self.length], self._values[:, :, :self.length]
+
+    return BufferLayer
+
+
+def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+    """Run the prompts (B, P) through the model once: their cache, the logits of each first completion token
+    (B, V), and their mask with the columns that are padding in every row cut off (B, P')."""
+    from transformers import DynamicCache
+
+    first_real = int((prompt_mask.sum(dim=0) > 0).nonzero()[0])
+    prompt_ids, prompt_mask = prompt_ids[:, first_real:], prompt_mask[:, first_real:]
+    position_ids = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding does not shift positions
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, past_key_values=cache,
+                use_cache=True, logits_to_keep=1)
+    return cache, out.logits[:, -1].float(), prompt_mask
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_generations: int, *, max_completion_length: int,
+           stop_ids: list[int], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+           seeds: list[int] | None = None, batch_size: int | None = None, return_logps: bool = False,
+           on_finished: Callable[[int, int], None] | None = None) -> Iterator[Batch]:
+    """``num_generations`` completions of each of the J prompts ``prompt_ids`` (J, P), left padded, batch by batch.
+
+    ``seeds`` (one per prompt) draws by inverse CDF; without them the exponential race draws from a generator
+    seeded with ``seed`` (None: the global torch RNG, advanced). ``batch_size`` rows are decoded together (all
+    by default). ``on_finished(samples, tokens)`` is called whenever samples finish, for progress bars. Callers
+    check the context first (:func:`check_context`).
+    """
+    device = prompt_ids.device
+    stop_ids = torch.tensor(stop_ids, device=device)
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    num_rows = len(prompt_ids) * num_generations
+    was_training = model.training
+    model.eval()
+    try:
+        prefilled = None  # (prompt indices, their uniforms, cache, logits, mask) of the last prefill
+        for rows in torch.arange(num_rows).split(batch_size or num_rows):
+            prompt_of, sample_of = rows // num_generations, rows % num_generations  # (R,) each
+            needed = prompt_of.unique()  # sorted
+            if prefilled is None or not torch.equal(prefilled[0], needed):
+                # 1. prefill the batch's prompts once each (and draw their samples' uniforms)
+                draws = None if seeds is None else {
+                    j: uniforms_for(seeds[j], num_generations, max_completion_length) for j in needed.tolist()}
+                prefilled = (needed, draws, *_prefill(model, prompt_ids[needed], prompt_mask[needed]))
+            _, draws, prompt_cache, prompt_logits, mask = prefilled
+            uniforms = None if draws is None else torch.stack(
+                [draws[j][i] for j, i in zip(prompt_of.tolist(), sample_of.tolist())]).to(device)  # (R, T)
+            yield Batch(rows, *_decode_batch(
+                model, prompt_cache, prompt_logits, mask, torch.searchsorted(needed, prompt_of).to(device),
+                max_completion_length, stop_ids, uniforms=uniforms, generator=generator, temperature=temperature,
+                top_k=top_k, top_p=top_p, return_logps=return_logps, on_finished=on_finished))
+    finally:
+        model.train(was_training)
+
+
+def _decode_batch(model, prompt_cache, prompt_logits, prompt_mask, prompt_of, max_len, stop_ids, *, uniforms, generator,
+                  temperature, top_k, top_p, return_logps, on_finished):
+    """Sample R rows to the end, row r continuing prompt ``prompt_of[r]`` of the prefill. Returns tokens,
+    lengths, finished, logps and entropies, as :class:`Batch`."""
+    from transformers.cache_utils import Cache
+
+    num_rows, prompt_len, device = len(prompt_of), prompt_mask.shape[1], prompt_of.device
+    buffer_layer = _buffer_layer_class()
+    cache = Cache(layers=[buffer_layer(layer.keys[prompt_of], layer.values[prompt_of], prompt_len + max_len)
+                          for layer in prompt_cache.layers])
+    tokens = torch.zeros(num_rows, max_len, dtype=torch.long, device=device)  # (R, T) valid up to each length
+    logps = torch.zeros(num_rows, max_len, device=device) if return_logps else None  # (R, T)
+    entropies = torch.zeros(num_rows, max_len, device=device) if return_logps else None  # (R, T)
+    lengths = torch.full((num_rows,), max_len, dtype=torch.long, device=device)  # (R,)
+    finished = torch.zeros(num_rows, dtype=torch.bool, device=device)  # (R,)
+    # The physical batch: which rows are still decoded, and their attention masks and next positions.
+    live = torch.arange(num_rows, device=device)  # (A,)
+    # One code path with or without left padding: transformers drops an all-ones mask by itself.
+    mask = torch.ones(num_rows, prompt_len + max_len, dtype=torch.long, device=device)  # (A, P + T)
+    mask[:, :prompt_len] = prompt_mask[prompt_of]
+    positions = prompt_mask.sum(dim=1)[prompt_of]  # (A,) position of the next token: the prompt's real length
+    logits = prompt_logits[prompt_of]  # (A, V)
+    running = torch.ones(num_rows, dtype=torch.bool, device=device)  # (A,) not yet finished, among the live rows
+    for t in range(max_len):
+        # 2. a token for every live row: greedy, by its own uniform, or by the exponential race
+        logits = logits.float() / (temperature or 1.0)  # (A, V) of the sampling distribution (greedy: unscaled)
+        if temperature == 0:
+            next_tokens = logits.argmax(dim=-1)  # (A,)
+        else:
+            probs = filter_logits(logits, top_k=top_k, top_p=top_p).softmax(dim=-1)  # (A, V)
+            if uniforms is not None:
+                next_tokens = _inverse_cdf(probs, uniforms[live, t])
+            else:  # argmax p / E with E ~ Exp(1) draws from p, as torch.multinomial does for one sample. Noise
+                # for every row of the batch each step: a row's draw does not depend on which rows were dropped.
+                noise = torch.empty(num_rows, probs.shape[1], device=device).exponential_(generator=generator)
+                next_tokens = (probs / noise[live]).argmax(dim=-1)
+        tokens[live, t] = next_tokens
+        if return_logps:  # the sampling policy's log-prob of its token, and its entropy
+            logp = torch.log_softmax(logits, dim=-1)  # (A, V)
+            logps[live, t] = logp.gather(1, next_tokens.unsqueeze(1)).squeeze(1)
+            entropies[live, t] = -(logp.exp() * logp).sum(dim=-1)
+        ends = running & torch.isin(next_tokens, stop_ids)  # (A,)
+        if ends.any():
+            ended = live[ends]
+            lengths[ended], finished[ended] = t + 1, True
+            running &= ~ends
+            if on_finished is not None:
+                on_finished(int(ends.sum()), int(lengths[ended].sum()))
+        if t == max_len - 1 or not running.any():
+            break
+        # 3. drop finished rows once enough of the batch is dead weight
+        if (~running).sum() >= COMPACT_FRACTION * len(live):
+            keep = running.nonzero().squeeze(1)  # (A',)
+            cache.batch_select_indices(keep)
+            live, positions, running, next_tokens = live[keep], positions[keep], running[keep], next_tokens[keep]
+            mask = mask[keep]
+        # 4. one step of the model on the last token of every live row
+        logits = model(input_ids=next_tokens[:, None], attention_mask=mask[:, :prompt_len + t + 1],
+                       position_ids=(positions + t)[:, None], past_key_values=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]  # (A, V)
+    if on_finished is not None and not finished.all():
+        on_finished(int((~finished).sum()), int(lengths[~finished].sum()))
+    steps = t + 1
+    return (tokens[:, :steps], lengths, finished, None if logps is None else logps[:, :steps],
+            None if entropies is None else entropies[:, :steps])

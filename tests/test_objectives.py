@@ -15,10 +15,10 @@ from companion.objectives import (
     ALGORITHMS,
     NORMALIZERS,
     aggregate,
-    advantages,
     algorithm_table,
     get_algorithm,
     policy_loss,
+    sample_weights,
     weighted_nll,
     zero_spread_groups,
 )
@@ -69,7 +69,7 @@ def grads(loss, module):
 def test_on_policy_grpo_gradient_is_the_weighted_nll_gradient(normalizer):
     rewards, ids, mask = sampled_batch()
     policy = BigramPolicy()
-    adv = advantages(rewards, 4, algo="grpo")
+    adv = sample_weights(rewards, 4, algo="grpo")
     logps = policy.per_token_logps(ids)
     pg, stats = policy_loss(logps, logps.detach(), adv, mask, beta=0.0, normalizer=normalizer,
                             max_completion_length=8)
@@ -84,13 +84,13 @@ def test_fisft_pm_collapses_the_same_way_and_equals_grpo_with_grpo_weights():
     rewards, ids, mask = sampled_batch()
     policy = BigramPolicy(seed=1)
     # F-ISFT± as a policy loss and as weighted NLL: one gradient
-    w_pm = advantages(rewards, 4, algo="fisft_pm", lam=0.7)
+    w_pm = sample_weights(rewards, 4, algo="fisft_pm", lam=0.7)
     logps = policy.per_token_logps(ids)
     g_pm_pg = grads(policy_loss(logps, None, w_pm, mask)[0], policy)
     g_pm_sft = grads(weighted_nll(policy.per_token_logps(ids), w_pm, mask), policy)
     torch.testing.assert_close(g_pm_pg, g_pm_sft, rtol=1e-12, atol=1e-14)
     # with GRPO's advantages as its weights, the F-ISFT± (SFT-form) update *is* the GRPO update
-    adv = advantages(rewards, 4, algo="grpo")
+    adv = sample_weights(rewards, 4, algo="grpo")
     g_grpo = grads(policy_loss(policy.per_token_logps(ids), None, adv, mask)[0], policy)
     g_sft_grpo_weights = grads(weighted_nll(policy.per_token_logps(ids), adv, mask), policy)
     torch.testing.assert_close(g_grpo, g_sft_grpo_weights, rtol=1e-12, atol=1e-14)
@@ -103,15 +103,15 @@ def test_binary_grpo_weights_are_fisft_pm_with_a_difficulty_lambda(c):
     G = 4
     p = c / G
     rewards = torch.tensor([1.0] * c + [0.0] * (G - c), dtype=F64)
-    grpo = advantages(rewards, G, algo="grpo", std="population", eps_std=0.0)
-    pm = advantages(rewards, G, algo="fisft_pm", lam=p / (1 - p))
+    grpo = sample_weights(rewards, G, algo="grpo", std="population", eps_std=0.0)
+    pm = sample_weights(rewards, G, algo="fisft_pm", lam=p / (1 - p))
     torch.testing.assert_close(grpo, math.sqrt((1 - p) / p) * pm)
 
 
 def test_off_policy_clipping_breaks_the_collapse():
     rewards, ids, mask = sampled_batch()
     policy = BigramPolicy(seed=2)
-    adv = advantages(rewards, 4, algo="grpo")
+    adv = sample_weights(rewards, 4, algo="grpo")
     logps = policy.per_token_logps(ids)
     old = logps.detach() + 0.4 * torch.randn(logps.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
     pg, stats = policy_loss(logps, old, adv, mask)
@@ -124,7 +124,7 @@ def test_off_policy_clipping_breaks_the_collapse():
 def test_kl_penalty_breaks_the_collapse():
     rewards, ids, mask = sampled_batch()
     policy, reference = BigramPolicy(seed=4), BigramPolicy(seed=5)
-    adv = advantages(rewards, 4, algo="grpo")
+    adv = sample_weights(rewards, 4, algo="grpo")
     with torch.no_grad():
         ref = reference.per_token_logps(ids)
     g_sft = grads(weighted_nll(policy.per_token_logps(ids), adv, mask), policy)
@@ -145,17 +145,17 @@ def test_binary_rewards_give_the_closed_forms(G):
         rewards = torch.tensor([1.0] * c + [0.0] * (G - c), dtype=F64)
         plus, minus = math.sqrt((1 - p) / p), -math.sqrt(p / (1 - p))
         expected = torch.tensor([plus] * c + [minus] * (G - c), dtype=F64)
-        exact = advantages(rewards, G, algo="grpo", std="population", eps_std=0.0)
+        exact = sample_weights(rewards, G, algo="grpo", std="population", eps_std=0.0)
         torch.testing.assert_close(exact, expected, rtol=1e-12, atol=1e-12)
         # TRL's eps shrinks every weight by std/(std + eps), std = √(p(1−p)): under 1e-4/std relative
-        with_eps = advantages(rewards, G, algo="grpo", std="population")
+        with_eps = sample_weights(rewards, G, algo="grpo", std="population")
         shrink = math.sqrt(p * (1 - p)) / (math.sqrt(p * (1 - p)) + 1e-4)
         torch.testing.assert_close(with_eps, expected * shrink, rtol=1e-12, atol=1e-12)
         # the default (sample std, as TRL) is the same up to √((G−1)/G)
-        sample = advantages(rewards, G, algo="grpo", eps_std=0.0)
+        sample = sample_weights(rewards, G, algo="grpo", eps_std=0.0)
         torch.testing.assert_close(sample, expected * math.sqrt((G - 1) / G), rtol=1e-12, atol=1e-12)
         # Dr. GRPO: 1 − p for correct, −p for wrong
-        dr = advantages(rewards, G, algo="dr_grpo")
+        dr = sample_weights(rewards, G, algo="dr_grpo")
         torch.testing.assert_close(dr, torch.tensor([1 - p] * c + [-p] * (G - c), dtype=F64))
 
 
@@ -164,21 +164,21 @@ def test_binary_rewards_give_the_closed_forms(G):
 def test_zero_spread_groups_get_exactly_zero(algo, value):
     rewards = torch.tensor([value] * 5 + [1.0, 0.0, 0.0, 0.1, 1.0], dtype=F64)
     assert zero_spread_groups(rewards, 5).tolist() == [True, False]
-    w = advantages(rewards, 5, algo=algo, eps_std=0.0)  # eps 0: the 0/0 must not leak a NaN
+    w = sample_weights(rewards, 5, algo=algo, eps_std=0.0)  # eps 0: the 0/0 must not leak a NaN
     assert torch.equal(w[:5], torch.zeros(5, dtype=F64))
     assert (w[5:] != 0).any()
 
 
 def test_fisft_plus_keeps_correct_samples_in_any_group():
     rewards = [1.0, 1.0, 1.0,  0.0, 0.1, 0.0,  1.0, 0.1, 0.0]
-    w = advantages(rewards, 3, algo="fisft_plus")
+    w = sample_weights(rewards, 3, algo="fisft_plus")
     assert w.tolist() == [1, 1, 1, 0, 0, 0, 1, 0, 0]
 
 
 def test_threshold_decides_what_counts_as_correct():
     rewards = [0.1, 0.0, 1.0, 0.1]
-    assert advantages(rewards, 2, algo="fisft_pm").tolist() == [0, 0, 1, -1]  # 0.1 is a wrong answer
-    assert advantages(rewards, 2, algo="fisft_pm", threshold=0.1).tolist() == [1, -1, 0, 0]
+    assert sample_weights(rewards, 2, algo="fisft_pm").tolist() == [0, 0, 1, -1]  # 0.1 is a wrong answer
+    assert sample_weights(rewards, 2, algo="fisft_pm", threshold=0.1).tolist() == [1, -1, 0, 0]
 
 
 rewards_st = st.integers(min_value=2, max_value=6).flatmap(
@@ -194,12 +194,13 @@ def test_group_relative_weights_centre_and_ignore_shift_and_scale(case, shift, s
     G, rewards = case
     r = torch.tensor(rewards, dtype=F64)
     for algo in ("grpo", "dr_grpo"):
-        w = advantages(r, G, algo=algo, eps_std=0.0)
+        w = sample_weights(r, G, algo=algo, eps_std=0.0)
         torch.testing.assert_close(w.view(-1, G).sum(1), torch.zeros(len(r) // G, dtype=F64), atol=1e-9, rtol=0)
     # GRPO is invariant to an affine change of reward units (with eps 0); Dr. GRPO only to the shift
-    base = advantages(r, G, algo="grpo", eps_std=0.0)
-    torch.testing.assert_close(advantages(scale * r + shift, G, algo="grpo", eps_std=0.0), base, atol=1e-8, rtol=1e-8)
-    torch.testing.assert_close(advantages(r + shift, G, algo="dr_grpo"), advantages(r, G, algo="dr_grpo"),
+    base = sample_weights(r, G, algo="grpo", eps_std=0.0)
+    torch.testing.assert_close(sample_weights(scale * r + shift, G, algo="grpo", eps_std=0.0), base,
+                               atol=1e-8, rtol=1e-8)
+    torch.testing.assert_close(sample_weights(r + shift, G, algo="dr_grpo"), sample_weights(r, G, algo="dr_grpo"),
                                atol=1e-9, rtol=0)
 
 
@@ -212,10 +213,10 @@ def test_weights_follow_their_samples_when_a_group_is_shuffled(case, lam, rnd):
     index = torch.tensor([b * G + g for b in range(len(rewards) // G) for g in perm])
     r = torch.tensor(rewards, dtype=F64)
     for algo in ALGORITHMS:
-        w = advantages(r, G, algo=algo, lam=lam)
-        torch.testing.assert_close(advantages(r[index], G, algo=algo, lam=lam), w[index], atol=1e-12, rtol=1e-12)
+        w = sample_weights(r, G, algo=algo, lam=lam)
+        torch.testing.assert_close(sample_weights(r[index], G, algo=algo, lam=lam), w[index], atol=1e-12, rtol=1e-12)
     allowed = {1.0, -lam, 0.0}
-    assert set(advantages(r, G, algo="fisft_pm", lam=lam).tolist()) <= allowed
+    assert set(sample_weights(r, G, algo="fisft_pm", lam=lam).tolist()) <= allowed
 
 
 # --- 3. normalisers on hand-built tensors ------------------------------------------------------------
@@ -264,7 +265,7 @@ def test_per_token_credit_of_each_normalizer(normalizer, credit):
 
 def test_weighted_nll_is_sft_cross_entropy_for_fisft_plus():
     logps = torch.log(torch.tensor([[0.5, 0.25, 1.0, 1.0], [0.1, 1.0, 1.0, 1.0]], dtype=F64))
-    w = advantages([1.0, 0.1], 2, algo="fisft_plus").to(F64)
+    w = sample_weights([1.0, 0.1], 2, algo="fisft_plus").to(F64)
     loss = weighted_nll(logps, w, MASK, normalizer=get_algorithm("fisft_plus").normalizer)
     assert loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.25) + 0.0) / 3, rel=1e-12)
 
@@ -318,7 +319,7 @@ def test_registry_matches_the_design_table():
     assert list(ALGORITHMS) == ["grpo", "dr_grpo", "fisft_plus", "fisft_pm"]
     assert {a: ALGORITHMS[a].normalizer for a in ALGORITHMS} == {
         "grpo": "sequence", "dr_grpo": "constant", "fisft_plus": "kept_token", "fisft_pm": "sequence"}
-    params = set(inspect.signature(advantages).parameters)
+    params = set(inspect.signature(sample_weights).parameters)
     for spec in ALGORITHMS.values():
         assert set(spec.knobs) <= params and spec.normalizer in NORMALIZERS
     assert [row["name"] for row in algorithm_table()] == list(ALGORITHMS)
@@ -326,20 +327,20 @@ def test_registry_matches_the_design_table():
 
 def test_unknown_algo_lists_the_known_ones():
     with pytest.raises(ValueError, match="grpo, dr_grpo, fisft_plus, fisft_pm"):
-        advantages([1.0, 0.0], 2, algo="ppo")
+        sample_weights([1.0, 0.0], 2, algo="ppo")
 
 
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: advantages([1.0, 0.0, 1.0], 2, algo="grpo"), "do not split into groups"),
-        (lambda: advantages([1.0, 0.0], 1, algo="grpo"), "num_generations must be"),
-        (lambda: advantages([[1.0, 0.0]], 2, algo="grpo"), "must be 1-D"),
-        (lambda: advantages([1.0, float("nan")], 2, algo="grpo"), "NaN"),
-        (lambda: advantages([1.0, 0.0], 2, algo="grpo", std="biased"), "std must be one of"),
-        (lambda: advantages([1.0, 0.0], 2, algo="fisft_pm", lam=-1.0), "lam"),
+        (lambda: sample_weights([1.0, 0.0, 1.0], 2, algo="grpo"), "do not split into groups"),
+        (lambda: sample_weights([1.0, 0.0], 1, algo="grpo"), "num_generations must be"),
+        (lambda: sample_weights([[1.0, 0.0]], 2, algo="grpo"), "must be 1-D"),
+        (lambda: sample_weights([1.0, float("nan")], 2, algo="grpo"), "NaN"),
+        (lambda: sample_weights([1.0, 0.0], 2, algo="grpo", std="biased"), "std must be one of"),
+        (lambda: sample_weights([1.0, 0.0], 2, algo="fisft_pm", lam=-1.0), "lam"),
         (lambda: policy_loss(torch.zeros(2, 4), None, torch.zeros(2), MASK, beta=0.1), "ref_per_token_logps"),
-        (lambda: policy_loss(torch.zeros(2, 4), None, torch.zeros(3), MASK), r"advantages must be one per"),
+        (lambda: policy_loss(torch.zeros(2, 4), None, torch.zeros(3), MASK), r"weights must be one per"),
         (lambda: policy_loss(torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(2), MASK), "old_per_token_logps"),
         (lambda: policy_loss(torch.zeros(2, 4), None, torch.zeros(2), MASK, normalizer="constant"),
          "max_completion_length"),

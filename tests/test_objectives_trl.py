@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from companion.objectives import advantages, group_std, policy_loss
+from companion.objectives import group_std, policy_loss, sample_weights
 
 trl = pytest.importorskip("trl", reason="trl is not importable: install the test extras (pip install -e '.[test]')")
 if trl.__version__ != "1.16.0":
@@ -88,7 +88,7 @@ def make_batch(seed: int, algo: str):
         prompt_ids=torch.randint(0, V, (N, P), generator=gen),
         completion_ids=completion_ids,
         completion_mask=completion_mask,
-        advantages=advantages(rewards, G, algo=algo),
+        advantages=sample_weights(rewards, G, algo=algo),
         noise=torch.randn(N, T, generator=gen, dtype=torch.float64),
     )
 

@@ -1,7 +1,7 @@
 """GRPO, Dr. GRPO, F-ISFT+ and F-ISFT± as one loss: a per-sample weight and a length normaliser.
 
 The book's thesis in code. Every algorithm here turns the G rewards of a prompt into per-sample weights
-w_i (:func:`advantages`) and then minimises the same token-level loss (:func:`policy_loss`); they differ
+w_i (:func:`sample_weights`) and then minimises the same token-level loss (:func:`policy_loss`); they differ
 only in the weight rule and in how per-token terms are averaged (the *normaliser*). :data:`ALGORITHMS`
 is the table of DESIGN.md §2 as data.
 
@@ -137,7 +137,7 @@ class Algorithm:
 
     name: str
     weights: Callable[..., torch.Tensor]  # (B, G) rewards, **knobs -> (B, G) weights
-    knobs: tuple[str, ...]  # the keyword arguments of `advantages` this rule reads
+    knobs: tuple[str, ...]  # the keyword arguments of `sample_weights` this rule reads
     normalizer: str  # default length normaliser for `policy_loss`
     rule: str  # w_i for correct / wrong samples, in words
     groups: str  # which groups get non-zero weight
@@ -182,6 +182,18 @@ def get_algorithm(algo: str) -> Algorithm:
     return ALGORITHMS[algo]
 
 
+def resolve_normalizer(algo: str, normalizer: str = "") -> str:
+    """The length normaliser a run uses: ``normalizer``, or ``algo``'s own when it is ``""`` (unset).
+
+    >>> resolve_normalizer("fisft_plus"), resolve_normalizer("grpo", "constant")
+    ('kept_token', 'constant')
+    """
+    if normalizer not in ("",) + NORMALIZERS:
+        raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)} (or '' for the algorithm's own), got "
+                         f"{normalizer!r}")
+    return normalizer or get_algorithm(algo).normalizer
+
+
 def algorithm_table() -> list[dict[str, str]]:
     """DESIGN.md §2's table, from the code: one record per algorithm.
 
@@ -199,7 +211,7 @@ def algorithm_table() -> list[dict[str, str]]:
     ]
 
 
-def advantages(
+def sample_weights(
     rewards,
     num_generations: int,
     *,
@@ -228,12 +240,12 @@ def advantages(
     a trainer may pass its whole config. Groups listed by :func:`zero_spread_groups` get weight 0 under
     every rule except ``fisft_plus`` on an all-correct group.
 
-    >>> w = advantages([1., 0., 0., 0.], 4, algo="grpo", std="population", eps_std=0.0)  # √3, −1/√3
+    >>> w = sample_weights([1., 0., 0., 0.], 4, algo="grpo", std="population", eps_std=0.0)  # √3, −1/√3
     >>> [round(x, 4) for x in w.tolist()]
     [1.7321, -0.5774, -0.5774, -0.5774]
-    >>> advantages([1., 0.1, 1., 1.], 2, algo="fisft_pm", lam=0.5).tolist()
+    >>> sample_weights([1., 0.1, 1., 1.], 2, algo="fisft_pm", lam=0.5).tolist()
     [1.0, -0.5, 0.0, 0.0]
-    >>> advantages([1., 0.1, 1., 1.], 2, algo="fisft_plus").tolist()
+    >>> sample_weights([1., 0.1, 1., 1.], 2, algo="fisft_plus").tolist()
     [1.0, 0.0, 1.0, 1.0]
     """
     spec = get_algorithm(algo)
@@ -271,13 +283,7 @@ def aggregate(
     ...  for n in NORMALIZERS]
     [3.0, 2.5, 1.25, 2.0]
     """
-    if normalizer not in NORMALIZERS:
-        raise ValueError(f"unknown normalizer {normalizer!r}; known: {', '.join(NORMALIZERS)}")
-    if per_token_loss.dim() != 2 or completion_mask.shape != per_token_loss.shape:
-        raise ValueError(
-            f"per-token terms and completion_mask must both be (B*G, T); got {tuple(per_token_loss.shape)} "
-            f"and {tuple(completion_mask.shape)}"
-        )
+    _check_aggregate_inputs(per_token_loss, completion_mask, normalizer, weights, max_completion_length)
     mask = completion_mask.to(per_token_loss.dtype)  # (N, T)
     if normalizer == "sequence":
         per_row = (per_token_loss * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (N,)
@@ -285,37 +291,37 @@ def aggregate(
     if normalizer == "token":
         return (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
     if normalizer == "constant":
-        if max_completion_length is None:
-            raise ValueError("normalizer='constant' divides by max_completion_length: pass it (the generation limit)")
-        if mask.shape[1] > max_completion_length:
-            raise ValueError(
-                f"completions are {mask.shape[1]} tokens wide but max_completion_length={max_completion_length}: "
-                "pass the generation limit the completions were sampled with"
-            )
         return (per_token_loss * mask).sum() / (mask.shape[0] * max_completion_length)
-    if weights is None:
-        raise ValueError("normalizer='kept_token' keeps rows with non-zero weight: pass weights (B*G,)")
-    kept = mask * (weights != 0).to(mask.dtype).unsqueeze(1)  # (N, T)
+    kept = mask * (weights != 0).to(mask.dtype).unsqueeze(1)  # (N, T): kept_token
     return (per_token_loss * kept).sum() / kept.sum().clamp(min=1.0)
 
 
-def _check_rows(per_token_logps: torch.Tensor, weights: torch.Tensor, completion_mask: torch.Tensor, name: str):
-    if per_token_logps.dim() != 2:
-        raise ValueError(f"per_token_logps must be (B*G, T); got shape {tuple(per_token_logps.shape)}")
-    if completion_mask.shape != per_token_logps.shape:
+def _check_aggregate_inputs(per_token_loss, completion_mask, normalizer, weights, max_completion_length):
+    """The checks of :func:`aggregate`: a known normaliser, matching (N, T) shapes, and what the normaliser needs."""
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"unknown normalizer {normalizer!r}; known: {', '.join(NORMALIZERS)}")
+    if per_token_loss.dim() != 2 or completion_mask.shape != per_token_loss.shape:
         raise ValueError(
-            f"completion_mask {tuple(completion_mask.shape)} must match per_token_logps {tuple(per_token_logps.shape)}"
+            f"per-token terms and completion_mask must both be (B*G, T); got {tuple(per_token_loss.shape)} "
+            f"and {tuple(completion_mask.shape)}"
         )
-    if weights.shape != per_token_logps.shape[:1]:
-        raise ValueError(
-            f"{name} must be one per completion, shape ({per_token_logps.shape[0]},); got {tuple(weights.shape)}"
-        )
+    if normalizer == "constant":
+        if max_completion_length is None:
+            raise ValueError("normalizer='constant' divides by max_completion_length: pass it (the generation limit)")
+        if completion_mask.shape[1] > max_completion_length:
+            raise ValueError(
+                f"completions are {completion_mask.shape[1]} tokens wide but "
+                f"max_completion_length={max_completion_length}: "
+                "pass the generation limit the completions were sampled with"
+            )
+    if normalizer == "kept_token" and weights is None:
+        raise ValueError("normalizer='kept_token' keeps rows with non-zero weight: pass weights (B*G,)")
 
 
 def policy_loss(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor | None,
-    advantages: torch.Tensor,
+    weights: torch.Tensor,
     completion_mask: torch.Tensor,
     *,
     epsilon: float = 0.2,
@@ -326,41 +332,72 @@ def policy_loss(
     normalizer: str = "sequence",
     max_completion_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The clipped-surrogate loss every algorithm minimises: −J of DESIGN.md §2 with weights ``advantages``.
+    """The clipped-surrogate loss every algorithm minimises: −J of DESIGN.md §2, with per-sample weights w_i.
 
     Args:
         per_token_logps: (B*G, T) log π_θ of the completion tokens, with gradient.
-        old_per_token_logps: (B*G, T) log π_old, the sampling policy's; ``None`` means on-policy
-            (π_old = π_θ detached, so ρ = 1 in value but not in gradient, as in TRL).
-        advantages: (B*G,) per-sample weights w_i, from :func:`advantages`.
+        old_per_token_logps: (B*G, T) log π_old of the sampler; ``None``: on-policy (ρ = 1 in value, not in gradient).
+        weights: (B*G,) w_i from :func:`sample_weights` (GRPO's advantages Â_i, F-ISFT's 1/0 or +1/−λ).
         completion_mask: (B*G, T) 1 on real completion tokens.
-        epsilon, epsilon_high: the clip range [1 − epsilon, 1 + epsilon_high]; epsilon_high defaults to
-            epsilon (DAPO's "clip higher" sets it larger).
-        beta: weight of the KL penalty to the reference policy (k3 estimator); needs ``ref_per_token_logps``.
-        ref_per_token_logps: (B*G, T) log π_ref. When given with beta = 0 the KL is still measured.
-        use_bias_correction_kl: multiply the per-token KL by ρ (TRL's option of the same name, default
-            *True* in TRL 1.16, after DeepSeek-V3.2). The ratio's gradient adds the score-function term
-            k3·∇log π, which makes the step an unbiased reverse-KL gradient, even on-policy where ρ = 1 in
-            value. Off by default here: the book's J (DeepSeekMath's) subtracts the plain k3 estimate.
-        normalizer: ``sequence`` | ``token`` | ``constant`` | ``kept_token`` (module docstring).
-        max_completion_length: L_max, for ``normalizer="constant"``.
+        epsilon, epsilon_high: the clip range [1 − epsilon, 1 + epsilon_high]; epsilon_high defaults to epsilon.
+        beta, ref_per_token_logps: KL penalty weight and (B*G, T) log π_ref (the KL is measured whenever given).
+        use_bias_correction_kl: k3·ρ, an unbiased reverse-KL gradient (TRL 1.16's default); the book's J has plain k3.
+        normalizer, max_completion_length: how per-token terms become one number (:func:`aggregate`).
 
-    Returns:
-        ``(loss, stats)``: the scalar loss to call ``.backward()`` on, and Python floats measured on
-        real tokens: ``ratio_mean`` (mean ρ), ``clip_ratio/low_mean``, ``clip_ratio/high_mean``,
-        ``clip_ratio/region_mean`` (fraction of tokens whose gradient the clip removes, TRL's names), and
-        ``kl`` (mean per-token KL term, k3 or ρ·k3 as configured; only when ``ref_per_token_logps`` is given).
-
-    >>> logps = torch.log(torch.tensor([[0.5, 0.5], [0.25, 1.0]])).requires_grad_()
-    >>> loss, stats = policy_loss(logps, None, torch.tensor([1., -1.]), torch.tensor([[1, 1], [1, 0]]))
-    >>> loss.item(), stats["ratio_mean"], stats["clip_ratio/region_mean"]
-    (0.0, 1.0, 0.0)
+    Returns ``(loss, stats)``: the scalar to ``.backward()``, and floats over real tokens (TRL's names): ``ratio_mean``,
+    ``clip_ratio/{low,high,region}_mean`` (fraction of tokens whose gradient the clip removes) and ``kl`` if measured.
     """
     # 0. inputs: one weight per completion, one mask entry per token; on-policy means old = current
-    _check_rows(per_token_logps, advantages, completion_mask, "advantages")
+    _check_loss_inputs(per_token_logps, old_per_token_logps, weights, completion_mask, epsilon=epsilon,
+                       epsilon_high=epsilon_high, beta=beta, ref_per_token_logps=ref_per_token_logps)
     if old_per_token_logps is None:
         old_per_token_logps = per_token_logps.detach()
-    if old_per_token_logps.shape != per_token_logps.shape:
+    eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
+    w = weights.to(per_token_logps.dtype).unsqueeze(1)  # (B*G, 1): A2, every token gets its sample's weight
+
+    # 1. importance ratio ρ = π_θ / π_old per token
+    ratio = torch.exp(per_token_logps - old_per_token_logps.detach())  # (B*G, T)
+
+    # 2. PPO's pessimistic clipped surrogate, as a loss: −min(ρw, clip(ρ, 1−ε, 1+ε_high)w)
+    clipped_ratio = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    per_token_loss = -torch.min(ratio * w, clipped_ratio * w)  # (B*G, T)
+
+    # 3. KL(π_θ ‖ π_ref) per token with the k3 estimator e^{ref−logp} − (ref−logp) − 1 (≥ 0, unbiased)
+    per_token_kl = None
+    if ref_per_token_logps is not None:
+        delta = ref_per_token_logps.detach() - per_token_logps  # (B*G, T)
+        per_token_kl = torch.exp(delta) - delta - 1
+        per_token_kl = per_token_kl * ratio if use_bias_correction_kl else per_token_kl
+        if beta > 0:
+            per_token_loss = per_token_loss + beta * per_token_kl
+
+    # 4. length normalisation: the one place the algorithms' losses differ beyond their weights
+    loss = aggregate(per_token_loss, completion_mask, normalizer=normalizer, weights=weights,
+                     max_completion_length=max_completion_length)
+
+    # 5. diagnostics: how far from on-policy, how much the clip bit, how far from the reference
+    return loss, _loss_stats(ratio, w, completion_mask, eps_low, eps_high, per_token_kl)
+
+
+def _check_rows(per_token_logps: torch.Tensor, weights: torch.Tensor, completion_mask: torch.Tensor):
+    """One weight per completion and one mask entry per token, as :func:`policy_loss` and :func:`weighted_nll` need."""
+    if per_token_logps.dim() != 2:
+        raise ValueError(f"per_token_logps must be (B*G, T); got shape {tuple(per_token_logps.shape)}")
+    if completion_mask.shape != per_token_logps.shape:
+        raise ValueError(
+            f"completion_mask {tuple(completion_mask.shape)} must match per_token_logps {tuple(per_token_logps.shape)}"
+        )
+    if weights.shape != per_token_logps.shape[:1]:
+        raise ValueError(
+            f"weights must be one per completion, shape ({per_token_logps.shape[0]},); got {tuple(weights.shape)}"
+        )
+
+
+def _check_loss_inputs(per_token_logps, old_per_token_logps, weights, completion_mask, *,
+                       epsilon, epsilon_high, beta, ref_per_token_logps):
+    """The checks of :func:`policy_loss`, each error saying what to change."""
+    _check_rows(per_token_logps, weights, completion_mask)
+    if old_per_token_logps is not None and old_per_token_logps.shape != per_token_logps.shape:
         raise ValueError(
             f"old_per_token_logps {tuple(old_per_token_logps.shape)} must match per_token_logps "
             f"{tuple(per_token_logps.shape)}"
@@ -371,40 +408,20 @@ def policy_loss(
         raise ValueError(f"beta must be >= 0; got {beta}")
     if beta > 0 and ref_per_token_logps is None:
         raise ValueError("beta > 0 adds a KL penalty to the reference policy: pass ref_per_token_logps")
-    eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
-    mask = completion_mask.to(per_token_logps.dtype)  # (B*G, T)
-    adv = advantages.to(per_token_logps.dtype).unsqueeze(1)  # (B*G, 1): A2, every token gets its sample's weight
 
-    # 1. importance ratio ρ = π_θ / π_old per token
-    ratio = torch.exp(per_token_logps - old_per_token_logps.detach())  # (B*G, T)
 
-    # 2. PPO's pessimistic clipped surrogate, as a loss: −min(ρÂ, clip(ρ, 1−ε, 1+ε_high)Â)
-    clipped_ratio = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
-    per_token_loss = -torch.min(ratio * adv, clipped_ratio * adv)  # (B*G, T)
-
-    # 3. KL(π_θ ‖ π_ref) per token with the k3 estimator e^{ref−logp} − (ref−logp) − 1 (≥ 0, unbiased)
-    per_token_kl = None
-    if ref_per_token_logps is not None:
-        delta = ref_per_token_logps.detach() - per_token_logps  # (B*G, T)
-        per_token_kl = torch.exp(delta) - delta - 1
-        if use_bias_correction_kl:
-            per_token_kl = per_token_kl * ratio
-        if beta > 0:
-            per_token_loss = per_token_loss + beta * per_token_kl
-
-    # 4. length normalisation: the one place the algorithms' losses differ beyond their weights
-    loss = aggregate(per_token_loss, completion_mask, normalizer=normalizer, weights=advantages,
-                     max_completion_length=max_completion_length)
-
-    # 5. diagnostics on real tokens: how far from on-policy, how much the clip bit, how far from the reference
+def _loss_stats(ratio, w, completion_mask, eps_low, eps_high, per_token_kl) -> dict[str, float]:
+    """:func:`policy_loss`'s diagnostics, token means over real tokens (TRL's names): mean ρ, the fraction of
+    tokens whose gradient the clip removes (below, above, either), and the mean per-token KL term if measured."""
     with torch.no_grad():
+        mask = completion_mask.to(w.dtype)  # (B*G, T)
         n_tokens = mask.sum().clamp(min=1.0)
 
         def token_mean(x):
             return ((x.to(mask.dtype) * mask).sum() / n_tokens).item()
 
-        low = (ratio < 1 - eps_low) & (adv < 0)  # clip removes the push further down
-        high = (ratio > 1 + eps_high) & (adv > 0)  # clip removes the push further up
+        low = (ratio < 1 - eps_low) & (w < 0)  # clip removes the push further down
+        high = (ratio > 1 + eps_high) & (w > 0)  # clip removes the push further up
         stats = {
             "ratio_mean": token_mean(ratio),
             "clip_ratio/low_mean": token_mean(low),
@@ -413,7 +430,7 @@ def policy_loss(
         }
         if per_token_kl is not None:
             stats["kl"] = token_mean(per_token_kl)
-    return loss, stats
+    return stats
 
 
 def weighted_nll(
@@ -434,7 +451,7 @@ def weighted_nll(
     >>> round(weighted_nll(logps, torch.tensor([1., 0.]), torch.tensor([[1, 1], [1, 0]])).item(), 4)
     0.3466
     """
-    _check_rows(per_token_logps, weights, completion_mask, "weights")
+    _check_rows(per_token_logps, weights, completion_mask)
     per_token_loss = -weights.to(per_token_logps.dtype).unsqueeze(1) * per_token_logps  # (B*G, T)
     return aggregate(per_token_loss, completion_mask, normalizer=normalizer, weights=weights,
                      max_completion_length=max_completion_length)

@@ -36,7 +36,7 @@ def _live(draw, controls: dict):
 def collapse_widget(num_generations: int = 8, **weight_knobs):
     """Sliders for G and c (right samples in the group) over chapter 2's weight figure.
 
-    ``weight_knobs`` go to :func:`companion.objectives.advantages` (``std="population", eps_std=0.0`` gives
+    ``weight_knobs`` go to :func:`companion.objectives.sample_weights` (``std="population", eps_std=0.0`` gives
     the closed forms of the chapter).
     """
     import ipywidgets as widgets

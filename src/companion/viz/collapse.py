@@ -1,6 +1,6 @@
 """Figures for chapter 2, the collapse of GRPO into weighted SFT.
 
-:func:`group_weight_records` tabulates, with :func:`companion.objectives.advantages`, the weight each right and
+:func:`group_weight_records` tabulates, with :func:`companion.objectives.sample_weights`, the weight each right and
 each wrong sample of a group gets; the figure functions take tidy records and return a ``go.Figure``.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from companion.objectives import ALGORITHMS, advantages
+from companion.objectives import ALGORITHMS, sample_weights
 from companion.viz.length import ALGO_TITLES, RIGHT, WRONG
 
 
@@ -17,7 +17,7 @@ def group_weight_records(num_generations: int, algos=tuple(ALGORITHMS), **weight
     """One record per (algorithm, number c of right samples out of G): the weight of a right and of a wrong
     sample (None where the group has none), and whether the whole group gets weight 0 (``filtered``).
 
-    ``weight_knobs`` go to :func:`objectives.advantages` (e.g. ``std="population", eps_std=0.0`` for the
+    ``weight_knobs`` go to :func:`objectives.sample_weights` (e.g. ``std="population", eps_std=0.0`` for the
     closed forms Â⁺ = √((1−p)/p), Â⁻ = −√(p/(1−p))).
 
     >>> rows = group_weight_records(4, algos=("grpo",), std="population", eps_std=0.0)
@@ -29,7 +29,7 @@ def group_weight_records(num_generations: int, algos=tuple(ALGORITHMS), **weight
     rewards = [[1.0] * c + [0.0] * (G - c) for c in range(G + 1)]  # one group per c, right samples first
     records = []
     for algo in algos:
-        w = advantages(sum(rewards, []), G, algo=algo, **weight_knobs).view(G + 1, G)  # (G+1, G)
+        w = sample_weights(sum(rewards, []), G, algo=algo, **weight_knobs).view(G + 1, G)  # (G+1, G)
         for c in range(G + 1):
             records.append(dict(
                 algo=algo, num_generations=G, c=c, p=c / G,

@@ -1,6 +1,6 @@
 """What the tiny model's size, thread count and prompt sharing cost per pretraining step.
 
-The measurements behind the defaults of ``companion.tiny.PretrainConfig``: CPU seconds per optimizer step
+The measurements behind the defaults of ``companion.pretrain.PretrainConfig``: CPU seconds per optimizer step
 (process time, which a busy shared machine inflates less than wall time) for a few model sizes, with one and
 two torch threads, with and without running each prompt once for its group of traces.
 
@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from companion import tiny
+from companion import pretrain, tiny
 from companion.rollout import per_token_logps
 
 
@@ -27,13 +27,13 @@ def step_cost(sizes: dict, corpus, *, threads: int, shared: bool, steps: int, ba
     tokenizer = tiny.build_tokenizer()
     model = tiny.random_model(tokenizer, **sizes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    encoded = tiny.encode_corpus(tokenizer, corpus, tiny.DEFAULT_CONTEXT)
+    encoded = pretrain.encode_corpus(tokenizer, corpus, tiny.DEFAULT_CONTEXT)
     k = len(corpus[0].completions)
-    batches = tiny._batches(encoded, batch_size // k, random.Random(0))
+    batches = pretrain._batches(encoded, batch_size // k, random.Random(0))
     for i, indices in enumerate(batches[:steps + 1]):
         if i == 1:
             cpu, wall = time.process_time(), time.perf_counter()
-        prompt_ids, prompt_mask, completion_ids, completion_mask = tiny._collate(encoded, indices, tokenizer.pad_token_id)
+        prompt_ids, prompt_mask, completion_ids, completion_mask = pretrain._collate(encoded, indices, tokenizer.pad_token_id)
         logps = per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts=shared)
         loss = -(logps * completion_mask).sum() / completion_mask.sum()
         loss.backward()
@@ -53,7 +53,7 @@ def main() -> None:
                         help="noisy traces per problem in a batch (PretrainConfig.traces_per_problem); with 1 there "
                              "is nothing to share and the shared path only adds its cost")
     args = parser.parse_args()
-    corpora = {k: tiny.build_corpus(tiny.PretrainConfig(num_examples=args.batch_size * (args.steps + 1) * 4,
+    corpora = {k: pretrain.build_corpus(pretrain.PretrainConfig(num_examples=args.batch_size * (args.steps + 1) * 4,
                                                         traces_per_problem=k))
                for k in args.traces_per_problem}
     print(f"{'size':>12} {'params':>9} {'threads':>7} {'traces':>6} {'shared':>6} {'cpu s/step':>10} {'wall s/step':>11}")

@@ -16,6 +16,16 @@ TINY_RANDOM_SIZES = dict(hidden_size=64, num_hidden_layers=2, num_attention_head
                          intermediate_size=128, max_position_embeddings=384)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: a tiny model gains nothing from a second one, and two threads on two shared
+    cores spin against other processes and run several times slower."""
+    from companion.runs import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_policy_dir(tmp_path_factory):
     """A directory holding a random tiny Qwen2 (safetensors) and the character tokenizer."""

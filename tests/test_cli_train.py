@@ -39,10 +39,10 @@ def test_train_stop_resume_and_refuse_to_clobber(tiny_policy_dir, tmp_path):
     assert (out / "checkpoint.pt").exists() and not (out / "policy").exists()
 
     again = companion(*_small(tiny_policy_dir, out), "--steps", "2")
-    assert again.returncode == 1 and "already holds a run" in again.stderr and "--resume" in again.stderr
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "--resume" in again.stderr
 
     changed = companion("--resume", str(out), "--learning-rate", "0.5")
-    assert changed.returncode == 1 and "drop --learning-rate" in changed.stderr
+    assert changed.returncode == 2 and "drop --learning-rate" in changed.stderr
 
     resumed = companion("--resume", str(out), "--quiet")
     assert resumed.returncode == 0, resumed.stderr
@@ -51,11 +51,11 @@ def test_train_stop_resume_and_refuse_to_clobber(tiny_policy_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--num-generations", "1"], 1, "num_generations must be >= 2"),
-    (["--task", "chess"], 1, "unknown task 'chess'"),
+    (["--num-generations", "1"], 2, "num_generations must be >= 2"),
+    (["--task", "chess"], 2, "unknown task 'chess'"),
     (["--algo", "ppo"], 2, "invalid choice: 'ppo'"),
-    (["--resume", "{tmp}/nowhere"], 1, "nothing to resume"),
-    (["--resume", "{tmp}/nowhere", "--out", "{tmp}/elsewhere"], 1, "drop --out"),
+    (["--resume", "{tmp}/nowhere"], 2, "nothing to resume"),
+    (["--resume", "{tmp}/nowhere", "--out", "{tmp}/elsewhere"], 2, "drop --out"),
 ])
 def test_bad_input_exits_with_a_message(tmp_path, args, code, message):
     result = companion(*[a.format(tmp=tmp_path) for a in args], cwd=tmp_path)  # the default --out is relative

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from companion.evaluate import ROWS_FILE, EvalConfig, EvalError, evaluate, load_results, main, problem_seed
+from companion.evaluate import ROWS_FILE, EvalConfig, evaluate, load_results, main, problem_seed
+from companion.runs import RunError
 from companion.passk import pass_at_k_curve
 from companion.sampler import sample_completions, sample_next_token, uniforms_for
 from companion.tasks import get_task
@@ -18,13 +19,7 @@ from companion.tasks import get_task
 PROMPTS = ["Using the numbers [1, 2], make 3.\n<think>", "Hi\n<think>", "abc"]  # three lengths: left padding
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on two shared cores spin against other processes and run several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -75,14 +70,14 @@ def test_every_token_is_the_draw_a_full_forward_pass_gives(chatty_policy):
     span prompts change nothing: each token equals inverse-CDF sampling, with the same uniform, from the
     logits of one uncached forward pass over prompt + completion."""
     model, tokenizer = chatty_policy
-    seeds, num_samples, max_len = [11, 12, 13], 12, 40
-    results = sample_completions(model, tokenizer, PROMPTS, num_samples, seeds=seeds, max_completion_length=max_len,
+    seeds, num_generations, max_len = [11, 12, 13], 12, 40
+    results = sample_completions(model, tokenizer, PROMPTS, num_generations, seeds=seeds, max_completion_length=max_len,
                                  temperature=0.7, top_p=0.9, batch_size=7)
     lengths = [c.length for samples in results for c in samples]
     assert min(lengths) < max_len // 2 and max(lengths) == max_len and len(set(lengths)) > 8  # rows were dropped
     model.eval()
     for prompt, seed, samples in zip(PROMPTS, seeds, results):
-        uniforms = uniforms_for(seed, num_samples, max_len)
+        uniforms = uniforms_for(seed, num_generations, max_len)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for i, completion in enumerate(samples):
             ids = list(completion.token_ids)
@@ -118,8 +113,8 @@ def test_sampler_refuses_a_completion_past_the_context(tiny_policy):
 
 
 def small_config(out: Path, **overrides) -> EvalConfig:
-    values = dict(model="random", problems=4, n=4, temperature=1.0, top_p=0.95, max_completion_length=24,
-                  batch_size=8, threads=1, out=str(out))
+    values = dict(model="random", problems=4, num_generations=4, temperature=1.0, top_p=0.95, max_completion_length=24,
+                  batch_size=8, num_threads=1, out=str(out))
     return EvalConfig(**(values | overrides))
 
 
@@ -129,7 +124,7 @@ def rows_without_timing(out: Path) -> list[dict]:
 
 def test_evaluate_end_to_end_on_the_tiny_random_policy(tiny_policy, tmp_path):
     model, tokenizer = tiny_policy
-    config = small_config(tmp_path / "run", problems=3, n=8, save_completions=True)
+    config = small_config(tmp_path / "run", problems=3, num_generations=8, save_completions=True)
     summary = evaluate(config, model=model, tokenizer=tokenizer, progress=False)
 
     results = load_results(tmp_path / "run")
@@ -160,13 +155,13 @@ def test_evaluate_scores_real_solutions_as_correct(tiny_policy, tmp_path, monkey
 
     task = get_task("countdown")
 
-    def fake_sampler(model, tokenizer, prompts, num_samples, **kwargs):
+    def fake_sampler(model, tokenizer, prompts, num_generations, **kwargs):
         problems = task.generate(4, seed=0, split="test")
         by_prompt = {task.prompt(p): p for p in problems}
         answers = []
         for prompt in prompts:
             right = f"</think><answer>{task.reference(by_prompt[prompt])}</answer>"
-            texts = [right] + ["</think><answer>1+1</answer>"] * (num_samples - 1)
+            texts = [right] + ["</think><answer>1+1</answer>"] * (num_generations - 1)
             answers.append([Completion(text, (), len(text) + 1, True) for text in texts])
         return answers
 
@@ -176,7 +171,7 @@ def test_evaluate_scores_real_solutions_as_correct(tiny_policy, tmp_path, monkey
     assert summary["coverage"] == 1.0 and summary["accuracy"] == 0.25
     assert [p["estimate"] for p in summary["pass_at_k"]] == [0.25, 0.5, 1.0]
     assert summary["mean_reward"] == pytest.approx(0.25 + 0.75 * 0.1)  # wrong but well-formed: format score
-    assert summary["mean_length_wrong"] == len("</think><answer>1+1</answer>") + 1
+    assert summary["length_wrong"]["mean"] == len("</think><answer>1+1</answer>") + 1
 
 
 @pytest.mark.parametrize("task, options", [
@@ -185,7 +180,7 @@ def test_evaluate_scores_real_solutions_as_correct(tiny_policy, tmp_path, monkey
 ])
 def test_word_problem_tasks_run_and_resume(tiny_policy, tmp_path, task, options):
     model, tokenizer = tiny_policy
-    config = small_config(tmp_path / task, task=task, problems=2, n=2, max_completion_length=8, **options)
+    config = small_config(tmp_path / task, task=task, problems=2, num_generations=2, max_completion_length=8, **options)
     summary = evaluate(config, model=model, tokenizer=tokenizer, progress=False)
     assert summary["task"] == task and summary["samples"] == 4
     # The rows' problems (TinyGSM's steps are tuples, JSON lists) match a fresh draw, so a rerun resumes.
@@ -224,13 +219,13 @@ def test_rerunning_a_finished_run_samples_nothing(tiny_policy, tmp_path):
 def test_a_different_config_is_refused_unless_overwrite(tiny_policy, tmp_path):
     model, tokenizer = tiny_policy
     evaluate(small_config(tmp_path / "run"), model=model, tokenizer=tokenizer, progress=False)
-    with pytest.raises(EvalError, match=r"different config \(n: 4 there, 8 now\).*--overwrite"):
-        evaluate(small_config(tmp_path / "run", n=8), model=model, tokenizer=tokenizer, progress=False)
-    with pytest.raises(EvalError, match="temperature: 1.0 there, 0.7 now"):
+    with pytest.raises(RunError, match=r"different config \(num_generations: 4 there, 8 now\).*--overwrite"):
+        evaluate(small_config(tmp_path / "run", num_generations=8), model=model, tokenizer=tokenizer, progress=False)
+    with pytest.raises(RunError, match="temperature: 1.0 there, 0.7 now"):
         evaluate(small_config(tmp_path / "run", temperature=0.7), model=model, tokenizer=tokenizer, progress=False)
-    summary = evaluate(small_config(tmp_path / "run", n=8, overwrite=True), model=model, tokenizer=tokenizer,
+    summary = evaluate(small_config(tmp_path / "run", num_generations=8, overwrite=True), model=model, tokenizer=tokenizer,
                        progress=False)
-    assert summary["n"] == 8
+    assert summary["num_generations"] == 8
     assert all(len(row["rewards"]) == 8 for row in load_results(tmp_path / "run").rows)
 
 
@@ -240,19 +235,19 @@ def test_corrupt_rows_are_reported_not_guessed(tiny_policy, tmp_path):
     rows_file = tmp_path / "run" / ROWS_FILE
     lines = rows_file.read_text().splitlines(keepends=True)
     rows_file.write_text(lines[0] + "{not json\n" + "".join(lines[2:]))
-    with pytest.raises(EvalError, match="line 2, is not valid JSON"):
+    with pytest.raises(RunError, match="line 2, is not valid JSON"):
         evaluate(small_config(tmp_path / "run"), model=model, tokenizer=tokenizer, progress=False)
     rows_file.write_text(lines[0] + lines[0])
-    with pytest.raises(EvalError, match="two rows for problem 0"):
+    with pytest.raises(RunError, match="two rows for problem 0"):
         evaluate(small_config(tmp_path / "run"), model=model, tokenizer=tokenizer, progress=False)
 
 
 def test_a_directory_of_other_files_is_not_taken_over(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / ROWS_FILE).write_text("{}\n")
-    with pytest.raises(EvalError, match="no config.json"):
+    with pytest.raises(RunError, match="no config.json"):
         evaluate(small_config(tmp_path / "run"), progress=False)
-    with pytest.raises(EvalError, match="holds no evaluation"):
+    with pytest.raises(RunError, match="holds no evaluation"):
         load_results(tmp_path / "run")
 
 
@@ -263,8 +258,8 @@ def test_problem_seeds_are_distinct_and_stable():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(n=0), "n \\(samples per problem\\) must be at least 1"),
-    (dict(temperature=0.0), "use --n 1 for greedy"),
+    (dict(num_generations=0), "num_generations \\(samples per problem\\) must be at least 1"),
+    (dict(temperature=0.0), "use --num-generations 1 for greedy"),
     (dict(top_p=0.0), "top_p must be in"),
     (dict(problems=0), "problems must be at least 1"),
     (dict(data_file="x.jsonl"), "data_file is for --task gsm8k only"),
@@ -280,9 +275,9 @@ def test_config_errors_say_what_to_change(overrides, message, tmp_path):
 def test_eval_loads_a_model_directory_and_refuses_a_too_long_completion(tiny_policy_dir, tmp_path):
     summary = evaluate(small_config(tmp_path / "run", model=str(tiny_policy_dir), problems=2), progress=False)
     assert summary["samples"] == 8
-    with pytest.raises(EvalError, match="lower --max-completion-length to at most 2"):
+    with pytest.raises(RunError, match="lower --max-completion-length to at most 2"):
         evaluate(small_config(tmp_path / "long", model=str(tiny_policy_dir), max_completion_length=300), progress=False)
-    with pytest.raises(EvalError, match="cannot load the model"):
+    with pytest.raises(RunError, match="cannot load the model"):
         evaluate(small_config(tmp_path / "missing", model=str(tmp_path / "no-such-model")), progress=False)
 
 
@@ -318,8 +313,8 @@ def _companion() -> str:
 @pytest.mark.slow  # a subprocess that imports torch and transformers: 10-25 s on the shared cores
 def test_cli_runs_resumes_and_refuses(tiny_policy_dir, tmp_path, capsys):
     out = tmp_path / "cli-run"
-    options = ["--model", str(tiny_policy_dir), "--task", "countdown", "--problems", "2", "--n", "4",
-               "--max-completion-length", "16", "--threads", "1", "--out", str(out)]
+    options = ["--model", str(tiny_policy_dir), "--task", "countdown", "--problems", "2", "--num-generations", "4",
+               "--max-completion-length", "16", "--num-threads", "1", "--out", str(out)]
     done = subprocess.run([_companion(), "eval", *options], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -329,11 +324,12 @@ def test_cli_runs_resumes_and_refuses(tiny_policy_dir, tmp_path, capsys):
     # The same command in process: nothing left to sample, the same summary printed.
     assert main(options) == 0
     assert capsys.readouterr().out == done.stdout
-    assert main(options + ["--n", "8"]) == 2
-    assert "different config (n: 4 there, 8 now)" in capsys.readouterr().err
+    assert main(options + ["--num-generations", "8"]) == 2
+    assert "different config (num_generations: 4 there, 8 now)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        main(["--n", "0"])
-    assert exit_info.value.code == 2 and "n (samples per problem) must be at least 1" in capsys.readouterr().err
+        main(["--num-generations", "0"])
+    assert exit_info.value.code == 2 and "num_generations (samples per problem) must be at least 1" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.slow  # a subprocess that imports torch and transformers: 10-25 s on the shared cores
@@ -341,9 +337,9 @@ def test_a_killed_run_keeps_its_finished_problems_and_resumes_to_the_uninterrupt
     import signal
     import time
 
-    # One problem per batch (--batch-size = --n), so rows land one by one and the kill falls mid-run.
-    options = ["--model", str(tiny_policy_dir), "--problems", "30", "--n", "4", "--batch-size", "4",
-               "--max-completion-length", "32", "--temperature", "1.0", "--threads", "1",
+    # One problem per batch (--batch-size = --num-generations), so rows land one by one and the kill falls mid-run.
+    options = ["--model", str(tiny_policy_dir), "--problems", "30", "--num-generations", "4", "--batch-size", "4",
+               "--max-completion-length", "32", "--temperature", "1.0", "--num-threads", "1",
                "--out", str(tmp_path / "killed")]
     rows_file = tmp_path / "killed" / ROWS_FILE
     process = subprocess.Popen([_companion(), "eval", *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -372,7 +368,7 @@ def test_main_help_lists_every_field(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for flag in ("--model", "--task", "--problems", "--n", "--temperature", "--top-p", "--max-completion-length",
+    for flag in ("--model", "--task", "--problems", "--num-generations", "--temperature", "--top-p", "--max-completion-length",
                  "--batch-size", "--seed", "--save-completions", "--out", "--overwrite"):
         assert flag in text
 
@@ -387,7 +383,7 @@ def _tiny_checkpoint() -> Path | None:
 @pytest.mark.skipif(_tiny_checkpoint() is None, reason="no tiny base checkpoint yet (data/tiny-base, or "
                                                        "$COMPANION_TINY_BASE): build it with `companion pretrain`")
 def test_small_run_on_the_shipped_tiny_base_model(tmp_path):
-    summary = evaluate(EvalConfig(model="tiny", problems=4, n=8, max_completion_length=128, threads=1,
+    summary = evaluate(EvalConfig(model="tiny", problems=4, num_generations=8, max_completion_length=128, num_threads=1,
                                   out=str(tmp_path / "run")), progress=False)
     rows = load_results(tmp_path / "run").rows
     assert summary["samples"] == 32
@@ -396,7 +392,7 @@ def test_small_run_on_the_shipped_tiny_base_model(tmp_path):
 
 @pytest.mark.skipif(_tiny_checkpoint() is None, reason="no tiny base checkpoint yet")
 def test_shipped_tiny_base_mostly_writes_well_formed_answers(tmp_path):
-    summary = evaluate(EvalConfig(model="tiny", problems=4, n=8, max_completion_length=128, threads=1,
+    summary = evaluate(EvalConfig(model="tiny", problems=4, num_generations=8, max_completion_length=128, num_threads=1,
                                   out=str(tmp_path / "run")), progress=False)
     # A base model pretrained on solver traces should at least close the answer tag most of the time.
     assert summary["mean_reward"] > 0.05, summary

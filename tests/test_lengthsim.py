@@ -95,9 +95,9 @@ def test_a_run_does_not_depend_on_the_other_runs_in_the_batch():
 # --------------------------------------------------------------------------------------------------
 
 
-def test_per_token_logps_sum_to_the_log_probability_of_the_response():
+def test_response_logps_sum_to_the_log_probability_of_the_response():
     runs, policy, batch = _batch([SMALL, replace(SMALL, approach_accuracy=(0.7, 0.3))])
-    logps, mask = ls.per_token_logps(policy, batch)
+    logps, mask = ls.response_logps(policy, batch)
     assert (mask.sum(-1) == batch.length).all()
     packed, packed_mask = ls.packed_token_logps(policy, batch)
     assert torch.allclose((logps * mask).sum(-1), packed.sum(-1), atol=1e-5)
@@ -137,7 +137,7 @@ def test_stacked_runs_get_exactly_their_own_gradient():
     weights = ls.sample_weights(batch.rewards, runs)
     scale = torch.arange(1.0, len(runs) + 1)
     stacked = torch.autograd.grad(ls.total_loss(policy, batch, weights, runs, scale), policy.parameters())
-    logps, mask = ls.per_token_logps(policy, batch)
+    logps, mask = ls.response_logps(policy, batch)
     for r, cfg in enumerate(configs):
         alone = weighted_nll(logps[r], weights[r].float(), mask[r], normalizer=cfg.resolved_normalizer,
                              max_completion_length=cfg.max_completion_length) / scale[r]
@@ -152,7 +152,7 @@ def test_the_simulation_trains_with_the_grpo_gradient(normalizer):
     cfg = replace(SMALL, normalizer=normalizer)
     runs, policy, batch = _batch([cfg])
     weights = ls.sample_weights(batch.rewards, runs)[0].float()
-    logps, mask = ls.per_token_logps(policy, batch)
+    logps, mask = ls.response_logps(policy, batch)
     kw = dict(normalizer=normalizer, max_completion_length=cfg.max_completion_length)
     grpo, _ = policy_loss(logps[0], None, weights, mask[0], beta=0.0, **kw)
     nll = weighted_nll(logps[0], weights, mask[0], **kw)

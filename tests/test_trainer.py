@@ -13,7 +13,7 @@ from companion.objectives import ALGORITHMS, NORMALIZERS, policy_loss
 from companion.trainer import (
     LOSS_STATS,
     TIMING_METRICS,
-    RunDirError,
+    RunError,
     TrainConfig,
     TrainingDiverged,
     batch_share,
@@ -115,7 +115,7 @@ def test_row_subsets_scaled_by_batch_share_add_up_to_the_full_batch_loss_and_gra
 def test_resume_is_exact_n_straight_equals_half_resume_half(tiny_policy_dir, tmp_path, seven_reward):
     from companion.models import load_policy, trainable_state_dict
 
-    config = dict(steps=4, save_every=1, eval_every=2, eval_problems=4, eval_samples=2, model=str(tiny_policy_dir),
+    config = dict(steps=4, save_every=1, eval_every=2, eval_problems=4, eval_num_generations=2, model=str(tiny_policy_dir),
                   lr_scheduler="linear", warmup_steps=1, num_iterations=2, device="cpu")
     straight = train(_run_config(tmp_path, "straight", **config), progress=False)
     halves = _run_config(tmp_path, "halves", **config)
@@ -189,14 +189,14 @@ def test_a_run_directory_holding_another_run_is_refused(tiny_policy, tmp_path, s
     model, tok = tiny_policy
     config = _run_config(tmp_path, steps=1)
     train(config, model=model, tokenizer=tok, progress=False)
-    with pytest.raises(RunDirError, match="already holds a run.*--resume.*--overwrite"):
+    with pytest.raises(RunError, match="already holds a run.*--resume.*--overwrite"):
         train(config, model=model, tokenizer=tok, progress=False)
-    with pytest.raises(RunDirError, match="different config.*learning_rate"):
+    with pytest.raises(RunError, match="different config.*learning_rate"):
         train(dataclasses.replace(config, learning_rate=1e-3, steps=2), model=model, tokenizer=tok, resume=True,
               progress=False)
     again = train(config, model=model, tokenizer=tok, overwrite=True, progress=False)
     assert [r["step"] for r in again.metrics] == [1]
-    with pytest.raises(RunDirError, match="nothing to resume"):
+    with pytest.raises(RunError, match="nothing to resume"):
         train(_run_config(tmp_path, "empty"), model=model, tokenizer=tok, resume=True, progress=False)
 
 

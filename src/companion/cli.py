@@ -11,7 +11,7 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "pretrain": ("companion.tiny", "build the tokenizer and corpus, pretrain the tiny base model, measure it"),
+    "pretrain": ("companion.pretrain", "build the tokenizer and corpus, pretrain the tiny base model, measure it"),
     "train": ("companion.trainer", "post-train a policy with grpo, dr_grpo, fisft_plus or fisft_pm"),
     "eval": ("companion.evaluate", "sample n completions per problem, score them, write the pass@k curve"),
     "mdp": ("companion.mdp", "print the token MDP of a prompt: states, actions, transitions, reward"),

@@ -34,6 +34,12 @@ base model's Countdown searches reach ~250 tokens (p95 218 in data/tiny-base/met
 were cut off before their answer, and a cut-off completion scores 0."""
 
 
+def need(ok: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``ok``: the one-line check of every config's ``__post_init__``."""
+    if not ok:
+        raise ValueError(message)
+
+
 def _field_type(cls: type, f: dataclasses.Field) -> Any:
     hints = typing.get_type_hints(cls)
     tp = hints.get(f.name, str)
@@ -48,13 +54,16 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip:
     """Add one ``--field-name`` option per dataclass field, with its help string and default.
 
     ``defaults``, an instance of ``cls``, supplies the defaults instead of the class (for a nested config
-    whose owner sets other defaults than the nested class does).
+    whose owner sets other defaults than the nested class does); ``argparse.SUPPRESS`` leaves every option unset
+    unless given (see :func:`explicit_options`).
     """
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.init:
             continue
         flag = "--" + f.name.replace("_", "-")
-        if defaults is not None:
+        if defaults is argparse.SUPPRESS:
+            default = argparse.SUPPRESS
+        elif defaults is not None:
             default = getattr(defaults, f.name)
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
@@ -73,6 +82,23 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip:
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(flag, **kwargs)
+
+
+def explicit_options(cls: type, argv: list[str]) -> set[str]:
+    """The fields of ``cls`` that ``argv`` sets (the rest are left at their defaults); other options are ignored.
+
+    >>> from dataclasses import dataclass, field
+    >>> @dataclass(frozen=True)
+    ... class Demo:
+    ...     steps: int = field(default=3, metadata={"help": "optimizer steps"})
+    ...     lora: bool = field(default=False, metadata={"help": "train LoRA adapters"})
+    >>> sorted(explicit_options(Demo, ["--steps", "3", "--resume", "runs/a"]))
+    ['steps']
+    """
+    parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    add_dataclass_arguments(parser, cls, defaults=argparse.SUPPRESS)
+    known, _ = parser.parse_known_args(argv)
+    return set(vars(known))
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any):

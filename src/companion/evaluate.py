@@ -1,19 +1,22 @@
-"""``companion eval``: n samples per problem, scored by the task's verifier, summarised as a pass@k curve.
+"""Evaluation: n samples per problem, scored by the task's verifier, summarised as a pass@k curve.
 
-    companion eval --model tiny --task countdown --problems 200 --n 256 --out runs/eval-base
+One path for every evaluation in the package. Pretraining's eval of the tiny base, the trainer's held-out
+accuracy every ``eval_every`` steps and ``companion eval`` all call the same two functions:
+
+1. :func:`score_problems` — sample ``num_generations`` completions per problem
+   (:func:`companion.sampler.sample_completions`) and score each with the task's verifier: one *row* per problem;
+2. :func:`summarize` — rows to one summary: pass@k for k = 1, 2, 4, …, n with bootstrap intervals over
+   problems, coverage, and the length distributions of correct and of wrong completions.
+
+A completion is correct when :func:`companion.verify.is_correct` says so (reward 1.0: Countdown's format score
+is not a solve), everywhere.
+
+``companion eval`` wraps them in a resumable run directory::
+
+    companion eval --model tiny --task countdown --problems 200 --num-generations 256 --out runs/eval-base
 
 Chapter 7 asks whether RL expands what a model can solve or only sharpens it; the evidence is the pass@k
 curve (Yue et al. 2025, arXiv 2504.13837) of a base and a trained model over the same held-out problems.
-This module produces it:
-
-1. draw the problems (the task's held-out ``test`` split by default, the same for every model),
-2. sample ``n`` completions per problem (:func:`companion.sampler.sample_completions`),
-3. score each with the task's verifier, and append one JSON line per problem to ``problems.jsonl``,
-4. summarise: pass@k for k = 1, 2, 4, …, n with bootstrap intervals, coverage, and the mean length of
-   correct and of wrong completions (``summary.json``).
-
-A completion is *correct* when its reward is 1.0: Countdown's format score (0.1 for a well-formed wrong
-answer) is not a solve.
 
 Decisions, and why:
 
@@ -21,6 +24,8 @@ Decisions, and why:
   is scored. Rerunning the same command skips the problems already in ``problems.jsonl`` (a half-written
   last line from a crash is dropped and redone), and a directory holding a different run is refused
   rather than mixed with it.
+* **A run is one model.** The run is keyed by its config *and* a hash of the weights (``model.json``), so a
+  checkpoint that changed under the same path is refused instead of resumed into the same rows.
 * **A resumed run equals an uninterrupted one.** Problem ``i`` is sampled from a seed derived from
   ``seed`` and ``i`` only, and the sampler fixes every random draw of a sample in advance, so neither the
   interruption nor the batching changes what is sampled. Problems are sampled in groups aligned to their
@@ -38,31 +43,29 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
-import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from companion.config import MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, load_config, save_config
+from companion.config import (MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, load_config, need,
+                              save_config)
+from companion.runs import (BAD_INPUT, CONFIG_FILE, RunError, append_jsonl, open_run_dir, read_jsonl, torch_threads,
+                            write_atomically)
+from companion.verify import is_correct
 
-CORRECT_REWARD = 1.0
-"""Reward of a correct completion; anything less (Countdown's format score included) is wrong."""
+ROWS_FILE, SUMMARY_FILE, MODEL_FILE = "problems.jsonl", "summary.json", "model.json"
 
-CONFIG_FILE, ROWS_FILE, SUMMARY_FILE = "config.json", "problems.jsonl", "summary.json"
-
-RESUMABLE_FIELDS = ("problems", "batch_size", "threads", "device", "out", "overwrite")
+RESUMABLE_FIELDS = ("problems", "batch_size", "num_threads", "device", "out", "overwrite")
 """Fields that may differ between runs in one directory: none of them changes what problem i's samples are."""
 
 N_BOOTSTRAP = 1000
 """Bootstrap resamples of the problems behind each pass@k interval."""
-
-
-class EvalError(ValueError):
-    """A problem with the run's inputs or its output directory; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,10 @@ class EvalConfig:
     prompt_style: str = field(default="base", metadata={"help": "'base' for base models, 'chat' for instruct "
                                                                 "models (their chat template)",
                                                         "choices": ("base", "chat")})
-    n: int = field(default=256, metadata={"help": "samples per problem; pass@k is reported for k = 1, 2, 4, ..., n"})
-    temperature: float = field(default=0.6, metadata={"help": "sampling temperature (0: greedy, needs --n 1)"})
+    num_generations: int = field(default=256, metadata={
+        "help": "samples per problem (the n of pass@k); pass@k is reported for k = 1, 2, 4, ..., n"})
+    temperature: float = field(default=0.6, metadata={"help": "sampling temperature (0: greedy, needs "
+                                                              "--num-generations 1)"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling: keep the most likely tokens up to this "
                                                          "probability mass"})
     max_completion_length: int = field(default=MAX_COMPLETION_LENGTH, metadata={
@@ -93,46 +98,38 @@ class EvalConfig:
     batch_size: int = field(default=512, metadata={"help": "samples decoded together (memory grows with it); 512 was "
                                                            "the fastest for the tiny model at n = 256 in "
                                                            "bench/bench_eval.py"})
-    threads: int = field(default=1, metadata={"help": "torch CPU threads, 0 for torch's default (one per core). One "
-                                                      "decodes the tiny model fastest when other processes share the "
-                                                      "cores (see bench/bench_eval.py)"})
+    num_threads: int = field(default=1, metadata={"help": "torch CPU threads, 0 for torch's default (one per core). "
+                                                          "One decodes the tiny model fastest when other processes "
+                                                          "share the cores (see bench/bench_eval.py)"})
     device: str = field(default="auto", metadata={"help": "'auto' (a GPU if there is one), 'cpu' or 'cuda'"})
     save_completions: bool = field(default=False, metadata={"help": "also write every completion's text to "
                                                                     "problems.jsonl (large for big n)"})
-    out: str = field(default="runs/eval", metadata={"help": "output directory: config.json, problems.jsonl, "
-                                                            "summary.json"})
+    out: str = field(default="runs/eval", metadata={"help": "output directory: config.json, model.json, "
+                                                            "problems.jsonl, summary.json"})
     overwrite: bool = field(default=False, metadata={"help": "delete a previous run's files in --out instead of "
                                                              "resuming it"})
 
     def __post_init__(self):
-        if not self.model:
-            raise ValueError("model is empty: pass 'tiny', a model directory or a hub name")
-        if self.problems < 1:
-            raise ValueError(f"problems must be at least 1, got {self.problems}")
-        if self.n < 1:
-            raise ValueError(f"n (samples per problem) must be at least 1, got {self.n}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
-        if self.temperature == 0 and self.n > 1:
-            raise ValueError(f"temperature 0 (greedy) gives {self.n} identical samples: use --n 1 for greedy, "
-                             "or a temperature > 0 for pass@k")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1 turns nucleus sampling off), got {self.top_p}")
-        if self.max_completion_length < 1:
-            raise ValueError(f"max_completion_length must be at least 1, got {self.max_completion_length}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.threads < 0:
-            raise ValueError(f"threads must be 0 (torch's default) or a positive count, got {self.threads}")
-        if self.data_file and self.task != "gsm8k":
-            raise ValueError(f"data_file is for --task gsm8k only; {self.task} problems are generated")
-        if not self.out:
-            raise ValueError("out is empty: pass an output directory")
+        need(bool(self.model), "model is empty: pass 'tiny', a model directory or a hub name")
+        need(self.problems >= 1, f"problems must be at least 1, got {self.problems}")
+        need(self.num_generations >= 1, f"num_generations (samples per problem) must be at least 1, got "
+                                        f"{self.num_generations}")
+        need(self.temperature >= 0, f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        need(self.temperature > 0 or self.num_generations == 1,
+             f"temperature 0 (greedy) gives {self.num_generations} identical samples: use --num-generations 1 for "
+             "greedy, or a temperature > 0 for pass@k")
+        need(0 < self.top_p <= 1, f"top_p must be in (0, 1] (1 turns nucleus sampling off), got {self.top_p}")
+        need(self.max_completion_length >= 1, f"max_completion_length must be at least 1, got {self.max_completion_length}")
+        need(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        need(self.num_threads >= 0, f"num_threads must be 0 (torch's default) or a positive count, got {self.num_threads}")
+        need(not self.data_file or self.task == "gsm8k", f"data_file is for --task gsm8k only; {self.task} problems "
+                                                         "are generated")
+        need(bool(self.out), "out is empty: pass an output directory")
 
     @property
     def problems_per_group(self) -> int:
         """Problems sampled together: as many as fit in a batch, at least one."""
-        return max(1, self.batch_size // self.n)
+        return max(1, self.batch_size // self.num_generations)
 
 
 def problem_seed(seed: int, index: int) -> int:
@@ -144,80 +141,41 @@ def problem_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-# --- the rows file: append, fsync, repair ---------------------------------------------------------------------
+# --- 1. score: problems -> rows --------------------------------------------------------------------------------
 
 
-def _read_rows(path: Path, *, repair: bool) -> list[dict]:
-    """The complete rows of ``problems.jsonl``. A partial last line (a crash mid-write) is dropped, and with
-    ``repair`` cut from the file so the next append starts on a fresh line."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]  # everything up to the last newline
-    if repair and len(complete) < len(data):
-        with path.open("r+b") as f:
-            f.truncate(len(complete))
-            os.fsync(f.fileno())
+def score_problems(model, tokenizer, task, problems: list[dict], *, num_generations: int, seed: int = 0,
+                   indices: list[int] | None = None, temperature: float = 1.0, top_p: float = 1.0,
+                   max_completion_length: int = MAX_COMPLETION_LENGTH, batch_size: int = 512,
+                   prompt_style: str = "base", save_completions: bool = False, on_finished=None) -> list[dict]:
+    """Sample ``num_generations`` completions of each problem and score them: one row per problem.
+
+    Problem ``indices[j]`` (default ``j``) is sampled with :func:`problem_seed` ``(seed, indices[j])``, so its
+    samples do not depend on which problems share the call. A row holds ``index``, ``problem``, ``num_correct``,
+    ``rewards``, ``lengths`` (tokens, EOS included), ``finished`` (ended with EOS within the budget), ``seconds``
+    (sampling time per problem) and, with ``save_completions``, ``completions`` (the texts).
+    ``on_finished(samples, tokens)`` is called as samples finish, for progress bars.
+    """
+    from companion import sampler
+
+    indices = list(range(len(problems))) if indices is None else list(indices)
+    prompts = [task.prompt(p, style=prompt_style, tokenizer=tokenizer) for p in problems]
+    start = time.perf_counter()
+    samples = sampler.sample_completions(
+        model, tokenizer, prompts, num_generations, seeds=[problem_seed(seed, i) for i in indices],
+        max_completion_length=max_completion_length, temperature=temperature, top_p=top_p, batch_size=batch_size,
+        on_finished=on_finished)
+    seconds = (time.perf_counter() - start) / max(len(problems), 1)
     rows = []
-    for number, line in enumerate(complete.decode().splitlines(), start=1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise EvalError(f"{path}, line {number}, is not valid JSON ({error.msg}): the file was edited or "
-                            "corrupted; fix or delete that line, or rerun with --overwrite") from None
+    for index, problem, completions in zip(indices, problems, samples):
+        rewards = [task.reward(c.text, problem) for c in completions]
+        row = {"index": index, "problem": _jsonable(problem), "num_correct": sum(map(is_correct, rewards)),
+               "rewards": rewards, "lengths": [c.length for c in completions],
+               "finished": [c.finished for c in completions], "seconds": seconds}
+        if save_completions:
+            row["completions"] = [c.text for c in completions]
+        rows.append(row)
     return rows
-
-
-def _append_row(f, row: dict) -> None:
-    f.write(json.dumps(row) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
-# --- the run directory: refuse a different run, resume the same one -------------------------------------------
-
-
-def _identity(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in RESUMABLE_FIELDS}
-
-
-def _prepare_directory(config: EvalConfig) -> Path:
-    """Create ``out``, or check that it holds this same run (or wipe our files in it with ``overwrite``)."""
-    out = Path(config.out)
-    ours = [out / name for name in (CONFIG_FILE, ROWS_FILE, SUMMARY_FILE)]
-    if config.overwrite:
-        for path in ours:
-            path.unlink(missing_ok=True)
-    elif (out / CONFIG_FILE).exists():
-        previous = json.loads((out / CONFIG_FILE).read_text())
-        current = dataclasses.asdict(config)
-        differences = [f"{name}: {previous.get(name)!r} there, {current.get(name)!r} now"
-                       for name in sorted(set(_identity(previous)) | set(_identity(current)))
-                       if previous.get(name) != current.get(name)]
-        if differences:
-            raise EvalError(f"{out} holds an evaluation with a different config ({'; '.join(differences)}). "
-                            "Use another --out, or --overwrite to replace that run.")
-    elif (out / ROWS_FILE).exists():
-        raise EvalError(f"{out} has a {ROWS_FILE} but no {CONFIG_FILE}, so it cannot be resumed safely: "
-                        "use another --out, or --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / CONFIG_FILE)
-    return out
-
-
-def _finished_rows(path: Path, problems: list[dict]) -> dict[int, dict]:
-    """The rows already written, by problem index, after checking they belong to these problems."""
-    done: dict[int, dict] = {}
-    for row in _read_rows(path, repair=True):
-        index = row["index"]
-        if index in done:
-            raise EvalError(f"{path} has two rows for problem {index}: were two runs writing to it at once? "
-                            "Rerun with --overwrite")
-        if index < len(problems) and row["problem"] != _jsonable(problems[index]):
-            raise EvalError(f"{path}: problem {index} is {row['problem']} there but the task now draws "
-                            f"{_jsonable(problems[index])} (did the task's generator change?). Rerun with --overwrite")
-        done[index] = row
-    return done
 
 
 def _jsonable(value):
@@ -225,7 +183,144 @@ def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
-# --- 1.-3. sample, score, write ------------------------------------------------------------------------------
+@contextmanager
+def sampling_progress(total: int, *, desc: str, initial: int = 0, disable: bool = False):
+    """A tqdm bar over samples with a tokens-per-second readout; yields the ``on_finished`` callback."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=initial, unit="sample", smoothing=0.05, desc=desc, disable=disable,
+               dynamic_ncols=True)
+    tokens = 0
+
+    def on_finished(samples: int, new_tokens: int) -> None:
+        nonlocal tokens
+        tokens += new_tokens
+        bar.update(samples)
+        bar.set_postfix(tokens_per_s=f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.0f}", refresh=False)
+
+    try:
+        yield on_finished
+    finally:
+        bar.close()
+
+
+# --- 2. summarise: rows -> one summary -----------------------------------------------------------------------------
+
+
+def length_summary(lengths) -> dict:
+    """Count, mean, spread and percentiles of completion lengths (``{"count": 0}`` when there are none).
+
+    >>> length_summary([10, 20, 30])["median"], length_summary([])
+    (20.0, {'count': 0})
+    """
+    if len(lengths) == 0:
+        return {"count": 0}
+    a = np.asarray(lengths, dtype=float)
+    q = np.percentile(a, [5, 25, 50, 75, 95])
+    return {"count": int(a.size), "mean": round(float(a.mean()), 2), "std": round(float(a.std()), 2),
+            "min": int(a.min()), "p5": float(q[0]), "p25": float(q[1]), "median": float(q[2]), "p75": float(q[3]),
+            "p95": float(q[4]), "max": int(a.max())}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """One summary of scored rows: pass@k curve (bootstrap 95% intervals over problems), coverage, rewards,
+    the length distributions of correct and of wrong completions, and sampling speed.
+
+    >>> rows = [{"index": 0, "num_correct": 1, "rewards": [1.0, 0.1], "lengths": [10, 30], "finished": [True, True],
+    ...          "seconds": 1.0},
+    ...         {"index": 1, "num_correct": 0, "rewards": [0.0, 0.0], "lengths": [40, 40], "finished": [False, False],
+    ...          "seconds": 1.0}]
+    >>> s = summarize(rows)
+    >>> [(p["k"], p["estimate"]) for p in s["pass_at_k"]], s["coverage"], s["well_formed_wrong"]
+    ([(1, 0.25), (2, 0.5)], 0.5, 0.25)
+    >>> s["length_correct"]["mean"], s["length_wrong"]["mean"], s["truncated_fraction"], s["samples_per_s"]
+    (10.0, 36.67, 0.5, 2.0)
+    """
+    from companion.passk import pass_at_k_curve
+
+    if not rows:
+        raise RunError("no finished problems to summarise")
+    rewards = np.array([row["rewards"] for row in rows], dtype=float)  # (P, n)
+    lengths = np.array([row["lengths"] for row in rows], dtype=float)  # (P, n)
+    num_problems, n = rewards.shape
+    correct = np.vectorize(is_correct, otypes=[bool])(rewards)  # (P, n)
+    counts = correct.sum(axis=1).tolist()
+    curve = pass_at_k_curve(counts, n, n_bootstrap=N_BOOTSTRAP, seed=0)
+    seconds = sum(row["seconds"] for row in rows)
+    return {
+        "num_problems": num_problems,
+        "num_generations": n,
+        "pass_at_k": [point._asdict() for point in curve.values()],
+        "accuracy": float(correct.mean()),  # per sample: the same number as pass@1
+        "mean_reward": float(rewards.mean()),
+        "coverage": float(np.mean([c > 0 for c in counts])),  # problems solved by at least one sample
+        "num_solved": int(sum(c > 0 for c in counts)),
+        "well_formed_wrong": float(((rewards > 0) & ~correct).mean()),  # a format score without a solve
+        "truncated_fraction": float(1 - np.mean([row["finished"] for row in rows])),
+        "length": length_summary(lengths.ravel()),
+        "length_correct": length_summary(lengths[correct]),
+        "length_wrong": length_summary(lengths[~correct]),
+        "samples": int(rewards.size),
+        "tokens": int(lengths.sum()),
+        "sampling_seconds": seconds,
+        "samples_per_s": rewards.size / seconds if seconds > 0 else None,
+        "tokens_per_s": float(lengths.sum()) / seconds if seconds > 0 else None,
+    }
+
+
+def pass_at(summary: dict, k: int) -> float | None:
+    """The pass@k estimate of a summary, or ``None`` when k was not measured.
+
+    >>> pass_at({"pass_at_k": [{"k": 1, "estimate": 0.25}, {"k": 2, "estimate": 0.5}]}, 2)
+    0.5
+    """
+    return next((point["estimate"] for point in summary["pass_at_k"] if point["k"] == k), None)
+
+
+# --- companion eval: the resumable run directory -------------------------------------------------------------------
+
+
+def model_fingerprint(model) -> str:
+    """A hash of the model's weights (names, dtypes, shapes and bytes): two runs share rows only if it is equal."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name} {data.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _claim_model(out: Path, model, config: EvalConfig, resuming: bool) -> None:
+    """Write the weights' fingerprint, or check that the rows already there were sampled from these weights."""
+    fingerprint = model_fingerprint(model)
+    path = out / MODEL_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())["fingerprint"]
+        if saved != fingerprint:
+            raise RunError(f"{out} holds samples of other weights than {config.model!r} has now (fingerprint "
+                           f"{saved[:12]} there, {fingerprint[:12]} now): the model changed since. Use another --out, "
+                           "or --overwrite to replace that run")
+    elif resuming and (out / ROWS_FILE).exists():
+        raise RunError(f"{out} holds rows but no {MODEL_FILE}, so which weights sampled them is unknown: use another "
+                       "--out, or --overwrite to replace that run")
+    write_atomically(path, json.dumps({"model": config.model, "fingerprint": fingerprint}, indent=2) + "\n")
+
+
+def _finished_rows(path: Path, problems: list[dict]) -> dict[int, dict]:
+    """The rows already written, by problem index, after checking they belong to these problems."""
+    done: dict[int, dict] = {}
+    for row in read_jsonl(path, repair=True):
+        index = row["index"]
+        if index in done:
+            raise RunError(f"{path} has two rows for problem {index}: were two runs writing to it at once? "
+                           "Rerun with --overwrite")
+        if index < len(problems) and row["problem"] != _jsonable(problems[index]):
+            raise RunError(f"{path}: problem {index} is {row['problem']} there but the task now draws "
+                           f"{_jsonable(problems[index])} (did the task's generator change?). Rerun with --overwrite")
+        done[index] = row
+    return done
 
 
 def _load_problems(config: EvalConfig, task) -> list[dict]:
@@ -233,7 +328,7 @@ def _load_problems(config: EvalConfig, task) -> list[dict]:
     try:
         return task.generate(config.problems, seed=config.problem_seed, split=config.split, **options)
     except (ValueError, RuntimeError, OSError) as error:
-        raise EvalError(f"cannot draw {config.problems} {config.task} problems ({config.split} split): {error}") from error
+        raise RunError(f"cannot draw {config.problems} {config.task} problems ({config.split} split): {error}") from error
 
 
 def _load_model(config: EvalConfig):
@@ -242,16 +337,19 @@ def _load_model(config: EvalConfig):
     try:
         return load_policy(config.model, device=config.device)
     except (ValueError, RuntimeError, OSError) as error:
-        raise EvalError(f"cannot load the model {config.model!r}: {error}") from error
+        raise RunError(f"cannot load the model {config.model!r}: {error}") from error
 
 
-def _check_context(model, tokenizer, prompts: list[str], config: EvalConfig) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
-    if limit is not None and longest + config.max_completion_length > limit:
-        raise EvalError(f"the longest prompt ({longest} tokens) + max_completion_length ({config.max_completion_length})"
-                        f" exceeds the model's context of {limit} tokens: lower --max-completion-length to at most "
-                        f"{limit - longest}")
+def _check_prompts(model, tokenizer, task, problems: list[dict], config: EvalConfig) -> None:
+    """Every prompt can be built (a chat template exists) and leaves room for a whole completion."""
+    from companion.decode import check_context
+
+    try:
+        prompts = [task.prompt(p, style=config.prompt_style, tokenizer=tokenizer) for p in problems]
+        longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+        check_context(model, longest, config.max_completion_length)
+    except ValueError as error:  # e.g. --prompt-style chat with a tokenizer that has no chat template
+        raise RunError(str(error)) from error
 
 
 def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool = True) -> dict:
@@ -260,15 +358,13 @@ def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool =
     ``model`` and ``tokenizer`` evaluate a model already in memory (``config.model`` then only names it);
     otherwise ``config.model`` is loaded with :func:`companion.models.load_policy`.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from companion.sampler import sample_completions
     from companion.tasks import get_task
 
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither (then config.model is loaded)")
-    out = _prepare_directory(config)
+    out, resuming = open_run_dir(config.out, dataclasses.asdict(config), (CONFIG_FILE, MODEL_FILE, ROWS_FILE,
+                                 SUMMARY_FILE), overwrite=config.overwrite, may_differ=RESUMABLE_FIELDS)
+    save_config(config, out / CONFIG_FILE)
     task = get_task(config.task)
     problems = _load_problems(config, task)
     done = _finished_rows(out / ROWS_FILE, problems)
@@ -276,132 +372,29 @@ def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool =
     if todo:
         if model is None:
             model, tokenizer = _load_model(config)
-        try:
-            prompts = [task.prompt(p, style=config.prompt_style, tokenizer=tokenizer) for p in problems]
-        except ValueError as error:  # e.g. --prompt-style chat with a tokenizer that has no chat template
-            raise EvalError(str(error)) from error
-        _check_context(model, tokenizer, prompts, config)
-        threads = torch.get_num_threads()
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        size = config.problems_per_group
-        groups = sorted({i // size for i in todo})
-        bar = tqdm(total=len(problems) * config.n, initial=(len(problems) - len(todo)) * config.n, unit="sample", smoothing=0.05,
-                   desc=f"eval {config.task}", disable=not progress, dynamic_ncols=True)
-        tokens = 0
-
-        def finished(samples: int, new_tokens: int) -> None:
-            nonlocal tokens
-            tokens += new_tokens
-            bar.update(samples)
-            bar.set_postfix(tokens_per_s=f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.0f}", refresh=False)
-
-        try:
-            with (out / ROWS_FILE).open("a") as f:
-                for group in groups:
-                    # The whole group, even a problem already written (rare: only after a crash mid-group, or when
-                    # --problems grew), so the batch is the uninterrupted run's batch, down to float rounding.
-                    members = list(range(group * size, min((group + 1) * size, len(problems))))
-                    start = time.perf_counter()
-                    completions = sample_completions(
-                        model, tokenizer, [prompts[i] for i in members], config.n,
-                        seeds=[problem_seed(config.seed, i) for i in members],
-                        max_completion_length=config.max_completion_length, temperature=config.temperature,
-                        top_p=config.top_p, batch_size=config.batch_size,
-                        on_finished=finished if all(i not in done for i in members) else None,
-                    )
-                    seconds = (time.perf_counter() - start) / len(members)
-                    for i, samples in zip(members, completions):
-                        if i in done:
-                            continue
-                        _append_row(f, _score(task, i, problems[i], samples, seconds, config.save_completions))
-                        if any(j in done for j in members):
-                            bar.update(config.n)
-        finally:
-            bar.close()
-            torch.set_num_threads(threads)
+        _claim_model(out, model, config, resuming)
+        _check_prompts(model, tokenizer, task, problems, config)
+        size, n = config.problems_per_group, config.num_generations
+        with torch_threads(config.num_threads), out.joinpath(ROWS_FILE).open("a") as f, sampling_progress(
+                len(problems) * n, initial=(len(problems) - len(todo)) * n, desc=f"eval {config.task}",
+                disable=not progress) as on_finished:
+            for group in sorted({i // size for i in todo}):
+                # The whole group, even a problem already written (rare: only after a crash mid-group, or when
+                # --problems grew), so the batch is the uninterrupted run's batch, down to float rounding.
+                members = list(range(group * size, min((group + 1) * size, len(problems))))
+                rows = score_problems(model, tokenizer, task, [problems[i] for i in members], num_generations=n,
+                                      seed=config.seed, indices=members, temperature=config.temperature,
+                                      top_p=config.top_p, max_completion_length=config.max_completion_length,
+                                      batch_size=config.batch_size, prompt_style=config.prompt_style,
+                                      save_completions=config.save_completions, on_finished=on_finished)
+                for row in rows:
+                    if row["index"] not in done:
+                        append_jsonl(f, row)
     rows = [row for row in load_results(out).rows if row["index"] < len(problems)]
-    summary = summarize(rows, config)
-    _write_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    summary = {"model": config.model, "task": config.task, "split": config.split, "temperature": config.temperature,
+               "top_p": config.top_p, **summarize(rows)}
+    write_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _score(task, index: int, problem: dict, samples, seconds: float, save_completions: bool) -> dict:
-    """One problem's row: its rewards, lengths and whether each sample ended (EOS) before the length cap."""
-    rewards = [task.reward(c.text, problem) for c in samples]
-    row = {
-        "index": index,
-        "problem": _jsonable(problem),
-        "num_correct": sum(r >= CORRECT_REWARD for r in rewards),
-        "rewards": rewards,
-        "lengths": [c.length for c in samples],
-        "finished": [c.finished for c in samples],
-        "seconds": seconds,
-    }
-    if save_completions:
-        row["completions"] = [c.text for c in samples]
-    return row
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-# --- 4. summarise --------------------------------------------------------------------------------------------
-
-
-def summarize(rows: list[dict], config: EvalConfig) -> dict:
-    """The run's summary from its rows: pass@k curve (bootstrap CIs over problems), coverage, lengths, speed.
-
-    >>> rows = [{"index": 0, "num_correct": 1, "rewards": [1.0, 0.1], "lengths": [10, 30], "finished": [True, True],
-    ...          "seconds": 1.0},
-    ...         {"index": 1, "num_correct": 0, "rewards": [0.0, 0.0], "lengths": [40, 40], "finished": [False, False],
-    ...          "seconds": 1.0}]
-    >>> s = summarize(rows, EvalConfig(n=2, problems=2))
-    >>> [(p["k"], p["estimate"]) for p in s["pass_at_k"]], s["coverage"]
-    ([(1, 0.25), (2, 0.5)], 0.5)
-    >>> s["mean_length_correct"], s["mean_length_wrong"], s["truncated_fraction"], s["samples_per_s"]
-    (10.0, 36.666666666666664, 0.5, 2.0)
-    """
-    from companion.passk import pass_at_k_curve
-
-    if not rows:
-        raise EvalError("no finished problems to summarise")
-    counts = [row["num_correct"] for row in rows]
-    curve = pass_at_k_curve(counts, config.n, n_bootstrap=N_BOOTSTRAP, seed=0)
-    rewards = np.array([row["rewards"] for row in rows], dtype=float)  # (P, n)
-    lengths = np.array([row["lengths"] for row in rows], dtype=float)  # (P, n)
-    correct = rewards >= CORRECT_REWARD
-    seconds = sum(row["seconds"] for row in rows)
-
-    def mean(values: np.ndarray) -> float | None:
-        return float(values.mean()) if values.size else None
-
-    return {
-        "model": config.model,
-        "task": config.task,
-        "split": config.split,
-        "num_problems": len(rows),
-        "n": config.n,
-        "temperature": config.temperature,
-        "top_p": config.top_p,
-        "pass_at_k": [point._asdict() for point in curve.values()],
-        "accuracy": float(correct.mean()),  # per-sample: the same number as pass@1
-        "mean_reward": float(rewards.mean()),
-        "coverage": float(np.mean([c > 0 for c in counts])),  # problems solved by at least one sample
-        "num_solved": int(sum(c > 0 for c in counts)),
-        "mean_length": float(lengths.mean()),
-        "mean_length_correct": mean(lengths[correct]),
-        "mean_length_wrong": mean(lengths[~correct]),
-        "truncated_fraction": float(1 - np.mean([row["finished"] for row in rows])),
-        "samples": int(rewards.size),
-        "tokens": int(lengths.sum()),
-        "sampling_seconds": seconds,
-        "samples_per_s": rewards.size / seconds if seconds > 0 else None,
-        "tokens_per_s": float(lengths.sum()) / seconds if seconds > 0 else None,
-    }
 
 
 # --- reading a run back ----------------------------------------------------------------------------------------
@@ -428,9 +421,9 @@ def load_results(directory: str | Path) -> EvalResults:
     """
     directory = Path(directory)
     if not (directory / CONFIG_FILE).exists():
-        raise EvalError(f"{directory} holds no evaluation (no {CONFIG_FILE}); run `companion eval --out {directory}`")
+        raise RunError(f"{directory} holds no evaluation (no {CONFIG_FILE}); run `companion eval --out {directory}`")
     config = load_config(EvalConfig, directory / CONFIG_FILE)
-    rows = sorted(_read_rows(directory / ROWS_FILE, repair=False), key=lambda row: row["index"])
+    rows = sorted(read_jsonl(directory / ROWS_FILE), key=lambda row: row["index"])
     summary_path = directory / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     return EvalResults(config, rows, summary)
@@ -453,15 +446,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     try:
         summary = evaluate(config)
-    except EvalError as error:
+    except RunError as error:
         print(f"companion eval: error: {error}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     except KeyboardInterrupt:
         print(f"\ncompanion eval: interrupted; every finished problem is in {config.out}/{ROWS_FILE}: rerun the same "
               "command to resume", file=sys.stderr)
         return 130
-    print(f"{summary['num_problems']} problems x {summary['n']} samples of {summary['model']} on {summary['task']}: "
-          f"coverage {summary['coverage']:.3f}, mean reward {summary['mean_reward']:.3f}")
+    print(f"{summary['num_problems']} problems x {summary['num_generations']} samples of {summary['model']} on "
+          f"{summary['task']}: coverage {summary['coverage']:.3f}, mean reward {summary['mean_reward']:.3f}")
     for point in summary["pass_at_k"]:
         interval = f"  [{point['low']:.3f}, {point['high']:.3f}]" if point["low"] is not None else ""
         print(f"  pass@{point['k']:<5d} {point['estimate']:.3f}{interval}")

@@ -2,7 +2,7 @@
 
 A policy small enough to train in a fraction of a second, with just enough of an LLM's structure for
 the length effect to appear: it writes tokens and ends its response by choosing the end-of-sequence
-token. It is trained with the package's own weights (:func:`companion.objectives.advantages`) and
+token. It is trained with the package's own weights (:func:`companion.objectives.sample_weights`) and
 length normalisers (:func:`companion.objectives.weighted_nll`).
 
 **The model.** There are ``num_prompts`` prompts. A response to prompt m is a sequence of tokens:
@@ -25,7 +25,7 @@ one without the other (chapter 3, exercise 2).
 
 **Training.** Each step samples ``samples_per_step`` responses, ``num_generations`` for each of
 ``samples_per_step / num_generations`` prompts drawn at random, scores them (reward 1 or 0), turns the
-rewards into weights with :func:`~companion.objectives.advantages` and takes a gradient step on
+rewards into weights with :func:`~companion.objectives.sample_weights` and takes a gradient step on
 :func:`~companion.objectives.weighted_nll` with the run's normaliser. It uses ``weighted_nll`` rather than
 ``policy_loss`` because the simulation is on-policy, with β = 0 and one update per batch, which is where
 chapter 2 proves their gradients are equal. :func:`simulate` says how the step size is set.
@@ -45,7 +45,6 @@ other runs share the batch.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
@@ -55,7 +54,9 @@ import torch
 from torch.nn.functional import logsigmoid
 from tqdm.auto import tqdm
 
-from companion.objectives import ALGORITHMS, NORMALIZERS, advantages, get_algorithm, policy_loss, weighted_nll
+from companion import objectives
+from companion.objectives import ALGORITHMS, NORMALIZERS, policy_loss, resolve_normalizer, weighted_nll
+from companion.runs import torch_threads
 
 APPROACHES = ("sound", "flawed")
 ROW_MEAN_NORMALIZERS = ("sequence", "constant")
@@ -93,10 +94,7 @@ class LengthSimConfig:
     seed: int = field(default=0, metadata={"help": "seed of the run's random generator"})
 
     def __post_init__(self):
-        get_algorithm(self.algo)
-        if self.normalizer not in ("",) + NORMALIZERS:
-            raise ValueError(f"normalizer must be one of {NORMALIZERS} or '' (the algorithm's own); "
-                             f"got {self.normalizer!r}")
+        resolve_normalizer(self.algo, self.normalizer)  # raises on an unknown algo or normaliser
         if self.num_generations < 2 or self.samples_per_step % self.num_generations:
             raise ValueError(f"samples_per_step ({self.samples_per_step}) must be a multiple of num_generations "
                              f"({self.num_generations}), which must be at least 2")
@@ -116,7 +114,7 @@ class LengthSimConfig:
 
     @property
     def resolved_normalizer(self) -> str:
-        return self.normalizer or get_algorithm(self.algo).normalizer
+        return resolve_normalizer(self.algo, self.normalizer)
 
     @property
     def prompts_per_step(self) -> int:
@@ -134,7 +132,7 @@ def token_credit(lengths: list[int], correct: list[bool], *, algo: str = "grpo",
 
     The gradient step raises log π(o_{i,t}) in proportion to this number, so it is the share of the update
     that token receives. ``normalizer`` '' takes the algorithm's own; ``weight_knobs`` go to
-    :func:`objectives.advantages`. One record per response: its ``length``, ``correct``, ``weight`` w_i,
+    :func:`objectives.sample_weights`. One record per response: its ``length``, ``correct``, ``weight`` w_i,
     ``credit`` per token (the same for every token of a response: assumption A2) and ``total`` = credit × |o|.
 
     >>> rows = token_credit([10, 40, 10, 40], [True, True, False, False], std="population", eps_std=0.0)
@@ -145,12 +143,12 @@ def token_credit(lengths: list[int], correct: list[bool], *, algo: str = "grpo",
         raise ValueError("give one length and one correct flag per response, at least two responses (one group)")
     if min(lengths) < 1:
         raise ValueError(f"lengths must be at least 1 token; got {lengths}")
-    normalizer = normalizer or get_algorithm(algo).normalizer
+    normalizer = resolve_normalizer(algo, normalizer)
     T = max(lengths)
     L_max = max_completion_length or T
     G = len(lengths)
     rewards = torch.tensor([1.0 if c else 0.0 for c in correct])
-    weights = advantages(rewards, G, algo=algo, **weight_knobs)  # (G,)
+    weights = objectives.sample_weights(rewards, G, algo=algo, **weight_knobs)  # (G,)
     mask = (torch.arange(T) < torch.tensor(lengths)[:, None]).long()  # (G, T)
     logps = torch.zeros(G, T, dtype=torch.float64, requires_grad=True)  # the value does not matter on-policy
     loss, _ = policy_loss(logps, None, weights, mask, normalizer=normalizer, max_completion_length=L_max)
@@ -207,18 +205,6 @@ def correct_probability(cfg: LengthSimConfig) -> torch.Tensor:
     return torch.sigmoid(base[:, None] + cfg.length_accuracy * (l - mu0)[None] / sd0)  # (2, L)
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one thread: the simulation's tensors are small and its ops many, and handing each op
-    to a second thread costs more than the op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------------------------------
 # Runs trained together, and their policy
 # --------------------------------------------------------------------------------------------------
@@ -241,7 +227,7 @@ class Runs:
         self.first = configs[0]
         self.correct = torch.stack([correct_probability(c) for c in configs])  # (R, 2, L) a(k, l)
         self.num_generations = torch.tensor([c.num_generations for c in configs])  # (R,)
-        # runs weighted by one call of `advantages`: same rule, same G (their groups are disjoint rows)
+        # runs weighted by one call of `objectives.sample_weights`: same rule, same G (their groups are disjoint rows)
         self.rules: dict[tuple, list[int]] = {}
         self.by_group_size: dict[int, list[int]] = {}
         for r, c in enumerate(configs):
@@ -381,10 +367,10 @@ def sample_batch(policy: LengthPolicy, runs: Runs, generators: list[torch.Genera
 
 
 def sample_weights(rewards: torch.Tensor, runs: Runs) -> torch.Tensor:
-    """3. (R, N) per-sample weights, each run by its own rule (:func:`objectives.advantages`)."""
+    """3. (R, N) per-sample weights, each run by its own rule (:func:`objectives.sample_weights`)."""
     weights = torch.empty_like(rewards)
     for (algo, G, lam), members in runs.rules.items():
-        w = advantages(rewards[members].reshape(-1), G, algo=algo, lam=lam)  # (len(members) * N,)
+        w = objectives.sample_weights(rewards[members].reshape(-1), G, algo=algo, lam=lam)  # (len(members) * N,)
         weights[members] = w.view(len(members), -1).to(weights.dtype)
     return weights
 
@@ -395,7 +381,7 @@ def log_approach(policy: LengthPolicy, batch: Batch) -> torch.Tensor:
     return torch.where(batch.approach == 0, logsigmoid(phi), logsigmoid(-phi))
 
 
-def per_token_logps(policy: LengthPolicy, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logps(policy: LengthPolicy, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(R, N, L) log-prob of every token of every response, and the (R, N, L) completion mask.
 
     Token 1 is the approach, tokens 2..|o|-1 are "not EOS", and token |o| is EOS.
@@ -413,7 +399,7 @@ def per_token_logps(policy: LengthPolicy, batch: Batch) -> tuple[torch.Tensor, t
 
 
 def packed_token_logps(policy: LengthPolicy, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """A cheaper stand-in for :func:`per_token_logps`, with the same loss and gradient under every normaliser.
+    """A cheaper stand-in for :func:`response_logps`, with the same loss and gradient under every normaliser.
 
     Every normaliser of :func:`objectives.aggregate` is linear in the per-token terms and weighs all tokens
     of a row alike, so a row's log-probs enter the loss only through their sum, log π(o_i). This puts that
@@ -437,9 +423,9 @@ def total_loss(policy: LengthPolicy, batch: Batch, weights: torch.Tensor, runs: 
     ``kept_token`` keeps (w ≠ 0) stay the same. A block of runs with a row-mean normaliser is one call over
     its stacked rows (the mean of the block's losses); ``token`` and ``kept_token`` divide by a token
     count, so their runs are aggregated one by one. ``packed`` uses :func:`packed_token_logps` in place of
-    :func:`per_token_logps` (same gradient, less work).
+    :func:`response_logps` (same gradient, less work).
     """
-    logps, mask = (packed_token_logps if packed else per_token_logps)(policy, batch)  # (R, N, T)
+    logps, mask = (packed_token_logps if packed else response_logps)(policy, batch)  # (R, N, T)
     weights = (weights / scale[:, None]).to(logps.dtype)  # (R, N)
     L_max = runs.first.max_completion_length
     total = logps.new_zeros(())
@@ -496,7 +482,7 @@ def simulate(configs: LengthSimConfig | list[LengthSimConfig], *, progress: bool
         weights = sample_weights(batch.rewards, runs)
         return total_loss(policy, batch, weights, runs, scale), weights
 
-    with one_thread():
+    with torch_threads(1):  # the simulation's ops are small and many: a second thread costs more than the op
         # 0. calibration: each run's mean gradient on the approach choice, the direction that learns the task
         approach = torch.zeros_like(policy.approach_logits, dtype=torch.float64)  # (R, M)
         for _ in range(first.calibration_batches):
@@ -557,7 +543,7 @@ def grid_configs(base: LengthSimConfig | None = None, **axes) -> list[LengthSimC
 
 def outcome_weights(cfg: LengthSimConfig, accuracy: float) -> torch.Tensor:
     """(2,) E[w_i | sample i wrong], E[w_i | sample i right], when each of the other G−1 samples of its group
-    is right with probability ``accuracy``. Every group is weighted by :func:`objectives.advantages`.
+    is right with probability ``accuracy``. Every group is weighted by :func:`objectives.sample_weights`.
 
     >>> [round(x, 4) for x in outcome_weights(LengthSimConfig(algo="fisft_pm", num_generations=2), 0.5).tolist()]
     [-0.5, 0.5]
@@ -566,7 +552,8 @@ def outcome_weights(cfg: LengthSimConfig, accuracy: float) -> torch.Tensor:
     others = torch.arange(G, dtype=torch.float64)  # right answers among the other G-1 samples
     # one group per (own outcome y, c others right): rewards [y, 1 x c, 0 x (G-1-c)]
     groups = torch.tensor([[y] + [1.0] * c + [0.0] * (G - 1 - c) for y in (0.0, 1.0) for c in range(G)])
-    w_first = advantages(groups.reshape(-1), G, algo=cfg.algo, lam=cfg.lam).view(2, G, G)[:, :, 0].double()
+    w = objectives.sample_weights(groups.reshape(-1), G, algo=cfg.algo, lam=cfg.lam)  # (2 * G * G,)
+    w_first = w.view(2, G, G)[:, :, 0].double()
     log_binom = math.lgamma(G) - torch.lgamma(others + 1) - torch.lgamma(G - others)
     p = torch.tensor(accuracy, dtype=torch.float64)
     prob = (log_binom + others * p.log() + (G - 1 - others) * torch.log1p(-p)).exp()  # (G,) Binomial(G-1, p)
@@ -624,11 +611,11 @@ def expected_gradient(policy: LengthPolicy, cfg: LengthSimConfig) -> list[torch.
 
 def sampled_gradient(policy: LengthPolicy, cfg: LengthSimConfig, *, batches: int, seed: int = 0) -> list[torch.Tensor]:
     """The gradient of one step's loss for a one-run ``policy``, averaged over ``batches`` sampled batches,
-    with the explicit per-token log-probs (:func:`per_token_logps`)."""
+    with the explicit per-token log-probs (:func:`response_logps`)."""
     runs = Runs([cfg])
     generator = torch.Generator().manual_seed(seed)
     total = [torch.zeros_like(p) for p in policy.parameters()]
-    with one_thread():
+    with torch_threads(1):
         for _ in range(batches):
             batch = sample_batch(policy, runs, [generator])
             loss = total_loss(policy, batch, sample_weights(batch.rewards, runs), runs, torch.ones(1), packed=False)

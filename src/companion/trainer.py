@@ -1,7 +1,7 @@
 """The one training loop: 1. sample → 2. verify → 3. weight → 4. update, for every algorithm of the book.
 
 GRPO, Dr. GRPO, F-ISFT+ and F-ISFT± differ only in phase 3 (how rewards become per-sample weights,
-:func:`companion.objectives.advantages`) and in the length normaliser of the loss
+:func:`companion.objectives.sample_weights`) and in the length normaliser of the loss
 (:func:`companion.objectives.policy_loss`); everything else is this file, read top to bottom:
 
 * :class:`TrainConfig` — every knob, with a default for the CPU world and a help string (``--help`` is
@@ -15,8 +15,8 @@ append-only), ``checkpoint.pt`` (the last checkpoint: trainable weights, optimiz
 step and data position) and, at the end, ``policy/`` (the trained model or adapters, loadable with
 :func:`companion.models.load_policy`).
 
-Each line of ``metrics.jsonl`` is one step: ``reward``, ``accuracy`` (share of completions with reward ≥
-``threshold``), ``frac_zero_spread`` (groups whose rewards are all equal: they get no weight),
+Each line of ``metrics.jsonl`` is one step: ``reward``, ``accuracy`` (share of correct completions,
+:func:`companion.verify.is_correct`), ``frac_zero_spread`` (groups whose rewards are all equal: they get no weight),
 ``frac_weighted`` (completions with a non-zero weight), ``length``, ``length_correct`` and ``length_wrong``
 (mean tokens, EOS included; ``None`` when there is none), ``frac_truncated`` (cut by
 ``max_completion_length``), ``entropy`` (of the sampling distribution, per token), ``loss``, ``grad_norm``
@@ -31,8 +31,8 @@ Decisions, and why:
   first update it *is* the current policy, so its log-probs are the first update's forward pass, detached:
   no extra forward, and ρ = 1 exactly on the first update (TRL computes them with an extra pass).
 * **Only rows with a weight are run.** Without a KL penalty (β = 0) a completion whose weight is 0 adds
-  exactly 0 to the loss, so the update skips it; the loss is rescaled so that its value and gradient are
-  those of the full batch (:func:`batch_share`). The same rescaling makes ``micro_batch_size`` (for GPU
+  exactly 0 to the loss, so the update skips it (:func:`rows_in_update`); the loss is rescaled so that its value
+  and gradient are those of the full batch (:func:`batch_share`). The same rescaling makes ``micro_batch_size`` (for GPU
   memory) change nothing but memory. The G completions of a prompt share one forward pass of the prompt
   (:func:`companion.rollout.per_token_logps`).
 * **Resume is exact.** N steps straight and N/2 + resume + N/2 give the same ``metrics.jsonl``, bit for bit
@@ -46,9 +46,7 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,9 +56,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from companion.config import MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, load_config, save_config
-from companion.objectives import ALGORITHMS, NORMALIZERS, STD_KINDS, advantages, policy_loss, zero_spread_groups
+from companion.config import (MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, explicit_options,
+                              load_config, need, save_config)
+from companion.objectives import (ALGORITHMS, NORMALIZERS, STD_KINDS, policy_loss, resolve_normalizer, sample_weights,
+                                  zero_spread_groups)
+from companion.decode import check_context
 from companion.rollout import Rollout, generate, per_token_logps
+from companion.runs import (BAD_INPUT, RunError, append_jsonl, open_run_dir, read_jsonl, torch_threads,
+                            write_atomically)
+from companion.verify import CORRECT_REWARD, is_correct
 
 SCHEDULERS = ("constant", "linear", "cosine")
 
@@ -101,10 +105,13 @@ class TrainConfig:
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1 = off)"})
     # 3. weight
     lam: float = field(default=1.0, metadata={"help": "fisft_pm: weight magnitude of a wrong completion"})
-    threshold: float = field(default=1.0, metadata={"help": "a completion is correct when its reward >= threshold"})
+    threshold: float = field(default=CORRECT_REWARD, metadata={
+        "help": "fisft_plus, fisft_pm: a completion counts as right for the weighting when its reward >= threshold "
+                "(accuracy always counts reward 1.0)"})
     std: str = field(default="sample", metadata={"help": "grpo: group std with G-1 (sample, TRL) or G (population)", "choices": STD_KINDS})
     # 4. update
-    normalizer: str | None = field(default=None, metadata={"help": "length normaliser (default: the algorithm's own)", "choices": NORMALIZERS})
+    normalizer: str = field(default="", metadata={"help": "length normaliser ('': the algorithm's own)",
+                                                  "choices": ("",) + NORMALIZERS})
     beta: float = field(default=0.0, metadata={"help": "weight of the KL penalty to the reference (initial) policy"})
     epsilon: float = field(default=0.2, metadata={"help": "clip range of the ratio: [1 - epsilon, 1 + epsilon]"})
     num_iterations: int = field(default=1, metadata={"help": "optimizer updates per sampled batch (mu)"})
@@ -117,15 +124,12 @@ class TrainConfig:
     # evaluation, checkpoints
     eval_every: int = field(default=10, metadata={"help": "evaluate on held-out problems every N steps (0 = never)"})
     eval_problems: int = field(default=100, metadata={"help": "held-out (test split) problems per evaluation"})
-    eval_samples: int = field(default=4, metadata={"help": "sampled completions per held-out problem (greedy is one more)"})
+    eval_num_generations: int = field(default=4, metadata={"help": "sampled completions per held-out problem (greedy "
+                                                                   "is one more)"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
 
     def __post_init__(self):
         from companion.tasks import get_task
-
-        def need(ok: bool, message: str):
-            if not ok:
-                raise ValueError(message)
 
         get_task(self.task)  # raises with the list of known tasks
         need(self.algo in ALGORITHMS, f"unknown algo {self.algo!r}; choose one of {', '.join(ALGORITHMS)}")
@@ -138,8 +142,7 @@ class TrainConfig:
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         need(self.lam >= 0, f"lam must be >= 0, got {self.lam}")
         need(self.std in STD_KINDS, f"std must be one of {STD_KINDS}, got {self.std!r}")
-        need(self.normalizer is None or self.normalizer in NORMALIZERS,
-             f"normalizer must be one of {', '.join(NORMALIZERS)} (or unset for the algorithm's own), got {self.normalizer!r}")
+        resolve_normalizer(self.algo, self.normalizer)  # raises with the known normalisers
         need(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
         need(self.epsilon >= 0, f"epsilon must be >= 0, got {self.epsilon}")
         need(self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}")
@@ -153,7 +156,8 @@ class TrainConfig:
         need(self.train_problems >= self.prompts_per_step,
              f"train_problems ({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})")
         need(self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0 (0 turns them off)")
-        need(self.eval_problems >= 1 and self.eval_samples >= 1, "eval_problems and eval_samples must be >= 1")
+        need(self.eval_problems >= 1 and self.eval_num_generations >= 1,
+             "eval_problems and eval_num_generations must be >= 1")
         need(self.lora_r >= 1 and self.lora_alpha > 0, f"need lora_r >= 1 and lora_alpha > 0, got {self.lora_r}, {self.lora_alpha}")
         need(not self.load_in_4bit or self.lora, "4-bit weights cannot be trained: add --lora to --load-in-4bit")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -164,7 +168,7 @@ class TrainConfig:
     @property
     def loss_normalizer(self) -> str:
         """The length normaliser in use: ``normalizer``, or the algorithm's default."""
-        return self.normalizer or ALGORITHMS[self.algo].normalizer
+        return resolve_normalizer(self.algo, self.normalizer)
 
     @property
     def completions_per_step(self) -> int:
@@ -173,10 +177,6 @@ class TrainConfig:
     @property
     def total_updates(self) -> int:
         return self.steps * self.num_iterations
-
-
-class RunDirError(ValueError):
-    """The run directory does not fit the request (holds another run, or has nothing to resume)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -270,27 +270,22 @@ def _mean(values: torch.Tensor) -> float | None:
 
 
 def heldout_accuracy(model, tokenizer, task, problems: list, *, max_completion_length: int, temperature: float = 1.0,
-                     top_p: float = 1.0, samples: int = 4, seed: int = 0, threshold: float = 1.0,
-                     batch_size: int = 32) -> dict:
-    """Accuracy on ``problems``: greedy (temperature 0) and sampled (``samples`` completions each).
+                     top_p: float = 1.0, num_generations: int = 4, seed: int = 0) -> dict:
+    """Accuracy on ``problems``: greedy (temperature 0) and sampled (``num_generations`` completions each), through
+    the package's one evaluation path (:mod:`companion.evaluate`). Sampling uses its own seeded generators, so
+    evaluating never moves the caller's random stream."""
+    from companion.evaluate import score_problems, summarize
 
-    Sampling uses its own seeded generator, so evaluating never moves the caller's random stream.
-    """
-    greedy, sampled, lengths = [], [], []
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start:start + batch_size]
-        prompts = [task.prompt(p) for p in chunk]
-        for n, temp, sink in ((1, 0.0, greedy), (samples, temperature, sampled)):
-            rollout = generate(model, tokenizer, prompts, num_generations=n, max_completion_length=max_completion_length,
-                               temperature=temp, top_p=top_p, seed=seed + start, return_logps=False)
-            sink.extend(task.reward(text, chunk[i // n]) for i, text in enumerate(rollout.texts))
-            if n == 1:
-                lengths.extend(rollout.lengths.tolist())
+    def summary(n: int, temp: float) -> dict:
+        return summarize(score_problems(model, tokenizer, task, problems, num_generations=n, seed=seed,
+                                        temperature=temp, top_p=top_p, max_completion_length=max_completion_length))
+
+    greedy, sampled = summary(1, 0.0), summary(num_generations, temperature)
     return {
-        "eval_accuracy_greedy": float(np.mean(np.array(greedy) >= threshold)),
-        "eval_accuracy_sampled": float(np.mean(np.array(sampled) >= threshold)),
-        "eval_reward_sampled": float(np.mean(sampled)),
-        "eval_length_greedy": float(np.mean(lengths)),
+        "eval_accuracy_greedy": greedy["accuracy"],
+        "eval_accuracy_sampled": sampled["accuracy"],
+        "eval_reward_sampled": sampled["mean_reward"],
+        "eval_length_greedy": greedy["length"]["mean"],
     }
 
 
@@ -317,7 +312,7 @@ def save_checkpoint(path: Path, *, model, optimizer, scheduler, step: int, data_
                  optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=_rng_state())
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)
-    os.replace(partial, path)
+    partial.replace(path)
 
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
@@ -325,8 +320,8 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are pickled
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     if set(state["model"]) != trainable:
-        raise RunDirError(f"{path} holds weights for other parameters than this model trains "
-                          "(full-parameter vs LoRA, or another model): resume with the run's own config")
+        raise RunError(f"{path} holds weights for other parameters than this model trains "
+                       "(full-parameter vs LoRA, or another model): resume with the run's own config")
     device = next(model.parameters()).device
     with torch.no_grad():
         params = dict(model.named_parameters())
@@ -342,51 +337,11 @@ RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "policy")
 
 
 def _prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} is a file, not a directory")
-    if resume:
-        if not (out / "config.json").exists() or not (out / "checkpoint.pt").exists():
-            raise RunDirError(f"nothing to resume in {out}: it needs config.json and checkpoint.pt "
-                              "(start a new run there with --overwrite)")
-        saved = load_config(TrainConfig, out / "config.json")
-        differ = sorted(f.name for f in dataclasses.fields(TrainConfig)
-                        if f.name != "steps" and getattr(saved, f.name) != getattr(config, f.name))
-        if differ:
-            raise RunDirError(f"{out} holds a run with a different config ({', '.join(differ)}); resume it with its own "
-                              "config (only --steps may change), or start a new run elsewhere")
-        return out
-    existing = [name for name in RUN_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise RunDirError(f"{out} already holds a run ({', '.join(existing)}): pass --resume {out} to continue it, "
-                          "--overwrite to replace it, or choose another --out")
-    for name in existing:  # only our own files: the directory may hold other things
-        target = out / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    out, _ = open_run_dir(config.out, dataclasses.asdict(config), RUN_FILES, overwrite=overwrite, resume=resume,
+                          may_differ=("steps",))
+    if resume and not (out / "checkpoint.pt").exists():
+        raise RunError(f"nothing to resume in {out}: it has no checkpoint.pt (start a new run there with --overwrite)")
     return out
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_record(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record, allow_nan=False) + "\n")
-
-
-def _check_context(tokenizer, model, task, problems: list, max_completion_length: int, what: str) -> None:
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if limit is None:
-        return
-    longest = max(map(len, tokenizer([task.prompt(p) for p in problems], add_special_tokens=False)["input_ids"]))
-    if longest + max_completion_length > limit:
-        raise ValueError(f"the longest {what} prompt is {longest} tokens; with max_completion_length="
-                         f"{max_completion_length} that exceeds the model's context of {limit} tokens: lower "
-                         "--max-completion-length or use shorter problems")
 
 
 def _policy(config: TrainConfig, model, tokenizer):
@@ -420,14 +375,9 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, resume: bool = Fal
         until_step: stop after this step, checkpointing it, as if interrupted; ``resume`` continues.
         progress: show a tqdm bar.
     """
-    threads = torch.get_num_threads()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         return _train(config, model, tokenizer, resume=resume, overwrite=overwrite, until_step=until_step,
                       progress=progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bool, until_step: int | None,
@@ -453,7 +403,9 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
     task = get_task(config.task)
     stream = ProblemStream(task.generate(config.train_problems, seed=config.seed, split="train"), seed=config.seed)
     eval_set = task.generate(config.eval_problems, seed=0, split="test") if config.eval_every else []
-    _check_context(tokenizer, model, task, stream.problems + eval_set, config.max_completion_length, "training")
+    prompts = [task.prompt(p) for p in stream.problems + eval_set]
+    check_context(model, max(map(len, tokenizer(prompts, add_special_tokens=False)["input_ids"])),
+                  config.max_completion_length)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -466,10 +418,8 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
         state = load_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler)
         start, stream.position = state["step"], state["data_position"]
         # Records after the checkpoint belong to the interrupted attempt; the resumed run writes them again.
-        kept = [r for r in _read_metrics(metrics_path) if r["step"] <= start]
-        partial = metrics_path.with_name(metrics_path.name + ".partial")
-        partial.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
-        os.replace(partial, metrics_path)
+        kept = [r for r in read_jsonl(metrics_path) if r["step"] <= start]
+        write_atomically(metrics_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
     elif config.eval_every:
         _write_record(metrics_path, {"step": 0, **_evaluate(config, model, tokenizer, task, eval_set, step=0)})
     last_saved = start if resume else None
@@ -496,8 +446,8 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
         timing["time_verify"] = time.perf_counter() - t
 
         # 3. weight: the algorithm turns each group's rewards into per-completion weights
-        weights = advantages(rewards, G, algo=config.algo, lam=config.lam, threshold=config.threshold,
-                             std=config.std).to(device)  # (B*G,)
+        weights = sample_weights(rewards, G, algo=config.algo, lam=config.lam, threshold=config.threshold,
+                                 std=config.std).to(device)  # (B*G,)
 
         # 4. update: μ optimizer steps on the weighted log-likelihood of the batch (clipped, maybe KL-penalised)
         lr = scheduler.get_last_lr()[0]
@@ -508,7 +458,7 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
         tokens = rollout.completion_mask.sum().item()
         timing["gen_tokens_per_s"] = tokens / timing["time_generate"]
         timing["tokens_per_s"] = tokens / timing["step_time"]
-        record = {"step": step, **_rollout_metrics(rollout, rewards, G, config.threshold), **update, "lr": lr}
+        record = {"step": step, **_rollout_metrics(rollout, rewards, G), **update, "lr": lr}
         if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
             t = time.perf_counter()
             record.update(_evaluate(config, model, tokenizer, task, eval_set, step=step))
@@ -528,7 +478,7 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
         from companion.models import save_policy
 
         save_policy(model, tokenizer, out / "policy", base=config.model, load_in_4bit=config.load_in_4bit)
-    return TrainResult(out=out, metrics=_read_metrics(metrics_path), model=model, tokenizer=tokenizer)
+    return TrainResult(out=out, metrics=read_jsonl(metrics_path), model=model, tokenizer=tokenizer)
 
 
 def _update(config, model, reference, optimizer, scheduler, params, rollout: Rollout, weights, normalizer, timing,
@@ -537,10 +487,7 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
     from companion.models import is_lora
 
     mask = rollout.completion_mask  # (N, T)
-    # Without a KL term a zero-weight completion adds exactly 0: run only the others (all of them when β > 0).
-    rows = torch.arange(len(weights), device=weights.device)
-    if config.beta == 0:
-        rows = rows[weights != 0]
+    rows = rows_in_update(weights, config.beta)
     size = config.micro_batch_size or max(len(rows), 1)
     chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
     shares = [batch_share(normalizer, mask, weights, chunk) for chunk in chunks]
@@ -600,6 +547,17 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
     return {**totals, "grad_norm": grad_norm.item(), "frac_weighted": (weights != 0).float().mean().item()}
 
 
+def rows_in_update(weights: torch.Tensor, beta: float) -> torch.Tensor:
+    """The rows the update runs: without a KL term (β = 0) a zero-weight completion adds exactly 0 to the loss and
+    its gradient, so only the others; every row when β > 0. (N,) -> (n,) row indices.
+
+    >>> rows_in_update(torch.tensor([0.5, 0.0, -1.0]), beta=0.0).tolist(), rows_in_update(torch.zeros(2), 0.1).tolist()
+    ([0, 2], [0, 1])
+    """
+    rows = torch.arange(len(weights), device=weights.device)
+    return rows if beta > 0 else rows[weights != 0]
+
+
 def _diverged(what: str, *, step: int, last_saved: int | None, out: Path, config: TrainConfig):
     kept = (f"the last good checkpoint ({out / 'checkpoint.pt'}, step {last_saved}) is untouched; continue from it with "
             f"`companion train --resume {out}`" if last_saved else "no checkpoint was saved yet")
@@ -608,9 +566,9 @@ def _diverged(what: str, *, step: int, last_saved: int | None, out: Path, config
         f"(now {config.learning_rate}) or --max-grad-norm (now {config.max_grad_norm}).")
 
 
-def _rollout_metrics(rollout: Rollout, rewards: torch.Tensor, num_generations: int, threshold: float) -> dict:
+def _rollout_metrics(rollout: Rollout, rewards: torch.Tensor, num_generations: int) -> dict:
     """What the sampled batch says about the policy: reward, accuracy, lengths of right and wrong answers."""
-    correct = rewards >= threshold  # (N,)
+    correct = torch.tensor([is_correct(r) for r in rewards.tolist()])  # (N,)
     lengths = rollout.lengths.cpu().float()  # (N,)
     mask = rollout.completion_mask
     return {
@@ -628,13 +586,18 @@ def _rollout_metrics(rollout: Rollout, rewards: torch.Tensor, num_generations: i
 
 def _evaluate(config: TrainConfig, model, tokenizer, task, problems, *, step: int) -> dict:
     return heldout_accuracy(model, tokenizer, task, problems, max_completion_length=config.max_completion_length,
-                            temperature=config.temperature, top_p=config.top_p, samples=config.eval_samples,
-                            seed=config.seed * 1_000_003 + step, threshold=config.threshold)
+                            temperature=config.temperature, top_p=config.top_p,
+                            num_generations=config.eval_num_generations, seed=config.seed * 1_000_003 + step)
+
+
+def _write_record(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        append_jsonl(f, record)
 
 
 def read_metrics(out: str | Path) -> list[dict]:
     """The per-step records of the run in ``out`` (``metrics.jsonl``), in order."""
-    return _read_metrics(Path(out) / "metrics.jsonl")
+    return read_jsonl(Path(out) / "metrics.jsonl")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -657,26 +620,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """Names of the options given on the command line (not left at their defaults)."""
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         if args.resume:
             # The run's own config.json defines it; the command line may only extend it (--steps).
-            given = _explicit_options(build_parser(), argv) & {f.name for f in dataclasses.fields(TrainConfig)}
+            given = explicit_options(TrainConfig, argv)
             if given - {"steps"}:
                 flags = ", ".join("--" + name.replace("_", "-") for name in sorted(given - {"steps"}))
-                raise RunDirError(f"--resume reuses {args.resume}/config.json: drop {flags} (only --steps may change)")
+                raise RunError(f"--resume reuses {args.resume}/config.json: drop {flags} (only --steps may change)")
             saved = Path(args.resume) / "config.json"
             if not saved.exists():
-                raise RunDirError(f"nothing to resume: {args.resume} holds no config.json")
+                raise RunError(f"nothing to resume: {args.resume} holds no config.json")
             changes = {"out": args.resume, **({"steps": args.steps} if "steps" in given else {})}
             config = dataclasses.replace(load_config(TrainConfig, saved), **changes)
         else:
@@ -685,7 +641,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--until-step must be >= 1, got {args.until_step}")
         result = train(config, resume=bool(args.resume), overwrite=args.overwrite, until_step=args.until_step,
                        progress=not args.quiet)
-    except (ValueError, OSError, TrainingDiverged) as err:
+    except (ValueError, OSError) as err:  # RunError among them: options or a run directory that do not fit
+        print(f"companion train: error: {err}", file=sys.stderr)
+        return BAD_INPUT
+    except TrainingDiverged as err:
         print(f"companion train: error: {err}", file=sys.stderr)
         return 1
     last = result.metrics[-1] if result.metrics else {}

@@ -38,6 +38,20 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import NamedTuple
 
+CORRECT_REWARD = 1.0
+"""The full reward of every verifier here. A completion is *correct* when it earns it: Countdown's format score
+(0.1 for a well-formed wrong answer) is not a solve."""
+
+
+def is_correct(reward: float) -> bool:
+    """The one definition of a correct completion, used by every accuracy, pass@k and length split.
+
+    >>> is_correct(1.0), is_correct(0.1), is_correct(0.0)
+    (True, False, False)
+    """
+    return reward >= CORRECT_REWARD
+
+
 MAX_COMPLETION_CHARS = 100_000
 """Completions longer than this earn 0 without being parsed."""
 

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
-import threading
-from urllib.parse import urlparse
 
 HUB_DATASET = ("openai/gsm8k", "main")
 PROBE_TIMEOUT_S = 3.0
@@ -33,27 +30,6 @@ def extract_gold(answer_text: str) -> str:
     if not sep or not gold.strip():
         raise ValueError(f"no '#### N' gold answer in {answer_text[-80:]!r}; GSM8K answers end with '#### <number>'")
     return gold.strip().replace(",", "")
-
-
-def _hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to the hub opens within ``timeout`` seconds (DNS included:
-    the probe runs in a daemon thread, because a resolver can hang longer than any socket timeout)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("0", ""):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    result = []
-
-    def probe():
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
 
 
 def load(split: str = "train", *, data_file: str | os.PathLike | None = None):
@@ -85,7 +61,9 @@ def load(split: str = "train", *, data_file: str | os.PathLike | None = None):
         "pass data_file= a local JSONL in GSM8K's format ({\"question\": ..., \"answer\": \"... #### 72\"}), "
         f"or run where the Hugging Face hub is reachable to download {HUB_DATASET[0]} ({HUB_DATASET[1]!r})"
     )
-    if not _hub_reachable():
+    from companion.runs import hub_reachable
+
+    if not hub_reachable(PROBE_TIMEOUT_S):
         raise RuntimeError(f"cannot load GSM8K: the Hugging Face hub is unreachable (or offline mode is set); {offline_help}")
     try:
         return datasets.load_dataset(*HUB_DATASET, split=split)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import pytest
 import torch
@@ -12,13 +13,7 @@ from companion.models import HubUnreachableError, LoraSettings, is_lora, load_po
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny model gains nothing from a second thread and loses a lot when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _logits(model):
@@ -65,6 +60,86 @@ def test_4bit_lora_loads_quantised_and_trains_the_adapters_on_cpu(tiny_policy_di
     grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
     assert all("lora_" in name for name in grads)
     assert any(g is not None and g.abs().sum() > 0 for name, g in grads.items() if "lora_B" in name)
+
+
+def _packed(layer) -> bool:
+    return getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+
+
+@pytest.mark.parametrize("avx512bf16", [False, True], ids=["avx2-cpu", "avx512bf16-cpu"])
+def test_4bit_lora_trains_after_a_rollout_on_either_kind_of_cpu(tiny_policy_dir, monkeypatch, avx512bf16):
+    import bitsandbytes as bnb
+
+    # Linear4bit.__init__ asks the probe as imported into bitsandbytes.nn.modules, and its forward repacks the
+    # weight (plain torch) when the answer was True: patched, this CPU passes for either kind.
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: avx512bf16)
+    bare = bnb.nn.Linear4bit(64, 32, quant_type="nf4").to("cpu").eval()  # quantised by .to()
+    with torch.no_grad():
+        bare(torch.randn(2, 64))
+    assert _packed(bare) == avx512bf16  # the patch reaches bitsandbytes' branch, so the checks below can fail
+
+    model, _ = load_policy(str(tiny_policy_dir), load_in_4bit=True, lora=LoraSettings(r=4, alpha=8), device="cpu")
+
+    def lora_grads():
+        model.train()
+        model.zero_grad()
+        model(input_ids=IDS, labels=IDS).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    before = lora_grads()
+    _logits(model)  # a rollout: eval mode, no gradients
+    assert not any(_packed(m) for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    after = lora_grads()
+    assert before.keys() == after.keys() and any(g.abs().sum() > 0 for g in after.values())
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], msg=name)
+
+
+def _bnb_packed_cpu_layer(monkeypatch, in_features):
+    """A 4-bit layer (nf4, double quant, as load_policy quantises) that repacks at its first eval no-grad forward."""
+    import bitsandbytes as bnb
+
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)  # see the test above
+    torch.manual_seed(0)
+    return bnb.nn.Linear4bit(in_features, 64, bias=False, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+
+
+def test_bitsandbytes_packed_cpu_path_takes_64_wide_layers_but_cannot_train_them(monkeypatch):
+    """Why load_policy turns the packed layout off (see companion.models._keep_4bit_trainable)."""
+    import bitsandbytes as bnb
+
+    # bitsandbytes registered its fused bf16 kernel (AVX-512 BF16 machine code) at import iff this CPU has it.
+    fused_kernel = bnb.functional.has_avx512bf16()
+    layer = _bnb_packed_cpu_layer(monkeypatch, 64)
+    x = torch.randn(3, 64)  # (batch, in_features)
+    with torch.no_grad():
+        unpacked = layer(x)  # training mode: bitsandbytes never repacks there; (3, 64)
+        packed = layer.eval()(x)
+    assert _packed(layer)  # the repacking (plain torch) ran on any CPU
+    if fused_kernel:  # elsewhere the packed weight goes to the generic kernel, which reads it as unpacked
+        torch.testing.assert_close(packed, unpacked, rtol=0.05, atol=0.05)  # bf16 activations
+        inputs = x.clone().requires_grad_()
+        with warnings.catch_warnings():  # torch says so once per process, if at all: not something to test
+            warnings.filterwarnings("ignore", "bitsandbytes::gemv_4bit: an autograd kernel was not registered")
+            layer.train()(inputs).sum().backward()
+        assert inputs.grad is None  # the packed layer silently passes no gradient back
+
+
+def test_bitsandbytes_packed_cpu_path_refuses_the_tiny_models_96_wide_layers(monkeypatch):
+    layer = _bnb_packed_cpu_layer(monkeypatch, 96).eval()  # 96 inputs: one and a half blocks of 64 per row
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"shape '\[64, 1\]' is invalid for input of size 96"):
+        layer(torch.randn(3, 96))
+
+
+def test_the_tiny_base_model_in_4bit_on_cpu_survives_a_rollout(monkeypatch):
+    import bitsandbytes as bnb
+
+    monkeypatch.setattr(bnb.nn.modules, "has_avx512bf16", lambda: True)  # the CPU kind its 96 widths break on
+    model, _ = load_policy("tiny", load_in_4bit=True, lora=LoraSettings(r=4, alpha=8), device="cpu")
+    _logits(model)
+    model.train()
+    model(input_ids=IDS, labels=IDS).loss.backward()
+    assert any(p.grad.abs().sum() > 0 for name, p in model.named_parameters() if "lora_B" in name)
 
 
 def test_4bit_without_lora_is_refused(tiny_policy_dir):

@@ -12,6 +12,8 @@ Decisions, and why:
   pass a local directory instead.
 * **4-bit needs LoRA.** Quantised weights cannot take gradient steps, so ``load_in_4bit`` without ``lora``
   is refused rather than training nothing.
+* **4-bit weights stay in their training layout on every CPU.** bitsandbytes repacks them for a bf16
+  inference kernel on CPUs with AVX-512 BF16, which breaks the next update; see :func:`_keep_4bit_trainable`.
 * **The reference policy of LoRA is free.** With adapters, π_ref is the base with adapters disabled
   (``model.disable_adapter()``, see :func:`is_lora`), so a KL penalty needs no second copy of the model.
 * **A trained policy reloads by path.** :func:`save_policy` writes the full model, or only the adapters
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,30 +79,6 @@ def default_dtype(device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _hub_reachable(timeout: float) -> bool:
-    """Whether the hub's host accepts a TCP connection within ``timeout`` s (DNS included, so never hangs)."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    host = re.sub(r"^https?://", "", constants.ENDPOINT).split("/")[0]
-    result: list[bool] = []
-
-    def connect():
-        import socket
-
-        try:
-            socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    worker = threading.Thread(target=connect, daemon=True)  # getaddrinfo ignores socket timeouts
-    worker.start()
-    worker.join(timeout)
-    return bool(result and result[0])
 
 
 def _load_pretrained(source: str, *, local_only: bool, quantization_config, dtype: torch.dtype, device: torch.device):
@@ -207,7 +184,9 @@ def _load_base(name_or_path: str, *, load_in_4bit: bool, device: torch.device, d
         model, tokenizer = _load_pretrained(str(path), local_only=True, quantization_config=quantization_config,
                                             dtype=dtype, device=device)
     elif _HUB_NAME.match(name_or_path):
-        reachable = _hub_reachable(hub_timeout)
+        from companion.runs import hub_reachable
+
+        reachable = hub_reachable(hub_timeout)
         try:
             model, tokenizer = _load_pretrained(name_or_path, local_only=not reachable,
                                                 quantization_config=quantization_config, dtype=dtype, device=device)
@@ -222,9 +201,29 @@ def _load_base(name_or_path: str, *, load_in_4bit: bool, device: torch.device, d
     else:
         raise ValueError(f"{name_or_path!r} is neither 'tiny', an existing directory, nor a hub name like "
                          "'Qwen/Qwen2.5-0.5B'")
+    if load_in_4bit:
+        _keep_4bit_trainable(model)
     if tokenizer.pad_token_id is None:  # Llama-style tokenizers ship without one; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _keep_4bit_trainable(model):
+    """Turn off bitsandbytes' packed CPU format, so every CPU computes 4-bit layers the same trainable way.
+
+    On a CPU with AVX-512 BF16 (bitsandbytes' ``has_avx512bf16()``), a ``Linear4bit`` repacks its weight at its
+    first eval-mode forward without gradients (a rollout) into the layout of a bf16 inference kernel
+    (bitsandbytes 0.50). That layout stays, and the rollout-then-update loop cannot live with it: a
+    training forward through it raises (layers with a bias) or silently sends no gradient to the layer's input
+    (layers without one); the repacking needs every in_features to be a multiple of 64 (the tiny model's 96
+    is not); and rollouts in bf16 would not sample the policy the float32 update trains. Switched off, the
+    layers dequantise and multiply in the compute dtype, as they always do on AVX2 CPUs. No effect on CUDA.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False  # set in __init__ from has_avx512bf16(); read by forward
 
 
 def is_lora(model) -> bool:

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from companion.config import MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, need, save_config
-from companion.runs import BAD_INPUT, RunError, config_differences, open_run_dir, torch_threads, write_atomically
+from companion.runs import BAD_INPUT, open_run_dir, torch_threads, write_atomically
 from companion.tiny import DEFAULT_CONTEXT, build_tokenizer, load_tiny, model_config, random_model
 from companion.traces import TASKS, Noise
 
@@ -394,26 +394,6 @@ def pretrain(config: PretrainConfig = PretrainConfig(), *, progress: bool = True
     return metrics
 
 
-def reevaluate(config: PretrainConfig, *, progress: bool = True) -> dict:
-    """Evaluate the checkpoint in ``config.out`` again and rewrite the ``eval`` and ``targets`` of its metrics.json
-    (after a change of the evaluation, without the retraining that would give the same weights)."""
-    out = Path(config.out)
-    saved = out / CONFIG_FILE
-    if not saved.is_file() or not (out / METRICS_FILE).is_file():
-        raise RunError(f"--eval-only needs a pretraining run in {out} ({CONFIG_FILE} and {METRICS_FILE}): run "
-                       "`companion pretrain` there first")
-    differences = config_differences(json.loads(saved.read_text()), dataclasses.asdict(config),
-                                     ignore=("out", "overwrite"))
-    if differences:
-        raise RunError(f"{out} was built with another config ({'; '.join(differences)}): pass the options it was "
-                       "built with")
-    metrics = json.loads((out / METRICS_FILE).read_text())
-    metrics["eval"] = evaluate_checkpoint(out, config, progress=progress)
-    metrics["targets"] = check_targets(metrics)
-    write_atomically(out / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-    return metrics
-
-
 def evaluate_checkpoint(directory: str | os.PathLike, config: PretrainConfig, *, progress: bool = True) -> dict:
     """Per task, the summary (:func:`companion.evaluate.summarize`) of the checkpoint in ``directory`` on
     ``config.eval_problems`` held-out problems, sampled as ``config`` says.
@@ -487,8 +467,6 @@ def main(argv: list[str] | None = None) -> int:
                     "problems, and write a save_pretrained checkpoint with metrics.json. The defaults rebuild "
                     "the shipped data/tiny-base.")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and stop")
-    parser.add_argument("--eval-only", action="store_true", help="do not train: evaluate the checkpoint already in "
-                        "--out again (built with this config) and rewrite the eval part of its metrics.json")
     add_dataclass_arguments(parser, PretrainConfig, skip=("noise",))
     add_dataclass_arguments(parser.add_argument_group("noisy solver (companion.traces.Noise)"), Noise,
                             defaults=PretrainConfig().noise)
@@ -501,15 +479,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True))
         return 0
     try:
-        metrics = reevaluate(config) if args.eval_only else pretrain(config)
+        metrics = pretrain(config)
     except ValueError as error:  # RunError among them: a run directory or option that does not fit
         print(f"companion pretrain: error: {error}", file=sys.stderr)
         return BAD_INPUT
-    if args.eval_only:
-        print(f"evaluated {config.out} again; rewrote {config.out}/{METRICS_FILE}")
-    else:
-        print(f"pretrained {metrics['model']['parameters']:,} parameters in {metrics['pretrain']['seconds'] / 60:.1f} "
-              f"min; wrote {config.out}")
+    print(f"pretrained {metrics['model']['parameters']:,} parameters in {metrics['pretrain']['seconds'] / 60:.1f} min; "
+          f"wrote {config.out}")
     from companion.evaluate import pass_at
 
     for task, summary in metrics["eval"].items():

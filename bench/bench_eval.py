@@ -6,7 +6,7 @@ Reports samples/s and tokens/s (completion tokens, EOS included) for:
    (:func:`companion.rollout.generate`), the eval sampler re-encoding the prompt for every sample, the eval
    sampler without dropping finished rows, and the eval sampler as ``companion eval`` runs it;
 2. the eval sampler's batch size (samples decoded together) and torch's thread count;
-3. a real chunk of ``companion eval --n 256`` (a few Countdown problems, through :func:`evaluate`), and the
+3. a real chunk of ``companion eval --num-generations 256`` (a few Countdown problems, through :func:`evaluate`), and the
    time that extrapolates to for 200 problems.
 
 Wall time is what a user waits; CPU time (this process's user + system time) is less disturbed when other

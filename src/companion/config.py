@@ -95,7 +95,7 @@ def explicit_options(cls: type, argv: list[str]) -> set[str]:
     >>> sorted(explicit_options(Demo, ["--steps", "3", "--resume", "runs/a"]))
     ['steps']
     """
-    parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(add_help=False)
     add_dataclass_arguments(parser, cls, defaults=argparse.SUPPRESS)
     known, _ = parser.parse_known_args(argv)
     return set(vars(known))

@@ -66,6 +66,12 @@ def check_context(model, longest_prompt_tokens: int, max_completion_length: int)
                             else "shorten the prompt"))
 
 
+def check_prompts_fit(model, tokenizer, prompts: list[str], max_completion_length: int) -> None:
+    """:func:`check_context` for the longest of ``prompts``, encoded as the samplers encode them."""
+    longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    check_context(model, longest, max_completion_length)
+
+
 # --- the draw -----------------------------------------------------------------------------------------------
 
 

@@ -55,8 +55,8 @@ import numpy as np
 
 from companion.config import (MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, load_config, need,
                               save_config)
-from companion.runs import (BAD_INPUT, CONFIG_FILE, RunError, append_jsonl, open_run_dir, read_jsonl, torch_threads,
-                            write_atomically)
+from companion.runs import (BAD_INPUT, CONFIG_FILE, RunError, append_jsonl, jsonable, open_run_dir, read_jsonl,
+                            torch_threads, write_atomically)
 from companion.verify import is_correct
 
 ROWS_FILE, SUMMARY_FILE, MODEL_FILE = "problems.jsonl", "summary.json", "model.json"
@@ -169,18 +169,13 @@ def score_problems(model, tokenizer, task, problems: list[dict], *, num_generati
     rows = []
     for index, problem, completions in zip(indices, problems, samples):
         rewards = [task.reward(c.text, problem) for c in completions]
-        row = {"index": index, "problem": _jsonable(problem), "num_correct": sum(map(is_correct, rewards)),
+        row = {"index": index, "problem": jsonable(problem), "num_correct": sum(map(is_correct, rewards)),
                "rewards": rewards, "lengths": [c.length for c in completions],
                "finished": [c.finished for c in completions], "seconds": seconds}
         if save_completions:
             row["completions"] = [c.text for c in completions]
         rows.append(row)
     return rows
-
-
-def _jsonable(value):
-    """``value`` as it reads back from JSON (tuples become lists)."""
-    return json.loads(json.dumps(value))
 
 
 @contextmanager
@@ -316,9 +311,9 @@ def _finished_rows(path: Path, problems: list[dict]) -> dict[int, dict]:
         if index in done:
             raise RunError(f"{path} has two rows for problem {index}: were two runs writing to it at once? "
                            "Rerun with --overwrite")
-        if index < len(problems) and row["problem"] != _jsonable(problems[index]):
+        if index < len(problems) and row["problem"] != jsonable(problems[index]):
             raise RunError(f"{path}: problem {index} is {row['problem']} there but the task now draws "
-                           f"{_jsonable(problems[index])} (did the task's generator change?). Rerun with --overwrite")
+                           f"{jsonable(problems[index])} (did the task's generator change?). Rerun with --overwrite")
         done[index] = row
     return done
 
@@ -342,12 +337,11 @@ def _load_model(config: EvalConfig):
 
 def _check_prompts(model, tokenizer, task, problems: list[dict], config: EvalConfig) -> None:
     """Every prompt can be built (a chat template exists) and leaves room for a whole completion."""
-    from companion.decode import check_context
+    from companion.decode import check_prompts_fit
 
     try:
         prompts = [task.prompt(p, style=config.prompt_style, tokenizer=tokenizer) for p in problems]
-        longest = max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
-        check_context(model, longest, config.max_completion_length)
+        check_prompts_fit(model, tokenizer, prompts, config.max_completion_length)
     except ValueError as error:  # e.g. --prompt-style chat with a tokenizer that has no chat template
         raise RunError(str(error)) from error
 
@@ -382,14 +376,18 @@ def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool =
                 # The whole group, even a problem already written (rare: only after a crash mid-group, or when
                 # --problems grew), so the batch is the uninterrupted run's batch, down to float rounding.
                 members = list(range(group * size, min((group + 1) * size, len(problems))))
+                redone = any(i in done for i in members)  # then the bar counts only the new rows, once written
                 rows = score_problems(model, tokenizer, task, [problems[i] for i in members], num_generations=n,
                                       seed=config.seed, indices=members, temperature=config.temperature,
                                       top_p=config.top_p, max_completion_length=config.max_completion_length,
                                       batch_size=config.batch_size, prompt_style=config.prompt_style,
-                                      save_completions=config.save_completions, on_finished=on_finished)
+                                      save_completions=config.save_completions,
+                                      on_finished=None if redone else on_finished)
                 for row in rows:
                     if row["index"] not in done:
                         append_jsonl(f, row)
+                        if redone:
+                            on_finished(n, sum(row["lengths"]))
     rows = [row for row in load_results(out).rows if row["index"] < len(problems)]
     summary = {"model": config.model, "task": config.task, "split": config.split, "temperature": config.temperature,
                "top_p": config.top_p, **summarize(rows)}

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from companion.config import MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, need, save_config
-from companion.runs import BAD_INPUT, open_run_dir, torch_threads, write_atomically
+from companion.runs import BAD_INPUT, jsonable, open_run_dir, torch_threads, write_atomically
 from companion.tiny import DEFAULT_CONTEXT, build_tokenizer, load_tiny, model_config, random_model
 from companion.traces import TASKS, Noise
 
@@ -327,7 +327,7 @@ def heldout_problems(task: str, n: int = 200, *, seed: int = EVAL_PROBLEM_SEED) 
 
 def _comparable(config: dict) -> dict:
     """A run's config without the options that do not change its result."""
-    return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in ("out", "overwrite")}
+    return {k: v for k, v in jsonable(config).items() if k not in ("out", "overwrite")}
 
 
 def _prepare_out(config: PretrainConfig) -> Path:
@@ -343,13 +343,12 @@ def _prepare_out(config: PretrainConfig) -> Path:
 def _check_eval_fits(config: PretrainConfig) -> None:
     """Raise unless every held-out prompt of the eval leaves room for ``max_completion_length`` in the context
     (before the training that a failing eval would waste)."""
-    from companion.decode import check_context
+    from companion.decode import check_prompts_fit
 
     tokenizer = build_tokenizer(config.context)
     for task in config.tasks if config.eval_problems else ():
-        longest = max(len(tokenizer(task_prompt(task, p))["input_ids"])
-                      for p in heldout_problems(task, config.eval_problems))
-        check_context(config.context, longest, config.max_completion_length)
+        prompts = [task_prompt(task, p) for p in heldout_problems(task, config.eval_problems)]
+        check_prompts_fit(config.context, tokenizer, prompts, config.max_completion_length)
 
 
 def pretrain(config: PretrainConfig = PretrainConfig(), *, progress: bool = True) -> dict:

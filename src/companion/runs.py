@@ -96,13 +96,13 @@ def config_differences(saved: dict, current: dict, *, ignore: Iterable[str] = ()
     >>> config_differences({"n": 4, "seed": 0}, {"n": 8, "seed": 0})
     ['n: 4 there, 8 now']
     """
-    saved, current = _jsonable(saved), _jsonable(current)
+    saved, current = jsonable(saved), jsonable(current)
     names = sorted((set(saved) | set(current)) - set(ignore))
     return [f"{name}: {saved.get(name)!r} there, {current.get(name)!r} now" for name in names
             if saved.get(name) != current.get(name)]
 
 
-def _jsonable(value):
+def jsonable(value):
     """``value`` as it reads back from JSON (tuples become lists)."""
     return json.loads(json.dumps(value))
 

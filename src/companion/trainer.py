@@ -60,7 +60,7 @@ from companion.config import (MAX_COMPLETION_LENGTH, add_dataclass_arguments, co
                               load_config, need, save_config)
 from companion.objectives import (ALGORITHMS, NORMALIZERS, STD_KINDS, policy_loss, resolve_normalizer, sample_weights,
                                   zero_spread_groups)
-from companion.decode import check_context
+from companion.decode import check_prompts_fit
 from companion.rollout import Rollout, generate, per_token_logps
 from companion.runs import (BAD_INPUT, RunError, append_jsonl, open_run_dir, read_jsonl, torch_threads,
                             write_atomically)
@@ -403,9 +403,8 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
     task = get_task(config.task)
     stream = ProblemStream(task.generate(config.train_problems, seed=config.seed, split="train"), seed=config.seed)
     eval_set = task.generate(config.eval_problems, seed=0, split="test") if config.eval_every else []
-    prompts = [task.prompt(p) for p in stream.problems + eval_set]
-    check_context(model, max(map(len, tokenizer(prompts, add_special_tokens=False)["input_ids"])),
-                  config.max_completion_length)
+    check_prompts_fit(model, tokenizer, [task.prompt(p) for p in stream.problems + eval_set],
+                      config.max_completion_length)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)

@@ -249,13 +249,18 @@ def _last_number(text: str) -> Fraction | None:
     # Only the last number matters: find the last digit with C-speed rfinds, then match in a
     # window ending there. The window is wider than any number that can still be converted
     # (MAX_NUMBER_CHARS digits plus sign, "$", commas and a point), so the result is the same
-    # as scanning the whole text: a number cut by the window's start is too long either way.
+    # as scanning the whole text: a number cut by the window's start is too long either way. When the window
+    # holds digits but no number (".111..." after a point is the tail of a decimal), the last number lies
+    # before it, and the whole text is scanned.
     end = max(text.rfind(d) for d in "0123456789")
     if end < 0:
         return None
     last = None
     for last in _NUMBER.finditer(text, max(0, end - 3 * MAX_NUMBER_CHARS), end + 1):
         pass
+    if last is None:
+        for last in _NUMBER.finditer(text):
+            pass
     return _to_fraction(last["sign"], last["digits"], last["frac"]) if last else None
 
 

@@ -5,7 +5,7 @@ The measurements behind the defaults of ``companion.pretrain.PretrainConfig``: C
 two torch threads, with and without running each prompt once for its group of traces.
 
     python bench/bench_pretrain.py                     # the default grid, a few minutes
-    python bench/bench_pretrain.py --sizes 96,3,384 --steps 5
+    python bench/bench_pretrain.py --sizes 96,3,384 128,3,384 --steps 5
     python bench/bench_pretrain.py --sizes 96,3,384 --threads 2 --batch-size 8 --steps 40 --traces-per-problem 1 2
 """
 
@@ -44,7 +44,7 @@ def step_cost(sizes: dict, corpus, *, threads: int, shared: bool, steps: int, ba
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["64,2,256", "96,3,384", "128,4,512", "192,4,768"],
+    parser.add_argument("--sizes", nargs="+", default=["64,2,256", "96,3,384", "128,3,384", "128,4,512", "192,4,768"],
                         help="hidden,layers,intermediate triples")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=8)

@@ -16,7 +16,7 @@ import json
 
 from companion import traces
 from companion.evaluate import score_problems
-from companion.pretrain import PretrainConfig, heldout_problems
+from companion.pretrain import PretrainConfig, heldout_problems, set_float_path
 from companion.runs import torch_threads
 from companion.tasks import get_task
 from companion.tiny import load_tiny, tiny_dir
@@ -35,6 +35,7 @@ def main() -> None:
     if args.problems < 1 or args.num_generations < 1:
         parser.error("--problems and --num-generations must be at least 1")
 
+    set_float_path(PretrainConfig.instruction_set)  # sample on the kernels the model was built with, on any x86 CPU
     model, tokenizer = load_tiny(args.model)
     problems = heldout_problems("countdown", args.problems)
     with torch_threads(args.num_threads):

@@ -397,3 +397,18 @@ def test_shipped_tiny_base_mostly_writes_well_formed_answers(tmp_path):
     # A base model pretrained on solver traces should at least close the answer tag most of the time.
     assert summary["mean_reward"] > 0.05, summary
     assert summary["truncated_fraction"] < 0.5, summary
+
+
+def test_room_for_rl_counts_zero_spread_groups_as_every_group_of_g_would():
+    import itertools
+
+    from companion.evaluate import room_for_rl
+
+    # Two problems of n = 6 samples: 2 right, and 0 right. Enumerate every group of G = 3 distinct samples.
+    rows = [{"num_correct": 2, "rewards": [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]}, {"num_correct": 0, "rewards": [0.0] * 6}]
+    flat = [len({r["rewards"][i] for i in group}) == 1 for r in rows for group in itertools.combinations(range(6), 3)]
+    room = room_for_rl(rows, group_size=3, rare=0.5)
+    assert room["zero_spread_groups"] == pytest.approx(sum(flat) / len(flat))  # (4/20 + 1) / 2
+    assert room["rarely_solved"] == 0.5 and room["rarely_solved_share_of_coverage"] == 1.0  # 2 of 6 < half
+    with pytest.raises(ValueError, match="groups of 8 cannot be drawn from 6 samples"):
+        room_for_rl(rows)

@@ -45,6 +45,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -261,6 +262,35 @@ def summarize(rows: list[dict]) -> dict:
         "samples_per_s": rewards.size / seconds if seconds > 0 else None,
         "tokens_per_s": float(lengths.sum()) / seconds if seconds > 0 else None,
     }
+
+
+def room_for_rl(rows: list[dict], *, group_size: int = 8, rare: float = 0.1) -> dict:
+    """What sharpening the sampled distribution can reach, read from each problem's count c of correct samples
+    out of n:
+
+    - ``zero_spread_groups``: the expected share of groups of ``group_size`` samples (drawn without replacement
+      from a problem's n) that are all right or all wrong, (C(c, G) + C(n - c, G)) / C(n, G) averaged over
+      problems: the groups whose group-normalised advantages are all zero, so GRPO learns nothing from them;
+    - ``rarely_solved``: the share of problems solved by some sample but by fewer than ``rare`` of them, and
+      ``rarely_solved_share_of_coverage``: the part of pass@n (coverage) those problems make up.
+
+    >>> rows = [{"num_correct": 0, "rewards": [0.0] * 16}, {"num_correct": 1, "rewards": [0.0] * 16},
+    ...         {"num_correct": 8, "rewards": [0.0] * 16}]
+    >>> r = room_for_rl(rows)
+    >>> round(r["zero_spread_groups"], 4), round(r["rarely_solved"], 4), r["rarely_solved_share_of_coverage"]
+    (0.5001, 0.3333, 0.5)
+    """
+    counts = np.array([row["num_correct"] for row in rows])
+    n = len(rows[0]["rewards"])
+    if group_size > n:
+        raise ValueError(f"groups of {group_size} cannot be drawn from {n} samples per problem: sample more")
+    zero_spread = [(math.comb(c, group_size) + math.comb(n - c, group_size)) / math.comb(n, group_size)
+                   for c in counts.tolist()]
+    rarely = (counts > 0) & (counts < rare * n)
+    solved = int((counts > 0).sum())
+    return {"group_size": group_size, "zero_spread_groups": float(np.mean(zero_spread)), "rare_below": rare,
+            "rarely_solved": float(rarely.mean()),
+            "rarely_solved_share_of_coverage": float(rarely.sum() / solved) if solved else None}
 
 
 def pass_at(summary: dict, k: int) -> float | None:

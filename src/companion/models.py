@@ -215,7 +215,7 @@ def _keep_4bit_trainable(model):
     first eval-mode forward without gradients (a rollout) into the layout of a bf16 inference kernel
     (bitsandbytes 0.50). That layout stays, and the rollout-then-update loop cannot live with it: a
     training forward through it raises (layers with a bias) or silently sends no gradient to the layer's input
-    (layers without one); the repacking needs every in_features to be a multiple of 64 (the tiny model's 96
+    (layers without one); the repacking needs every in_features to be a multiple of 64 (the first tiny base's 96
     is not); and rollouts in bf16 would not sample the policy the float32 update trains. Switched off, the
     layers dequantise and multiply in the compute dtype, as they always do on AVX2 CPUs. No effect on CUDA.
     """

@@ -235,3 +235,42 @@ def test_a_few_real_steps_on_the_tiny_base_model_change_the_parameters(tmp_path,
         import bitsandbytes as bnb
 
         assert any(isinstance(m, bnb.nn.Linear4bit) for m in result.model.modules())
+
+
+# --- the learning check: the loop raises a reward it can earn ---------------------------------------------
+
+# The random tiny policy writes a '7' somewhere in about a tenth of its 24-character completions. Rewarded for
+# it, every algorithm should make sevens common within a few steps; with the loss's sign flipped it should not.
+# (Measured, seed 0, 10 steps: gains 0.56-0.83 for the four algorithms, -0.09 with the sign flipped; seeds 0-2 at
+# 8 steps: 0.28-0.78 and -0.05 to -0.09.)
+LEARN = dict(steps=10, prompts_per_step=4, num_generations=8, max_completion_length=24, train_problems=32,
+             learning_rate=1e-2, eval_every=0, save_every=0, num_threads=1)
+LEARN_MARGIN = 0.2
+"""How much the mean reward of the last two steps must exceed that of the first two (rewards are 0 or 1)."""
+
+
+def _reward_gain(tmp_path, tiny_policy, algo: str) -> float:
+    model, tok = tiny_policy
+    records = train(TrainConfig(out=str(tmp_path / algo), algo=algo, **LEARN), model=model, tokenizer=tok,
+                    progress=False).metrics
+    rewards = [r["reward"] for r in records]
+    return (rewards[-1] + rewards[-2]) / 2 - (rewards[0] + rewards[1]) / 2
+
+
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_every_algorithm_learns_a_reward_it_can_earn(tmp_path, tiny_policy, seven_reward, algo):
+    gain = _reward_gain(tmp_path, tiny_policy, algo)
+    assert gain >= LEARN_MARGIN, f"{algo}: mean reward rose by {gain:.3f} in {LEARN['steps']} steps"
+
+
+@pytest.mark.parametrize("algo", ["grpo", "fisft_plus"])
+def test_the_learning_check_fails_when_the_loss_has_the_wrong_sign(tmp_path, tiny_policy, seven_reward, monkeypatch,
+                                                                   algo):
+    import companion.trainer
+
+    def flipped(*args, **kwargs):
+        loss, stats = policy_loss(*args, **kwargs)
+        return -loss, stats
+
+    monkeypatch.setattr(companion.trainer, "policy_loss", flipped)
+    assert _reward_gain(tmp_path, tiny_policy, algo) < LEARN_MARGIN

@@ -87,3 +87,41 @@ def length_widget(base: LengthSimConfig = LengthSimConfig()):
         return length_drift_figure(records, steps=base.steps)
 
     return _live(draw, controls)
+
+
+def verifier_widget(completion: str = "<think>3+5=8, 8*2=16</think>\n<answer>(3+5)*2</answer>"):
+    """A text box scored by chapter 4's verifiers as the reader types: the reward, the verdict and the answer
+    the verifier read. The task's problem (numbers and target, or the gold number) is set above the box."""
+    import html
+
+    import ipywidgets as widgets
+
+    from companion.viz.tasks import VERDICTS, score_completion
+
+    style = {"description_width": "initial"}
+    controls = dict(
+        task=widgets.Dropdown(options=[("Countdown", "countdown"), ("word problem (tinygsm / gsm8k)", "gsm8k")],
+                              value="countdown", description="task"),
+        numbers=widgets.Text(value="3, 5, 2", description="numbers", continuous_update=False, style=style),
+        target=widgets.IntText(value=16, description="target", style=style),
+        gold=widgets.Text(value="72", description="gold (word problem)", continuous_update=False, style=style),
+        strict=widgets.Checkbox(value=False, description="strict (word problem)"),
+        completion=widgets.Textarea(value=completion, description="completion", continuous_update=True,
+                                    layout=widgets.Layout(width="100%", height="6em")),
+    )
+
+    def draw(task, numbers, target, gold, strict, completion):
+        if task == "countdown":
+            try:
+                values = [int(v) for v in numbers.replace(",", " ").split()]
+            except ValueError:
+                raise ValueError(f"numbers must be integers separated by commas, got {numbers!r}") from None
+            scored = score_completion("countdown", completion, numbers=values, target=target)
+        else:
+            scored = score_completion("gsm8k", completion, gold=gold, strict=strict)
+        answer = "none" if scored["answer"] is None else html.escape(repr(scored["answer"]))
+        return widgets.HTML(
+            f"<b style='color:{VERDICTS[scored['verdict']]}'>reward {scored['reward']:g}: {scored['verdict']}</b>"
+            f" &nbsp; answer read: <code>{answer}</code>")
+
+    return _live(draw, controls)

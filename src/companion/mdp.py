@@ -99,6 +99,39 @@ def trajectory_records(tokenizer, prompt: str, completion: str, reward_fn: Calla
     return rows
 
 
+def episode_table(rows: list[dict], *, head: int = 4, tail: int = 3) -> str:
+    """Rows of :func:`trajectory_records` as a fixed-width text table: the first ``head`` steps, a "..." row
+    for the steps left out, then the last ``tail`` steps (all rows when there are no more than head + tail).
+
+    Columns are right-aligned and as wide as their widest entry, so the end-of-text action lines up with the
+    one-character ones.
+
+    >>> rows = [{"t": t, "action": a, "reward": 0.0, "credit": 0.25} for t, a in enumerate("abc")]
+    >>> rows.append({"t": 3, "action": "<|endoftext|>", "reward": 1.0, "credit": 0.25})
+    >>> print(episode_table(rows, head=1, tail=2))
+      t           action  reward  credit R/|o|
+      0              'a'   0.000        0.2500
+    ...  (1 step left out)
+      2              'c'   0.000        0.2500
+      3  '<|endoftext|>'   1.000        0.2500
+    """
+    if head < 0 or tail < 0:
+        raise ValueError("head and tail must be non-negative")
+    left_out = len(rows) - head - tail
+    entries = rows[:head] + [None] + rows[len(rows) - tail:] if left_out > 0 else list(rows)
+    shown = [row for row in entries if row is not None]
+    t_width = max([3] + [len(str(row["t"])) for row in shown])
+    a_width = max([len("action")] + [len(repr(row["action"])) for row in shown])
+    lines = [f"{'t':>{t_width}}  {'action':>{a_width}}  {'reward':>6}  {'credit R/|o|':>12}"]
+    for row in entries:
+        if row is None:  # the elided steps, between the first and the last rows
+            lines.append(f"{'...':>{t_width}}  ({left_out} step{'s' if left_out > 1 else ''} left out)")
+            continue
+        lines.append(f"{row['t']:>{t_width}}  {row['action']!r:>{a_width}}  {row['reward']:>6.3f}  "
+                     f"{row['credit']:>12.4f}")
+    return "\n".join(lines)
+
+
 def token_tree(model, tokenizer, prompt: str, *, depth: int = 3, top_k: int = 3) -> list[dict]:
     """A slice of the token tree below ``prompt``: the ``top_k`` most likely actions at each state, ``depth`` deep.
 

@@ -45,14 +45,46 @@ def setup_plotly() -> str:
 
 
 def show_source(obj):
-    """The package's own code for ``obj`` (a function or class), as a Markdown code block for a chapter to
-    display: the book shows the code that runs, never a pasted copy of it.
+    r"""The package's own code for ``obj`` (a function or class), as a Markdown code block for a chapter to
+    display: the book shows the code that runs, never a pasted copy of it. The signature and body are shown
+    as written, comments included; only the docstring is left out (the chapter's prose explains the code).
 
-    >>> print(show_source(setup_plotly).data.splitlines()[:2])
-    ['```python', 'def setup_plotly() -> str:']
+    >>> src = show_source(setup_plotly).data
+    >>> src.splitlines()[:3]
+    ['```python', 'def setup_plotly() -> str:', '    import plotly.io as pio']
+    >>> "Choose the plotly renderer" in src, src.endswith("return pio.renderers.default\n```")
+    (False, True)
     """
     import inspect
 
     from IPython.display import Markdown
 
-    return Markdown(f"```python\n{inspect.getsource(obj)}```")
+    return Markdown(f"```python\n{_without_docstring(inspect.getsource(obj))}```")
+
+
+def _without_docstring(source: str) -> str:
+    r"""``source`` (one function or class) with its docstring statement removed.
+
+    >>> print(_without_docstring('def f(x):\n    \"\"\"Doc,\n    two lines.\"\"\"\n    # kept\n    return x\n'),
+    ...       end="")
+    def f(x):
+        # kept
+        return x
+    >>> _without_docstring('def g():\n    "only a docstring"\n')  # nothing would be left: unchanged
+    'def g():\n    "only a docstring"\n'
+    """
+    import ast
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(source))
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or len(node.body) < 2:
+        return source
+    first = node.body[0]
+    is_docstring = (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str))
+    if not is_docstring or first.lineno == node.lineno or first.end_lineno == node.body[1].lineno:
+        return source  # no docstring, or it shares a line with code: nothing to cut cleanly
+    lines = source.splitlines(keepends=True)
+    del lines[first.lineno - 1:first.end_lineno]
+    return "".join(lines)

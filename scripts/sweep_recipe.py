@@ -28,6 +28,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from companion.runs import read_jsonl, write_atomically
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "data" / "sweeps" / "recipe.jsonl"
 RUNS = ROOT / "runs" / "sweep"
@@ -88,7 +90,7 @@ def _run(name: str, rerun: bool = False) -> dict:
                     "--out", str(out / "eval"), *_flags(EVAL), *(["--overwrite"] if rerun else [])], check=True,
                    stdout=subprocess.DEVNULL)
     summary = json.loads((out / "eval" / "summary.json").read_text())
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = read_jsonl(out / "metrics.jsonl")
     curve = [{k: r[k] for k in ("step", "eval_accuracy_greedy", "eval_accuracy_sampled", "eval_length_greedy")}
              for r in records if "eval_accuracy_greedy" in r]
     base = json.loads((ROOT / "data" / "tiny-base" / "metrics.json").read_text())["eval"][config["task"]]
@@ -106,11 +108,8 @@ def _run(name: str, rerun: bool = False) -> dict:
 
 def _save_row(row: dict) -> None:
     """Add ``row`` to the results, replacing an older row of the same config (rewritten whole, atomically)."""
-    rows = [r for r in map(json.loads, RESULTS.read_text().splitlines())] if RESULTS.exists() else []
-    rows = [r for r in rows if r["name"] != row["name"]] + [row]
-    partial = RESULTS.with_name(RESULTS.name + ".partial")
-    partial.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    partial.replace(RESULTS)
+    rows = [r for r in read_jsonl(RESULTS) if r["name"] != row["name"]] if RESULTS.exists() else []
+    write_atomically(RESULTS, "".join(json.dumps(r) + "\n" for r in rows + [row]))
 
 
 def main() -> int:
@@ -123,7 +122,7 @@ def main() -> int:
     args = parser.parse_args()
     done = {}
     if RESULTS.exists():
-        done = {row["name"]: row for row in map(json.loads, RESULTS.read_text().splitlines())}
+        done = {row["name"]: row for row in read_jsonl(RESULTS)}
     unknown = sorted(set(args.only or ()) - set(GRID))
     if unknown:
         parser.error(f"unknown config {', '.join(unknown)}; known: {', '.join(GRID)}")

@@ -464,7 +464,7 @@ def evaluate_checkpoint(directory: str | os.PathLike, config: PretrainConfig, *,
 
     It evaluates what was written, reloaded, so the numbers describe the shipped files, not an in-memory model.
     """
-    from companion.evaluate import length_summary, pass_at, room_for_rl, sampling_progress, score_problems, summarize
+    from companion.evaluate import pass_at, room_for_rl, sampling_progress, score_problems, summarize
     from companion.tasks import get_task
 
     model, tokenizer = load_tiny(directory)
@@ -481,15 +481,14 @@ def evaluate_checkpoint(directory: str | os.PathLike, config: PretrainConfig, *,
                                   batch_size=config.eval_batch_size, on_finished=bar)
         seconds = round(time.perf_counter() - start, 1)
         with deterministic(config.seed, config.num_threads):
-            greedy = score_problems(model, tokenizer, get_task(task), problems, num_generations=1, temperature=0.0,
-                                    max_completion_length=config.max_completion_length,
-                                    batch_size=config.eval_batch_size)
+            greedy = summarize(score_problems(model, tokenizer, get_task(task), problems, num_generations=1,
+                                              temperature=0.0, max_completion_length=config.max_completion_length,
+                                              batch_size=config.eval_batch_size))
         summary = summarize(rows)
         results[task] = {**summary, "seconds": seconds, "temperature": config.eval_temperature,
                          "problem_seed": EVAL_PROBLEM_SEED,
                          "room_for_rl": {"sampled_pass@1": pass_at(summary, 1),
-                                         "greedy_pass@1": float(np.mean([row["num_correct"] for row in greedy])),
-                                         "greedy_length": length_summary([row["lengths"][0] for row in greedy]),
+                                         "greedy_pass@1": greedy["accuracy"], "greedy_length": greedy["length"],
                                          **room_for_rl(rows, group_size=min(8, config.eval_num_generations))}}
     return results
 

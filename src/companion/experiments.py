@@ -1,0 +1,468 @@
+"""Committed experiments and ``companion reproduce``, the one command that regenerates them.
+
+An *experiment* is a set of runs committed under ``data/experiments/<experiment>/<run>/``. Each run directory is
+what ``companion train`` writes (``config.json``, ``metrics.jsonl``, and for the runs the book evaluates again,
+``policy/`` in half precision) plus ``eval/``, the ``companion eval`` of its final policy (``config.json``,
+``problems.jsonl``, ``summary.json``). The saved configs are the source of truth: ``companion reproduce`` trains
+and evaluates every committed run again from them, into ``runs/reproduce/<experiment>/<run>/``, and reports what
+differs from the committed results::
+
+    companion reproduce --list                  # the committed runs, their cost, what is reproduced already
+    companion reproduce --only compare          # one experiment (or run names: compare/tinygsm-grpo-seed0)
+    companion reproduce                         # everything, two runs at a time, one torch thread each
+
+The book reads committed results only; it never trains during ``make book``.
+
+Decisions, and why:
+
+* **Resumable at two levels.** A finished run (its ``eval/summary.json`` written) is never redone; an
+  interrupted one continues from its last checkpoint (``companion train --resume``) and its finished evaluation
+  problems (``companion eval`` keeps them). Ctrl-C or a kill loses at most the steps since the last checkpoint.
+* **Subprocesses, one thread each.** Two runs side by side at one torch thread each use both cores of the
+  2-core machine better than one run at two (decoding the tiny model is latency-bound).
+* **What "differs" means.** Training is bit-exact only on the same CPU float path, so reproduce compares the
+  held-out pass@1 of each run with the committed one against their bootstrap intervals, says whether the
+  per-step metrics are identical (timings aside), and lists the configs that no longer load, by name.
+* **The comparison is generated, then committed.** :data:`COMPARISON` and :func:`comparison_configs` define the
+  runs of chapter 6; ``companion reproduce --init compare`` writes their configs under ``data/experiments``, and
+  ``--save`` copies the results of finished runs there. After that, reproduce reads only the committed configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from companion.runs import BAD_INPUT, RunError, jsonable, read_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "data" / "experiments"
+RUNS = ROOT / "runs" / "reproduce"
+
+TRAIN_FILES = ("config.json", "metrics.jsonl")
+EVAL_FILES = ("config.json", "model.json", "problems.jsonl", "summary.json")
+
+ALGOS = ("grpo", "dr_grpo", "fisft_plus", "fisft_pm")
+TASKS = ("countdown", "tinygsm")
+SEEDS = (0, 1, 2)
+
+COMPARISON = dict(steps=100, prompts_per_step=16, num_generations=8, learning_rate=3e-4, eval_every=25,
+                  eval_problems=100, eval_num_generations=4, save_every=25, num_threads=1)
+"""The CPU-world recipe every algorithm of chapter 6 shares (data/sweeps/recipe.jsonl: GRPO's best learning rate
+at 16 prompts x 8 completions, 100 steps); each run differs from the others only in algo, task and seed."""
+
+FINAL_EVAL = dict(problems=200, problem_seed=2025, num_generations=16, temperature=1.0, top_p=1.0, num_threads=1)
+"""The held-out evaluation of each final policy: the base model's 200 problems (its metrics.json), n = 16, T = 1."""
+
+POLICY_SEEDS = (0,)
+"""Seeds whose trained policies are committed (in half precision): chapter 7 evaluates them again."""
+
+
+def comparison_configs() -> dict[str, tuple[dict, dict]]:
+    """Run name -> (TrainConfig fields, EvalConfig fields) of chapter 6's comparison, 4 algos x 2 tasks x 3 seeds.
+
+    For one seed, every algorithm sees the same problems in the same order (the problem stream is a function of the
+    seed only) and starts from the same weights.
+    """
+    runs = {}
+    for seed in SEEDS:
+        for task in TASKS:
+            for algo in ALGOS:
+                train = dict(COMPARISON, algo=algo, task=task, seed=seed)
+                runs[f"{task}-{algo}-seed{seed}"] = (train, dict(FINAL_EVAL, task=task))
+    return runs
+
+
+GENERATED = {"compare": comparison_configs}
+"""Experiments whose configs the package generates (``--init``)."""
+
+
+# --- one run ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One committed run: where it lives, and its two configs as saved (field dicts)."""
+
+    experiment: str
+    name: str
+    train: dict
+    eval: dict
+    keep_policy: bool
+    data: Path = DATA
+
+    @property
+    def key(self) -> str:
+        return f"{self.experiment}/{self.name}"
+
+    @property
+    def committed(self) -> Path:
+        return self.data / self.experiment / self.name
+
+    def out(self, runs: Path = RUNS) -> Path:
+        return runs / self.experiment / self.name
+
+    @property
+    def steps(self) -> int:
+        return int(self.train["steps"])
+
+
+def _companion() -> list[str]:
+    return [sys.executable, "-m", "companion.cli"]
+
+
+_LIVE: set = set()
+"""The subprocesses running now, so that an interrupted reproduce stops them too instead of orphaning them."""
+
+
+def _call(command: list[str], log) -> None:
+    """Run ``command`` to the end (its output to ``log``); CalledProcessError if it fails."""
+    process = subprocess.Popen(command, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT if log else None)
+    _LIVE.add(process)
+    try:
+        code = process.wait()
+    finally:
+        _LIVE.discard(process)
+    if code:
+        raise subprocess.CalledProcessError(code, command)
+
+
+def stop_all() -> None:
+    """Terminate the runs in flight (each keeps its last checkpoint and its finished evaluation problems)."""
+    for process in list(_LIVE):
+        process.terminate()
+    for process in list(_LIVE):
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def run_one(run: Run, runs: Path = RUNS, *, log=None) -> Path:
+    """Train and evaluate ``run`` into ``runs/<experiment>/<name>``, resuming whatever an earlier attempt left."""
+    out = run.out(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "policy").exists():
+        if (out / "checkpoint.pt").exists():
+            _call([*_companion(), "train", "--resume", str(out), "--quiet"], log)
+        else:  # --overwrite: what is there (if anything) died before its first checkpoint
+            _call([*_companion(), "train", "--quiet", "--overwrite", *_flags(dict(run.train, out=str(out)))], log)
+    _call([*_companion(), "eval", *_flags(dict(run.eval, model=str(out / "policy"), out=str(out / "eval"),
+                                                overwrite=False))], log)
+    return out
+
+
+def _flags(options: dict) -> list[str]:
+    flags = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def generated_runs(experiment: str) -> list[Run]:
+    """The runs :data:`GENERATED` defines for ``experiment``, before anything is committed."""
+    return [Run(experiment, name, train, evaluation, keep_policy=train["seed"] in POLICY_SEEDS)
+            for name, (train, evaluation) in GENERATED[experiment]().items()]
+
+
+# --- what is committed -----------------------------------------------------------------------------------------
+
+
+def committed_runs(data: Path = DATA) -> tuple[list[Run], list[str]]:
+    """Every run committed under ``data``, and one line per run directory whose configs do not load (by name)."""
+    from companion.config import load_config
+    from companion.evaluate import EvalConfig
+    from companion.trainer import TrainConfig
+
+    runs, broken = [], []
+    if not data.is_dir():
+        return runs, broken
+    for experiment in sorted(p for p in data.iterdir() if p.is_dir()):
+        for directory in sorted(p for p in experiment.iterdir() if p.is_dir()):
+            key = f"{experiment.name}/{directory.name}"
+            try:
+                train = dataclasses.asdict(load_config(TrainConfig, directory / "config.json"))
+                evaluation = dataclasses.asdict(load_config(EvalConfig, directory / "eval" / "config.json"))
+            except (OSError, ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+                broken.append(f"{key}: its config does not load ({error})")
+                continue
+            runs.append(Run(experiment.name, directory.name, jsonable(train), jsonable(evaluation),
+                            keep_policy=_keeps_policy(experiment.name, train, directory), data=data))
+    return runs, broken
+
+
+def _keeps_policy(experiment: str, train: dict, directory: Path) -> bool:
+    """Whether a run's trained policy is committed: it is there already, or the generator says so."""
+    return (directory / "policy").is_dir() or (experiment in GENERATED and train["seed"] in POLICY_SEEDS)
+
+
+def select(runs: list[Run], only: list[str] | None) -> list[Run]:
+    """The runs ``only`` names (experiment names or ``experiment/run`` keys); all of them without ``only``.
+
+    An unknown name raises a RunError that lists the known ones.
+    """
+    if not only:
+        return runs
+    experiments = sorted({r.experiment for r in runs})
+    unknown = [name for name in only if name not in experiments and name not in {r.key for r in runs}]
+    if unknown:
+        known = ", ".join(experiments) or "none (nothing is committed under data/experiments)"
+        raise RunError(f"unknown experiment or run {', '.join(unknown)}; experiments: {known}; a single run is "
+                       "named EXPERIMENT/RUN, e.g. " + (runs[0].key if runs else "compare/tinygsm-grpo-seed0")
+                       + " (`companion reproduce --list` shows them all)")
+    return [r for r in runs if r.experiment in only or r.key in only]
+
+
+def cost_seconds(directory: Path) -> float | None:
+    """Wall time a run took, from its records: training steps, in-training evaluation, the final evaluation."""
+    records = read_jsonl(directory / "metrics.jsonl")
+    if not records:
+        return None
+    seconds = sum((r.get("step_time") or 0.0) + (r.get("time_eval") or 0.0) for r in records)
+    summary = directory / "eval" / "summary.json"
+    if summary.exists():
+        seconds += json.loads(summary.read_text()).get("sampling_seconds", 0.0)
+    return seconds
+
+
+def progress_of(run: Run, runs: Path = RUNS) -> tuple[int, int, bool]:
+    """(steps trained, evaluation problems scored, finished) of ``run``'s reproduction so far."""
+    out = run.out(runs)
+    steps = max((r["step"] for r in read_jsonl(out / "metrics.jsonl")), default=0)
+    problems = len(read_jsonl(out / "eval" / "problems.jsonl"))
+    return steps, problems, (out / "eval" / "summary.json").exists()
+
+
+# --- what differs ----------------------------------------------------------------------------------------------
+
+
+def compare(run: Run, runs: Path = RUNS) -> dict:
+    """The reproduction of ``run`` against its committed results: pass@1 of both and whether training matched."""
+    from companion.trainer import TIMING_METRICS
+
+    def first(directory: Path) -> dict:
+        return json.loads((directory / "eval" / "summary.json").read_text())["pass_at_k"][0]
+
+    committed, again = first(run.committed), first(run.out(runs))
+    records = [read_jsonl(d / "metrics.jsonl") for d in (run.committed, run.out(runs))]
+    strip = [[{k: v for k, v in r.items() if k not in TIMING_METRICS} for r in rs] for rs in records]
+    differs_at = next((a["step"] for a, b in zip(*strip) if a != b), None)
+    if differs_at is None and len(strip[0]) != len(strip[1]):
+        differs_at = min(len(strip[0]), len(strip[1]))
+    inside = committed["low"] <= again["estimate"] <= committed["high"]
+    return {"run": run.key, "committed": committed["estimate"], "committed_low": committed["low"],
+            "committed_high": committed["high"], "reproduced": again["estimate"], "within_interval": inside,
+            "training_identical": differs_at is None, "training_differs_at_step": differs_at}
+
+
+def describe(difference: dict) -> str:
+    """One line of the report that ends ``companion reproduce``."""
+    d = difference
+    training = ("training identical step for step" if d["training_identical"] else
+                f"training differs from step {d['training_differs_at_step']}")
+    verdict = "within" if d["within_interval"] else "OUTSIDE"
+    return (f"{d['run']}: pass@1 {d['reproduced']:.3f}, committed {d['committed']:.3f} "
+            f"[{d['committed_low']:.3f}, {d['committed_high']:.3f}]: {verdict} the committed interval; {training}")
+
+
+# --- writing to data/ ------------------------------------------------------------------------------------------
+
+
+def _relative_out(run: Run) -> str:
+    return f"runs/reproduce/{run.experiment}/{run.name}"
+
+
+def init(experiment: str, data: Path = DATA) -> list[Run]:
+    """Write the configs of a generated experiment under ``data`` (runs already there are left alone)."""
+    from companion.config import save_config
+    from companion.evaluate import EvalConfig
+    from companion.trainer import TrainConfig
+
+    if experiment not in GENERATED:
+        raise RunError(f"--init knows {', '.join(GENERATED)}, not {experiment!r}")
+    written = []
+    for run in generated_runs(experiment):
+        directory = data / experiment / run.name
+        if (directory / "config.json").exists():
+            continue
+        (directory / "eval").mkdir(parents=True, exist_ok=True)
+        out = _relative_out(run)
+        save_config(TrainConfig(**dict(run.train, out=out)), directory / "config.json")
+        save_config(EvalConfig(**dict(run.eval, model=f"{out}/policy", out=f"{out}/eval")),
+                    directory / "eval" / "config.json")
+        written.append(run)
+    return written
+
+
+def save(run: Run, runs: Path = RUNS) -> Path:
+    """Copy the finished reproduction of ``run`` into ``data`` (replacing what is there, in one rename).
+
+    Paths inside the configs become the relative ``runs/reproduce/...`` ones; the policy, for runs that keep it,
+    is stored in half precision (:func:`companion.models.load_policy` loads it back in float32 on a CPU).
+    """
+    source, target = run.out(runs), run.committed
+    if not (source / "eval" / "summary.json").exists():
+        raise RunError(f"{run.key} is not finished in {source}: run `companion reproduce --only {run.key}` first")
+    staging = target.with_name(target.name + ".saving")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "eval").mkdir(parents=True)
+    out = _relative_out(run)
+    train = json.loads((source / "config.json").read_text())
+    (staging / "config.json").write_text(json.dumps(dict(train, out=out), indent=2, sort_keys=True) + "\n")
+    shutil.copy2(source / "metrics.jsonl", staging / "metrics.jsonl")
+    evaluation = json.loads((source / "eval" / "config.json").read_text())
+    (staging / "eval" / "config.json").write_text(json.dumps(
+        dict(evaluation, model=f"{out}/policy", out=f"{out}/eval"), indent=2, sort_keys=True) + "\n")
+    for name in ("model.json", "problems.jsonl"):
+        shutil.copy2(source / "eval" / name, staging / "eval" / name)
+    summary = json.loads((source / "eval" / "summary.json").read_text())
+    (staging / "eval" / "summary.json").write_text(json.dumps(dict(summary, model=f"{out}/policy"), indent=2) + "\n")
+    if run.keep_policy:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(source / "policy", dtype=torch.float32)
+        model.to(torch.float16).save_pretrained(staging / "policy")
+        AutoTokenizer.from_pretrained(source / "policy").save_pretrained(staging / "policy")
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+
+def _status(run: Run, runs: Path) -> str:
+    steps, problems, finished = progress_of(run, runs)
+    if finished:
+        return "reproduced"
+    if steps or problems:
+        return f"step {steps}/{run.steps}" + (f", eval {problems}/{run.eval['problems']}" if problems else "")
+    return "not started"
+
+
+def _list(runs: list[Run], out: Path) -> None:
+    total = 0.0
+    print(f"{'run':40s} {'cost':>8s} {'committed pass@1':>17s}  reproduction in {out}")
+    for run in runs:
+        seconds = cost_seconds(run.committed)
+        total += seconds or 0.0
+        summary = run.committed / "eval" / "summary.json"
+        score = (f"{json.loads(summary.read_text())['pass_at_k'][0]['estimate']:.3f}" if summary.exists()
+                 else "configs only")
+        cost = f"{seconds / 60:.1f} min" if seconds else "?"
+        print(f"{run.key:40s} {cost:>8s} {score:>17s}  {_status(run, out)}")
+    print(f"{len(runs)} runs, {total / 60:.0f} min of committed wall time at one thread each "
+          "(two at a time: about half that)")
+
+
+def _reproduce(runs: list[Run], out: Path, workers: int) -> list[str]:
+    """Run every unfinished run of ``runs``, ``workers`` at a time, with a progress bar; returns the failures."""
+    from tqdm.auto import tqdm
+
+    todo = [r for r in runs if not progress_of(r, out)[2]]
+    failed: list[str] = []
+    if not todo:
+        return failed
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def work(run: Run) -> None:
+        with (logs / f"{run.experiment}-{run.name}.log").open("a") as log:
+            try:
+                run_one(run, out, log=log)
+            except subprocess.CalledProcessError as error:
+                failed.append(f"{run.key}: exit code {error.returncode}; see {log.name} in {logs}")
+
+    bar = tqdm(total=sum(r.steps for r in todo), unit="step", desc=f"reproduce {len(todo)} runs")
+    pool = ThreadPoolExecutor(workers)
+    futures = [pool.submit(work, run) for run in todo]
+    try:
+        while not all(f.done() for f in futures):
+            time.sleep(2)
+            states = [progress_of(r, out) for r in todo]
+            bar.n = sum(min(steps, r.steps) for r, (steps, _, _) in zip(todo, states))
+            bar.set_postfix(finished=f"{sum(done for _, _, done in states)}/{len(todo)}")
+            bar.refresh()
+        bar.close()
+    except KeyboardInterrupt:
+        bar.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_all()
+        raise
+    pool.shutdown()
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    parser = argparse.ArgumentParser(prog="companion reproduce", description=__doc__.split("\n\n")[0],
+                                     epilog="Runs go to --out; data/ changes only with --init or --save.")
+    parser.add_argument("--list", action="store_true", help="list the committed runs, their cost and status")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="experiments (e.g. compare) or single runs (e.g. compare/tinygsm-grpo-seed0)")
+    parser.add_argument("--workers", type=int, default=2, help="runs at once, one torch thread each (default: 2)")
+    parser.add_argument("--out", default=str(RUNS), help=f"where reproductions go (default: {RUNS})")
+    parser.add_argument("--data", default=str(DATA), help=f"where committed experiments live (default: {DATA})")
+    parser.add_argument("--init", metavar="EXPERIMENT", help=f"write the configs of a generated experiment "
+                                                             f"({', '.join(GENERATED)}) under data/experiments")
+    parser.add_argument("--save", action="store_true", help="copy the finished reproductions into data/experiments, "
+                                                            "replacing the committed results")
+    args = parser.parse_args(argv)
+    out, data = Path(args.out), Path(args.data)
+    try:
+        if args.workers < 1:
+            raise RunError(f"--workers must be at least 1, got {args.workers}")
+        if args.init:
+            written = init(args.init, data)
+            print(f"wrote the configs of {len(written)} runs under {data / args.init}")
+            return 0
+        runs, broken = committed_runs(data)
+        for line in broken:
+            print(f"companion reproduce: {line}", file=sys.stderr)
+        runs = select(runs, args.only)
+    except RunError as error:
+        print(f"companion reproduce: error: {error}", file=sys.stderr)
+        return BAD_INPUT
+    if args.list:
+        _list(runs, out)
+        return 0
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops the runs as Ctrl-C does
+    try:
+        failed = _reproduce(runs, out, args.workers)
+    except KeyboardInterrupt:
+        finished = sum(progress_of(r, out)[2] for r in runs)
+        print(f"\ninterrupted: {finished} of {len(runs)} runs finished and kept, the others keep their last "
+              "checkpoint; run the same command to go on", file=sys.stderr)
+        return 130
+    for line in failed:
+        print(f"companion reproduce: failed: {line}", file=sys.stderr)
+    print("what differs from the committed results:")
+    for run in runs:
+        if not progress_of(run, out)[2]:
+            continue
+        if not (run.committed / "eval" / "summary.json").exists():
+            print(f"{run.key}: nothing committed to compare with (configs only)")
+        else:
+            print(describe(compare(run, out)))
+        if args.save:
+            print(f"  saved to {save(run, out)}")
+    for line in broken:
+        print(f"{line}: not reproduced")
+    return 1 if failed or broken else 0

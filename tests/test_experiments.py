@@ -1,0 +1,183 @@
+"""``companion reproduce``: committed runs are found, rerun from their saved configs, resumed, compared and saved."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from companion import experiments
+from companion.config import save_config
+from companion.evaluate import EvalConfig
+from companion.runs import RunError, read_jsonl
+from companion.trainer import TIMING_METRICS, TrainConfig
+
+# A run of seconds: two steps of 2 problems x 2 completions, then 2 held-out problems x 2 samples.
+TRAIN = dict(task="tinygsm", steps=2, prompts_per_step=2, num_generations=2, max_completion_length=32,
+             train_problems=8, eval_every=0, save_every=1, num_threads=1)
+EVAL = dict(task="tinygsm", problems=2, num_generations=2, temperature=1.0, top_p=1.0, max_completion_length=32,
+            num_threads=1)
+
+
+def _commit(data, experiment="tiny", name="run", **train):
+    """Committed configs (no results yet) of one small run under ``data``."""
+    directory = data / experiment / name
+    (directory / "eval").mkdir(parents=True)
+    save_config(TrainConfig(**{**TRAIN, **train, "out": f"runs/reproduce/{experiment}/{name}"}), directory / "config.json")
+    save_config(EvalConfig(**EVAL, model=f"runs/reproduce/{experiment}/{name}/policy",
+                           out=f"runs/reproduce/{experiment}/{name}/eval"), directory / "eval" / "config.json")
+    return directory
+
+
+def _reproduce(data, out, *extra, capsys=None) -> tuple[int, str]:
+    code = experiments.main(["--data", str(data), "--out", str(out), *extra])
+    return code, capsys.readouterr().out if capsys else ""
+
+
+def test_the_comparison_is_four_algorithms_by_two_tasks_by_three_seeds_with_one_recipe():
+    runs = experiments.comparison_configs()
+    assert len(runs) == 24
+    recipes = {json.dumps({k: v for k, v in train.items() if k not in ("algo", "task", "seed")}, sort_keys=True)
+               for train, _ in runs.values()}
+    assert len(recipes) == 1
+    assert {(t["algo"], t["task"], t["seed"]) for t, _ in runs.values()} == {
+        (a, t, s) for a in experiments.ALGOS for t in experiments.TASKS for s in experiments.SEEDS}
+    for train, evaluation in runs.values():
+        TrainConfig(**train)  # every generated config is valid
+        EvalConfig(**evaluation)
+        assert evaluation["task"] == train["task"]
+
+
+def test_init_writes_loadable_configs_and_keeps_what_is_there(tmp_path):
+    written = experiments.init("compare", tmp_path)
+    assert len(written) == 24
+    runs, broken = experiments.committed_runs(tmp_path)
+    assert broken == [] and len(runs) == 24
+    assert {r.name for r in runs if r.keep_policy} == {r.name for r in runs if r.train["seed"] == 0}
+    assert experiments.init("compare", tmp_path) == []  # nothing rewritten
+    with pytest.raises(RunError, match="compare"):
+        experiments.init("nope", tmp_path)
+
+
+def test_an_unknown_name_lists_the_known_ones(tmp_path, capsys):
+    _commit(tmp_path / "data")
+    code = experiments.main(["--data", str(tmp_path / "data"), "--only", "nope", "--list"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "unknown experiment or run nope" in err and "experiments: tiny" in err and "tiny/run" in err
+
+
+def test_a_config_that_no_longer_loads_is_reported_by_name(tmp_path, capsys):
+    data = tmp_path / "data"
+    _commit(data)
+    broken = _commit(data, name="old")
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "retired_knob": 1}))
+    runs, lines = experiments.committed_runs(data)
+    assert [r.key for r in runs] == ["tiny/run"]
+    assert len(lines) == 1 and lines[0].startswith("tiny/old: its config does not load") and "retired_knob" in lines[0]
+    code = experiments.main(["--data", str(data), "--list"])
+    captured = capsys.readouterr()
+    assert code == 0 and "tiny/old" in captured.err and "Traceback" not in captured.err
+
+
+def test_reproduce_runs_resumes_compares_and_saves(tmp_path, capsys):
+    data, first, second = tmp_path / "data", tmp_path / "first", tmp_path / "second"
+    _commit(data)
+    code, out = _reproduce(data, first, "--save", capsys=capsys)
+    assert code == 0, out
+    assert "tiny/run: nothing committed to compare with" in out
+    committed = data / "tiny" / "run"
+    assert (committed / "eval" / "summary.json").exists() and len(read_jsonl(committed / "metrics.jsonl")) == 2
+    saved = json.loads((committed / "config.json").read_text())
+    assert saved["out"] == "runs/reproduce/tiny/run"  # no machine's absolute path in data/
+    assert not (committed / "checkpoint.pt").exists() and not (committed / "policy").exists()
+
+    # An attempt interrupted after step 1 (checkpoint, no policy) is resumed, not restarted, and the result is
+    # the committed run step for step.
+    config = TrainConfig(**{**TRAIN, "out": str(second / "tiny" / "run")})
+    subprocess.run([sys.executable, "-m", "companion.cli", "train", "--quiet", "--until-step", "1",
+                    *experiments._flags(dataclasses.asdict(config))],
+                   check=True, capture_output=True)
+    assert len(read_jsonl(second / "tiny" / "run" / "metrics.jsonl")) == 1
+    code, out = _reproduce(data, second, capsys=capsys)
+    assert code == 0, out
+    assert "tiny/run: pass@1" in out and "within the committed interval" in out
+    assert "training identical step for step" in out
+    difference = experiments.compare(experiments.committed_runs(data)[0][0], second)
+    assert difference["training_identical"] and difference["within_interval"]
+
+    # A finished reproduction is not run again; --list shows the committed cost and the status.
+    code, out = _reproduce(data, second, capsys=capsys)
+    assert code == 0 and "tiny/run: pass@1" in out
+    code, out = _reproduce(data, second, "--list", capsys=capsys)
+    assert "reproduced" in out and " min" in out
+
+
+def test_compare_finds_the_first_step_that_differs(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    for root in (data / "e" / "r", out / "e" / "r"):
+        (root / "eval").mkdir(parents=True)
+    records = [{"step": 1, "reward": 0.5, "step_time": 1.0}, {"step": 2, "reward": 0.25, "step_time": 1.0}]
+    again = [dict(records[0], step_time=9.0), dict(records[1], reward=0.5)]  # timings differ freely
+    for root, rows, estimate in ((data / "e" / "r", records, 0.5), (out / "e" / "r", again, 0.9)):
+        (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (root / "eval" / "summary.json").write_text(json.dumps(
+            {"pass_at_k": [{"k": 1, "estimate": estimate, "low": 0.4, "high": 0.6}]}))
+    run = experiments.Run("e", "r", {}, {}, keep_policy=False, data=data)
+    difference = experiments.compare(run, out)
+    assert difference["training_differs_at_step"] == 2 and not difference["within_interval"]
+    assert "OUTSIDE" in experiments.describe(difference) and "differs from step 2" in experiments.describe(difference)
+    assert "step_time" in TIMING_METRICS
+
+
+def test_a_kept_policy_is_saved_in_half_precision_and_loads_back(tmp_path, capsys):
+    import torch
+
+    from companion.models import load_policy
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    _commit(data)
+    assert _reproduce(data, out, capsys=capsys)[0] == 0
+    run = experiments.committed_runs(data)[0][0]
+    run = experiments.Run(run.experiment, run.name, run.train, run.eval, keep_policy=True, data=data)
+    target = experiments.save(run, out)
+    stored = json.loads((target / "policy" / "config.json").read_text())
+    assert stored.get("dtype", stored.get("torch_dtype")) == "float16"
+    half, _ = load_policy(str(target / "policy"), device="cpu")
+    full, _ = load_policy(str(out / "tiny" / "run" / "policy"), device="cpu")
+    for (name, a), (_, b) in zip(half.named_parameters(), full.named_parameters()):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-3, msg=name)
+    assert experiments.committed_runs(data)[0][0].keep_policy  # the saved policy marks the run as keeping it
+
+
+def test_a_killed_reproduce_stops_its_runs_and_resumes(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    _commit(data, steps=40)
+    command = [sys.executable, "-m", "companion.cli", "reproduce", "--data", str(data), "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "tiny" / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while len(read_jsonl(metrics)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(read_jsonl(metrics)) >= 2, "training never started"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "run the same command" in err
+    time.sleep(1)
+    steps = len(read_jsonl(metrics))
+    time.sleep(2)
+    assert len(read_jsonl(metrics)) == steps, "a training run outlived the reproduce that started it"
+    assert (out / "tiny" / "run" / "checkpoint.pt").exists() and steps < 40
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert [r["step"] for r in read_jsonl(metrics)] == list(range(1, 41))
+    assert os.path.exists(out / "tiny" / "run" / "eval" / "summary.json")

@@ -81,7 +81,29 @@ def comparison_configs() -> dict[str, tuple[dict, dict]]:
     return runs
 
 
-GENERATED = {"compare": comparison_configs}
+STABILITY_RATES = (5e-4, 1e-3, 2e-3)
+STABILITY_VARIANTS = {"grpo": ("grpo", ""), "dr_grpo": ("dr_grpo", ""), "fisft_plus": ("fisft_plus", ""),
+                      "fisft_pm": ("fisft_pm", ""), "fisft_pm-constant": ("fisft_pm", "constant")}
+"""The stability map's rows: each algorithm with its own length normaliser, and F-ISFT± once more with the
+``constant`` one, to ask whether negatives under ``sequence`` lengthen answers sooner than without them."""
+
+
+def stability_configs() -> dict[str, tuple[dict, dict]]:
+    """Run name -> configs of the stability map: learning rate x algorithm on the word problems, seed 0, 50 steps.
+
+    The recipe of the comparison otherwise (its 3e-4 row is the comparison's first 50 steps); no in-training
+    evaluation, and a cheaper final one (100 of the 200 problems, n = 4).
+    """
+    runs = {}
+    for lr in STABILITY_RATES:
+        for variant, (algo, normalizer) in STABILITY_VARIANTS.items():
+            train = dict(COMPARISON, algo=algo, normalizer=normalizer, task="tinygsm", seed=0, steps=50,
+                         learning_rate=lr, eval_every=0)
+            runs[f"{variant}-lr{lr:.0e}".replace("e-0", "e-")] = (train, dict(FINAL_EVAL, task="tinygsm", problems=100, num_generations=4))
+    return runs
+
+
+GENERATED = {"compare": comparison_configs, "stability": stability_configs}
 """Experiments whose configs the package generates (``--init``)."""
 
 
@@ -466,3 +488,29 @@ def main(argv: list[str] | None = None) -> int:
     for line in broken:
         print(f"{line}: not reproduced")
     return 1 if failed or broken else 0
+
+
+# --- reading results back (the book) ---------------------------------------------------------------------------
+
+
+def load_results(experiment: str, data: Path = DATA) -> list[dict]:
+    """The committed runs of ``experiment`` that have results, as records for the book's figures.
+
+    Each record: ``name``, ``algo``, ``task``, ``seed``, ``learning_rate``, ``normalizer`` (the one in use),
+    ``records`` (``metrics.jsonl``) and ``summary`` (the final evaluation's ``summary.json``).
+    """
+    from companion.objectives import resolve_normalizer
+
+    results = []
+    runs, broken = committed_runs(data)
+    if broken:
+        raise RunError("; ".join(broken))
+    for run in runs:
+        if run.experiment != experiment or not (run.committed / "eval" / "summary.json").exists():
+            continue
+        t = run.train
+        results.append({"name": run.name, "algo": t["algo"], "task": t["task"], "seed": t["seed"],
+                        "learning_rate": t["learning_rate"], "normalizer": resolve_normalizer(t["algo"], t["normalizer"]),
+                        "steps": t["steps"], "records": read_jsonl(run.committed / "metrics.jsonl"),
+                        "summary": json.loads((run.committed / "eval" / "summary.json").read_text())})
+    return results

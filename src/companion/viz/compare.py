@@ -1,0 +1,292 @@
+"""Figures and tables for chapter 6: GRPO, Dr. GRPO, F-ISFT+ and F-ISFT± trained side by side.
+
+Every function takes the records of :func:`companion.experiments.load_results` (one per committed run: its
+config, its ``metrics.jsonl`` and its final evaluation) and returns a ``go.Figure`` or plain numbers; nothing here
+trains or samples. Bands are the range (lowest to highest) over the seeds, lines their mean.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import mean, stdev
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from companion.viz.base_model import RIGHT, WRONG, TASK_TITLES, _layout
+
+ALGO_ORDER = ("grpo", "dr_grpo", "fisft_plus", "fisft_pm")
+ALGO_NAMES = {"grpo": "GRPO", "dr_grpo": "Dr. GRPO", "fisft_plus": "F-ISFT+", "fisft_pm": "F-ISFT±"}
+ALGO_COLORS = {"grpo": "#264653", "dr_grpo": "#8ab17d", "fisft_plus": "#e9c46a", "fisft_pm": "#e76f51"}
+SMOOTH = 10
+"""Steps in the trailing window that smooths per-step training curves (one step is only 128 completions)."""
+
+
+def _rgba(color: str, alpha: float) -> str:
+    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def by_algo(runs: list[dict], task: str) -> dict[str, list[dict]]:
+    """The runs of ``task``, grouped by algorithm in the book's order (seeds sorted)."""
+    groups = {a: sorted((r for r in runs if r["task"] == task and r["algo"] == a), key=lambda r: r["seed"])
+              for a in ALGO_ORDER}
+    return {a: rs for a, rs in groups.items() if rs}
+
+
+def smoothed(records: list[dict], key: str, window: int = SMOOTH) -> tuple[list[int], list[float | None]]:
+    """Per-step ``key`` of the training records, averaged over the trailing ``window`` steps (``None`` values,
+    steps without a right or a wrong answer, are left out of the average)."""
+    steps, values, out = [], [], []
+    rows = [r for r in records if r["step"] >= 1 and key in r]
+    for i, r in enumerate(rows):
+        recent = [x[key] for x in rows[max(0, i - window + 1): i + 1] if x[key] is not None]
+        steps.append(r["step"])
+        out.append(mean(recent) if recent else None)
+    return steps, out
+
+
+def _band(fig, x, ys: list[list[float | None]], color: str, name: str, *, row=None, col=None, showlegend=True,
+          dash=None, legendgroup=None, markers=False):
+    """Mean line and min-max band over seeds (``ys``: one list per seed, aligned on ``x``)."""
+    columns = list(zip(*ys))
+    keep = [i for i, c in enumerate(columns) if all(v is not None for v in c)]
+    x = [x[i] for i in keep]
+    columns = [columns[i] for i in keep]
+    lo, hi, mid = [min(c) for c in columns], [max(c) for c in columns], [mean(c) for c in columns]
+    where = dict(row=row, col=col) if row else {}
+    group = legendgroup or name
+    if len(ys) > 1:
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor=_rgba(color, 0.18),
+                                 line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=group), **where)
+    fig.add_trace(go.Scatter(x=x, y=mid, mode="lines+markers" if markers else "lines", name=name, legendgroup=group, showlegend=showlegend,
+                             line=dict(color=color, dash=dash, width=2),
+                             hovertemplate=f"{name}: %{{y:.3f}} at step %{{x}}<extra></extra>"), **where)
+
+
+def heldout_curve(run: dict, key: str = "eval_accuracy_sampled") -> tuple[list[int], list[float]]:
+    """(steps, values) of an in-training held-out evaluation of one run."""
+    rows = [r for r in run["records"] if r.get(key) is not None]
+    return [r["step"] for r in rows], [r[key] for r in rows]
+
+
+def accuracy_figure(runs: list[dict], tasks=("countdown", "tinygsm"), *, base: dict | None = None) -> go.Figure:
+    """Held-out accuracy over training (100 problems x 4 samples at T = 1, every 25 steps), per algorithm and task."""
+    fig = make_subplots(rows=len(tasks), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=[TASK_TITLES.get(t, t) for t in tasks])
+    for row, task in enumerate(tasks, start=1):
+        for algo, group in by_algo(runs, task).items():
+            curves = [heldout_curve(r) for r in group]
+            _band(fig, curves[0][0], [c[1] for c in curves], ALGO_COLORS[algo], ALGO_NAMES[algo], row=row, col=1,
+                  showlegend=row == 1, markers=True)
+        fig.update_yaxes(title_text="sampled accuracy", rangemode="tozero", row=row, col=1)
+    fig.update_xaxes(title_text="training step", row=len(tasks), col=1)
+    seeds = len({r["seed"] for r in runs})
+    return _layout(fig, f"Held-out accuracy during training (mean and range of {seeds} seeds)", 300 * len(tasks) + 120)
+
+
+def final_table(runs: list[dict], base_metrics: dict | None = None) -> list[dict]:
+    """One row per task and algorithm: pass@1 of the final policies on the 200 held-out problems (n = 16, T = 1),
+    mean and sample standard deviation over seeds, each seed's value, the base model's, and lengths."""
+    rows = []
+    for task in dict.fromkeys(r["task"] for r in runs):
+        for algo, group in by_algo(runs, task).items():
+            values = [r["summary"]["pass_at_k"][0]["estimate"] for r in group]
+            wrong = [r["summary"]["length_wrong"].get("mean") for r in group]
+            right = [r["summary"]["length_correct"].get("mean") for r in group]
+            row = {"task": task, "algo": algo, "seeds": len(values), "pass@1": mean(values),
+                   "sd": stdev(values) if len(values) > 1 else 0.0, "per_seed": values,
+                   "length_right": mean(x for x in right if x is not None) if any(right) else None,
+                   "length_wrong": mean(x for x in wrong if x is not None) if any(wrong) else None,
+                   "truncated": mean(r["summary"]["truncated_fraction"] for r in group)}
+            if base_metrics:
+                row["base_pass@1"] = base_metrics["eval"][task]["pass_at_k"][0]["estimate"]
+            rows.append(row)
+    return rows
+
+
+def final_figure(runs: list[dict], base_metrics: dict | None = None) -> go.Figure:
+    """Final held-out pass@1 per algorithm and task: one dot per seed, a bar for their mean, the base as a line."""
+    table = final_table(runs, base_metrics)
+    tasks = list(dict.fromkeys(r["task"] for r in table))
+    fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=[TASK_TITLES.get(t, t) for t in tasks])
+    for col, task in enumerate(tasks, start=1):
+        rows = [r for r in table if r["task"] == task]
+        names = [ALGO_NAMES[r["algo"]] for r in rows]
+        fig.add_trace(go.Bar(x=names, y=[r["pass@1"] for r in rows], marker_color=[ALGO_COLORS[r["algo"]] for r in rows],
+                             opacity=0.55, showlegend=False, hovertemplate="%{x}: mean %{y:.3f}<extra></extra>"),
+                      row=1, col=col)
+        for r in rows:
+            fig.add_trace(go.Scatter(x=[ALGO_NAMES[r["algo"]]] * len(r["per_seed"]), y=r["per_seed"], mode="markers",
+                                     marker=dict(color="black", size=7, symbol="circle-open"), showlegend=False,
+                                     hovertemplate="one seed: %{y:.3f}<extra></extra>"), row=1, col=col)
+        if base_metrics:
+            fig.add_hline(y=rows[0]["base_pass@1"], line=dict(color="gray", dash="dash"), row=1, col=col,
+                          annotation_text="base", annotation_position="bottom right")
+        fig.update_yaxes(rangemode="tozero", row=1, col=col)
+    fig.update_yaxes(title_text="pass@1 (200 problems, n = 16)", row=1, col=1)
+    return _layout(fig, "Final policies on held-out problems (bars: mean of the seeds; circles: each seed)", 430)
+
+
+def length_figure(runs: list[dict], task: str) -> go.Figure:
+    """Mean length of right and of wrong completions per training step (smoothed), and the truncated share."""
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07, row_heights=[0.4, 0.4, 0.2],
+                        subplot_titles=["right answers", "wrong answers", "cut off at the length limit"])
+    for algo, group in by_algo(runs, task).items():
+        for row, key in ((1, "length_correct"), (2, "length_wrong"), (3, "frac_truncated")):
+            curves = [smoothed(r["records"], key) for r in group]
+            _band(fig, curves[0][0], [c[1] for c in curves], ALGO_COLORS[algo], ALGO_NAMES[algo], row=row, col=1,
+                  showlegend=row == 1)
+    fig.update_yaxes(title_text="tokens", row=1, col=1)
+    fig.update_yaxes(title_text="tokens", row=2, col=1)
+    fig.update_yaxes(title_text="share", rangemode="tozero", row=3, col=1)
+    fig.update_xaxes(title_text="training step", row=3, col=1)
+    return _layout(fig, f"{TASK_TITLES.get(task, task)}: length of the sampled completions during training "
+                        f"({SMOOTH}-step mean)", 720)
+
+
+def filter_figure(runs: list[dict], task: str) -> go.Figure:
+    """Per step: the share of groups with zero reward spread and the share of completions with a non-zero weight."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=["groups whose G rewards are all equal", "completions with a non-zero weight"])
+    for algo, group in by_algo(runs, task).items():
+        for row, key in ((1, "frac_zero_spread"), (2, "frac_weighted")):
+            curves = [smoothed(r["records"], key) for r in group]
+            _band(fig, curves[0][0], [c[1] for c in curves], ALGO_COLORS[algo], ALGO_NAMES[algo], row=row, col=1,
+                  showlegend=row == 1)
+        fig.update_yaxes(title_text="share", range=[0, 1], row=1, col=1)
+        fig.update_yaxes(title_text="share", range=[0, 1], row=2, col=1)
+    fig.update_xaxes(title_text="training step", row=2, col=1)
+    return _layout(fig, f"{TASK_TITLES.get(task, task)}: what the filter keeps ({SMOOTH}-step mean)", 560)
+
+
+# --- the stability map -----------------------------------------------------------------------------------------
+
+
+def variant(run: dict) -> str:
+    """How the stability map names a run: the algorithm, plus its normaliser when it is not the algorithm's own."""
+    from companion.objectives import resolve_normalizer
+
+    name = ALGO_NAMES[run["algo"]]
+    return name if run["normalizer"] == resolve_normalizer(run["algo"]) else f"{name}, {run['normalizer']}"
+
+
+def blowup_step(records: list[dict], *, threshold: float = 0.5, window: int = 5, until: int | None = None) -> int | None:
+    """The first step at which the share of truncated completions, over the trailing ``window`` steps, reaches
+    ``threshold``: where lengths have exploded. ``None`` if it never does (up to step ``until``)."""
+    steps, values = smoothed([r for r in records if until is None or r["step"] <= until], "frac_truncated", window)
+    return next((s for s, v in zip(steps, values) if v is not None and v >= threshold), None)
+
+
+def stability_rows(stability: list[dict], comparison: list[dict] = (), *, steps: int = 50) -> list[dict]:
+    """One row per (variant, learning rate): the blow-up step, the last-10-step mean length and accuracy.
+
+    ``comparison`` adds the chapter's recipe (its seed-0 word-problem runs, cut at ``steps``) as one more column.
+    """
+    rows = []
+    extra = [r for r in comparison if r["task"] == "tinygsm" and r["seed"] == 0]
+    for run in list(stability) + extra:
+        records = [r for r in run["records"] if 1 <= r["step"] <= steps]
+        last = records[-10:]
+        rows.append({"variant": variant(run), "learning_rate": run["learning_rate"],
+                     "blowup_step": blowup_step(records), "length": mean(r["length"] for r in last),
+                     "accuracy": mean(r["accuracy"] for r in last), "entropy": mean(r["entropy"] for r in last),
+                     "truncated": mean(r["frac_truncated"] for r in last)})
+    return rows
+
+
+def stability_figure(rows: list[dict], *, steps: int = 50) -> go.Figure:
+    """Learning rate x variant: colour is the mean completion length over the last 10 of ``steps`` steps, the text
+    the step at which half the completions were cut off (a dash: never)."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    rates = sorted({r["learning_rate"] for r in rows})
+    cell = {(r["variant"], r["learning_rate"]): r for r in rows}
+    z = [[cell[(v, lr)]["length"] if (v, lr) in cell else None for lr in rates] for v in variants]
+    text = [[("" if (v, lr) not in cell else
+              f"{cell[(v, lr)]['blowup_step']}" if cell[(v, lr)]["blowup_step"] else "–") for lr in rates]
+            for v in variants]
+    hover = [[(f"{v}, lr {lr:g}: mean length {cell[(v, lr)]['length']:.0f}, train accuracy "
+               f"{cell[(v, lr)]['accuracy']:.2f}, truncated {cell[(v, lr)]['truncated']:.0%}" if (v, lr) in cell else "")
+              for lr in rates] for v in variants]
+    fig = go.Figure(go.Heatmap(x=[f"{lr:g}" for lr in rates], y=variants, z=z, text=text, texttemplate="%{text}",
+                               customdata=hover, hovertemplate="%{customdata}<extra></extra>", colorscale="YlOrRd",
+                               zmin=0, zmax=256, colorbar=dict(title="tokens")))
+    fig.update_xaxes(title_text="learning rate", type="category")
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, f"Word problems, seed 0: mean length at steps {steps - 9}-{steps} (number: the step at which "
+                        "half the completions hit the limit)", 420)
+
+
+def length_change(runs: list[dict], task: str, *, window: int = 10) -> list[dict]:
+    """Per algorithm: mean wrong- and right-answer length over the first and the last ``window`` steps, per seed."""
+    rows = []
+    for algo, group in by_algo(runs, task).items():
+        for side, key in (("wrong", "length_wrong"), ("right", "length_correct")):
+            changes = []
+            for r in group:
+                values = [x[key] for x in r["records"] if x["step"] >= 1 and x.get(key) is not None]
+                if len(values) >= 2 * window:
+                    changes.append(mean(values[-window:]) - mean(values[:window]))
+            if changes:
+                rows.append({"task": task, "algo": algo, "side": side, "change": mean(changes),
+                             "low": min(changes), "high": max(changes), "per_seed": changes})
+    return rows
+
+
+def spread(values: list[float]) -> float:
+    """Half the range of ``values``: the seed spread the verdicts compare differences with."""
+    return (max(values) - min(values)) / 2 if len(values) > 1 else math.nan
+
+
+# --- the three claims ------------------------------------------------------------------------------------------
+
+
+def _pass1(runs: list[dict], task: str, algo: str) -> list[float]:
+    return [r["summary"]["pass_at_k"][0]["estimate"] for r in by_algo(runs, task).get(algo, [])]
+
+
+def _sd(values: list[float]) -> float:
+    return stdev(values) if len(values) > 1 else math.nan
+
+
+def distinguishable(a: list[float], b: list[float]) -> bool:
+    """Whether two algorithms' per-seed scores differ by more than twice the standard error of the difference of
+    their means (the seeds' sample standard deviations): a rough two-sided test at about 95%."""
+    if len(a) < 2 or len(b) < 2:
+        return False
+    se = math.sqrt(_sd(a) ** 2 / len(a) + _sd(b) ** 2 / len(b))
+    return abs(mean(a) - mean(b)) > 2 * se
+
+
+def accuracy_claims(runs: list[dict]) -> list[dict]:
+    """Claims (1) GRPO ≈ F-ISFT± and (2) F-ISFT+ lags, per task: the means, their difference, and the verdict."""
+    out = []
+    for task in dict.fromkeys(r["task"] for r in runs):
+        grpo, pm, plus = (_pass1(runs, task, a) for a in ("grpo", "fisft_pm", "fisft_plus"))
+        out.append({"task": task, "claim": 1, "a": "grpo", "b": "fisft_pm", "mean_a": mean(grpo), "mean_b": mean(pm),
+                    "difference": mean(grpo) - mean(pm), "sd_a": _sd(grpo), "sd_b": _sd(pm),
+                    "holds": not distinguishable(grpo, pm)})
+        best = max(("grpo", grpo), ("fisft_pm", pm), key=lambda x: mean(x[1]))
+        out.append({"task": task, "claim": 2, "a": "fisft_plus", "b": best[0], "mean_a": mean(plus),
+                    "mean_b": mean(best[1]), "difference": mean(plus) - mean(best[1]), "sd_a": _sd(plus),
+                    "sd_b": _sd(best[1]), "holds": mean(plus) < mean(best[1]) and distinguishable(plus, best[1])})
+    return out
+
+
+def length_claims(runs: list[dict], *, window: int = 10) -> list[dict]:
+    """Claim (3), per task and algorithm: does the wrong-answer length grow over training on every seed?
+
+    ``grows`` is True when every seed's change (last ``window`` steps minus first ``window``) is positive and the
+    mean change exceeds the right answers' by more than a token.
+    """
+    out = []
+    for task in dict.fromkeys(r["task"] for r in runs):
+        changes = {(row["algo"], row["side"]): row for row in length_change(runs, task, window=window)}
+        for algo in by_algo(runs, task):
+            wrong, right = changes.get((algo, "wrong")), changes.get((algo, "right"))
+            if not wrong or not right:
+                continue
+            grows = all(c > 0 for c in wrong["per_seed"]) and wrong["change"] - right["change"] > 1
+            out.append({"task": task, "algo": algo, "wrong_change": wrong["change"], "wrong_low": wrong["low"],
+                        "wrong_high": wrong["high"], "right_change": right["change"], "grows": grows})
+    return out

@@ -1,7 +1,7 @@
 """Verifier throughput: completions scored per second on a realistic mix.
 
 The mix is both tasks in equal parts, and within each: correct, wrong, malformed and
-adversarial completions (the cases of ``tests/data/adversarial_completions.jsonl``, megabyte
+adversarial completions (the cases of ``data/verifier/adversarial_completions.jsonl``, megabyte
 ones included). Prints completions/s overall and per kind.
 
     python bench/bench_verify.py            # 10,000 completions
@@ -19,7 +19,7 @@ from pathlib import Path
 from companion.tasks import countdown, gsm8k, tinygsm
 from companion.verify import countdown_reward, gsm8k_reward
 
-ADVERSARIAL = Path(__file__).parents[1] / "tests" / "data" / "adversarial_completions.jsonl"
+ADVERSARIAL = Path(__file__).parents[1] / "data" / "verifier" / "adversarial_completions.jsonl"
 
 
 def _adversarial() -> list[dict]:

@@ -15,6 +15,7 @@ from companion.runs import RunError
 from companion.passk import pass_at_k_curve
 from companion.sampler import sample_completions, sample_next_token, uniforms_for
 from companion.tasks import get_task
+from companion.shipped import data_dir
 
 PROMPTS = ["Using the numbers [1, 2], make 3.\n<think>", "Hi\n<think>", "abc"]  # three lengths: left padding
 
@@ -176,7 +177,7 @@ def test_evaluate_scores_real_solutions_as_correct(tiny_policy, tmp_path, monkey
 
 @pytest.mark.parametrize("task, options", [
     ("tinygsm", {}),
-    ("gsm8k", {"data_file": str(Path(__file__).parent / "data" / "gsm8k_sample.jsonl"), "split": "train"}),
+    ("gsm8k", {"data_file": str(data_dir() / "verifier" / "gsm8k_sample.jsonl"), "split": "train"}),
 ])
 def test_word_problem_tasks_run_and_resume(tiny_policy, tmp_path, task, options):
     model, tokenizer = tiny_policy

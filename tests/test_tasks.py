@@ -10,6 +10,7 @@ import pytest
 
 from companion.tasks import countdown, get_task, gsm8k, prompts, tinygsm
 from companion.verify import countdown_reward, evaluate_expression
+from companion.shipped import data_dir
 
 # -- countdown ---------------------------------------------------------------------------------
 
@@ -171,7 +172,7 @@ def test_tinygsm_splits_are_disjoint_by_structure():
 
 # -- gsm8k -------------------------------------------------------------------------------------
 
-SAMPLE = Path(__file__).parent / "data" / "gsm8k_sample.jsonl"
+SAMPLE = data_dir() / "verifier" / "gsm8k_sample.jsonl"
 
 
 def test_extract_gold():

@@ -1,6 +1,6 @@
 """Verifiers: exact on honest answers, bounded and crash-free on anything else.
 
-``data/adversarial_completions.jsonl`` holds one case per line: ``task`` ("countdown" with
+``data/verifier/adversarial_completions.jsonl`` holds one case per line: ``task`` ("countdown" with
 ``numbers``/``target``, or "gsm8k" with ``gold``/``strict``), the ``completion`` as a list of
 parts (a string, or ``[text, count]`` for ``text`` repeated ``count`` times, which keeps the
 megabyte cases small on disk), the ``expected`` reward and ``why``.
@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 from companion import verify
 from companion.verify import countdown_reward, evaluate_expression, extract_final_answer, gsm8k_reward, parse_number
+from companion.shipped import data_dir
 
-CASES = [json.loads(line) for line in (Path(__file__).parent / "data" / "adversarial_completions.jsonl").read_text().splitlines()]
+CASES = [json.loads(line) for line in (data_dir() / "verifier" / "adversarial_completions.jsonl").read_text().splitlines()]
 FORMAT = 0.1
 BUDGET_S = 0.25  # per completion, generous for a loaded 2-core machine; typical cost is ~20 us
 

@@ -42,10 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from companion.runs import BAD_INPUT, RunError, jsonable, read_jsonl
+from companion.shipped import data_dir
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT / "data" / "experiments"
-RUNS = ROOT / "runs" / "reproduce"
+DATA = data_dir() / "experiments"
+RUNS = Path("runs") / "reproduce"
+"""Where reproductions go, relative to the working directory (the committed configs name it as their ``out``)."""
+SWEEP = data_dir() / "sweeps" / "recipe.jsonl"
+"""The rows of the recipe sweep (``scripts/sweep_recipe.py``) that chose :data:`COMPARISON`'s learning rate."""
 
 TRAIN_FILES = ("config.json", "metrics.jsonl")
 EVAL_FILES = ("config.json", "model.json", "problems.jsonl", "summary.json")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models
 
+from companion.shipped import data_dir
+
 PAD_TOKEN = "<|pad|>"
 EOS_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN)
@@ -132,7 +134,7 @@ def random_model(tokenizer, *, seed: int = 0, **sizes):
 
 # --- where the shipped checkpoint lives -------------------------------------------------------------------
 
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "data" / "tiny-base"
+SHIPPED_DIR = data_dir() / "tiny-base"
 """The shipped checkpoint in a source checkout (the package is installed editable from the repository)."""
 TINY_ENV = "COMPANION_TINY_BASE"
 """Environment variable naming another checkpoint directory for :func:`load_tiny` (e.g. outside a checkout)."""

@@ -5,7 +5,7 @@ never floats), bounded (every input is capped before any parsing) and never rais
 string: a wrong, malformed or hostile completion just earns 0.
 
 Rules (the book's chapter 4 walks through them with the adversarial cases in
-``tests/data/adversarial_completions.jsonl``):
+``data/verifier/adversarial_completions.jsonl``):
 
 * **The answer is the last** ``<answer>...</answer>`` **pair** in the completion: the last
   ``</answer>`` and the last ``<answer>`` before it. ``<think>`` tags are not parsed, so an answer

@@ -18,14 +18,15 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from companion.objectives import ALGORITHMS, sample_weights
+from companion.shipped import data_dir
 from companion.tasks import countdown, get_task, tinygsm
 from companion.verify import MAX_COMPLETION_CHARS, extract_answer, extract_final_answer, is_correct
 from companion.viz.length import ALGO_TITLES, RIGHT, WRONG
 
 FORMAT = "#e9c46a"  # a well-formed wrong answer: between right and wrong, in every figure of the chapter
 TEST_COLOR, TRAIN_COLOR = "#264653", "#a8c5da"
-ADVERSARIAL_FILE = Path(__file__).resolve().parents[3] / "tests" / "data" / "adversarial_completions.jsonl"
-"""The verifier's adversarial cases in a source checkout (``tests/test_verify.py`` checks every one)."""
+ADVERSARIAL_FILE = data_dir() / "verifier" / "adversarial_completions.jsonl"
+"""The verifier's adversarial cases, shipped in ``data/verifier`` (``tests/test_verify.py`` checks every one)."""
 GSM8K_SAMPLE_FILE = ADVERSARIAL_FILE.with_name("gsm8k_sample.jsonl")
 """A few hand-written records in GSM8K's format, for :func:`companion.tasks.gsm8k.load` without the hub."""
 

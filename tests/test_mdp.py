@@ -40,3 +40,14 @@ def test_episode_table_shows_every_row_when_nothing_is_left_out():
     assert len(lines) == 1 + 5 and not any("..." in line for line in lines)
     lines = episode_table(_rows(), head=2, tail=0).splitlines()
     assert len(lines) == 4 and lines[-1].lstrip().startswith("...")
+
+
+def test_the_mdp_command_aligns_every_column(capsys):
+    from companion.mdp import main
+
+    assert main([]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]  # the header, then one row per step
+    assert "<|endoftext|>" in lines[-1]
+    starts = {line.index(" 0.000") if " 0.000" in line else line.index(" 1.000") for line in lines[1:]}
+    assert len(starts) == 1, "the reward column moves between rows"
+    assert lines[0].index("reward") + len("reward") == next(iter(starts)) + len(" 0.000")

@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     prompt = task.prompt(problem)
     rows = trajectory_records(tokenizer, prompt, args.completion, lambda text: task.reward(text, problem))
     print(f"prompt: {prompt!r}")
-    print(f"{'t':>3}  {'action':<8} {'reward':>7} {'credit':>8}  state (completion so far)")
+    width = max([len("action")] + [len(repr(row["action"])) for row in rows])  # the end-of-text action included
+    print(f"{'t':>3}  {'action':<{width}} {'reward':>7} {'credit':>8}  state (completion so far)")
     for row in rows:
-        print(f"{row['t']:>3}  {row['action']!r:<8} {row['reward']:>7.3f} {row['credit']:>8.4f}  {row['state']!r}")
+        print(f"{row['t']:>3}  {row['action']!r:<{width}} {row['reward']:>7.3f} {row['credit']:>8.4f}  "
+              f"{row['state']!r}")
     return 0

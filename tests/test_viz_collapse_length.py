@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
@@ -74,7 +76,12 @@ def test_effective_reward_figure():
     assert flawed_sequence[-1] > flawed_sequence[0]  # a long wrong response is penalised less
 
 
-def test_drift_figure_buttons_and_slider_combine(drift_records):
+def _run(records, G, kappa, algo="grpo", normalizer="sequence"):
+    return sorted((r for r in records if r["algo"] == algo and r["normalizer"] == normalizer
+                   and r["num_generations"] == G and r["length_accuracy"] == kappa), key=lambda r: r["step"])
+
+
+def test_drift_figure_buttons_and_sliders_combine(drift_records):
     fig = length_drift_figure(drift_records, default=dict(num_generations=8, base_accuracy=0.5, length_accuracy=0.0))
     buttons = fig.layout.updatemenus[0].buttons
     assert [b.label for b in buttons] == ["each algorithm's own", "sequence", "token", "constant"]
@@ -82,11 +89,21 @@ def test_drift_figure_buttons_and_slider_combine(drift_records):
     assert n == 4 * 4 * 3  # options × algorithms × (right, wrong, accuracy)
     for button in buttons:  # each button shows one option: four panels of three curves
         assert len(button.args[0]["visible"]) == n and sum(button.args[0]["visible"]) == 12
-    slider = fig.layout.sliders[0]
-    keys = sorted({(r["num_generations"], r["base_accuracy"], r["length_accuracy"]) for r in drift_records})
-    assert len(slider.steps) == len(keys) and slider.active == keys.index((8, 0.5, 0.0))
-    # the slider only changes y, for every trace, so it keeps whichever option the buttons chose
-    assert all(set(s.args[0]) == {"y"} and len(s.args[0]["y"]) == n for s in slider.steps)
+    # one slider per field that varies (G and κ here; p₀ is fixed), opening on the default scenario
+    assert [sl.name for sl in fig.layout.sliders] == ["num_generations", "length_accuracy"]
+    g_slider, k_slider = fig.layout.sliders
+    assert [st.label for st in g_slider.steps] == ["4", "8"] and g_slider.active == 1
+    assert [st.label for st in k_slider.steps] == ["0", "1"] and k_slider.active == 0
+    # a step only changes y, for every trace, so it keeps whichever option the buttons chose; without the
+    # script it shows its value with the other fields at the default scenario's
+    assert all(set(st.args[0]) == {"y"} and len(st.args[0]["y"]) == n for sl in fig.layout.sliders for st in sl.steps)
+    assert k_slider.steps[1].args[0]["y"][0] == [r["mean_length_correct"] for r in _run(drift_records, 8, 1.0)]
+    # the script that joins the sliders carries every scenario, keyed by the sliders' positions
+    script = fig.layout.meta["post_script"]
+    data = json.loads(script[script.index("var data = ") + len("var data = "):script.index(";\n  var current")])
+    assert data["fields"] == ["num_generations", "length_accuracy"] and data["start"] == [1, 0]
+    assert sorted(data["y"]) == ["0,0", "0,1", "1,0", "1,1"]
+    assert data["y"]["0,1"][0] == [r["mean_length_correct"] for r in _run(drift_records, 4, 1.0)]
     own_grpo_right = fig.data[0]
     grpo = sorted((r for r in drift_records if r["algo"] == "grpo" and r["normalizer"] == "sequence"
                    and r["num_generations"] == 8 and r["length_accuracy"] == 0.0), key=lambda r: r["step"])
@@ -118,3 +135,61 @@ def test_widgets_draw_and_report_impossible_settings():
     controls["base accuracy p₀"].value = 0.9  # above what the sound approach reaches at κ = 0: a message, no traceback
     controls["length-accuracy κ"].value = 0.5
     controls["base accuracy p₀"].value = 0.4  # back to a valid setting: the widget still draws
+
+
+def test_drift_sliders_combine_in_a_browser(drift_records, tmp_path):
+    """Move κ, then G, with the mouse: the figure shows the scenario both sliders name (the joining script), not
+    the one the last slider's own step falls back to."""
+    import os
+    import shutil
+
+    import plotly
+    import plotly.io as pio
+
+    from companion.viz import setup_plotly
+
+    chromium = os.environ.get("COMPANION_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium found: `apt-get install chromium` (make test does it as root)")
+    from playwright.sync_api import sync_playwright
+
+    fig = length_drift_figure(drift_records, default=dict(num_generations=8, base_accuracy=SMALL.base_accuracy,
+                                                          length_accuracy=0.0))
+    setup_plotly()
+    body = pio.renderers["book"].to_mimebundle(fig.to_dict())["text/html"]
+    plotly_js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    page_file = tmp_path / "drift.html"
+    page_file.write_text(f"<html><head><script src='{plotly_js.as_uri()}'></script></head>"
+                         f"<body style='width: 900px'>{body}</body></html>")
+
+    def last_right_length(G, kappa):
+        return _run(drift_records, G, kappa)[-1]["mean_length_correct"]
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1000, "height": 1100})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(page_file.as_uri())
+        page.wait_for_function("document.querySelectorAll('.slider-group').length == 2", timeout=30000)
+
+        def shown():
+            return page.evaluate("document.querySelector('.plotly-graph-div').data[0].y.slice(-1)[0]")
+
+        def move(slider, index):
+            x, y = page.evaluate(f"""(() => {{
+                const group = document.querySelectorAll('.slider-group')[{slider}];
+                const label = group.querySelectorAll('.slider-labels .slider-label')[{index}].getBoundingClientRect();
+                const rail = group.querySelector('.slider-rail-touch-rect').getBoundingClientRect();
+                return [label.x + label.width / 2, rail.y + rail.height / 2]; }})()""")
+            page.mouse.click(x, y)
+            page.wait_for_timeout(500)
+
+        assert shown() == pytest.approx(last_right_length(8, 0.0))
+        move(1, 1)  # κ = 1
+        assert shown() == pytest.approx(last_right_length(8, 1.0))
+        move(0, 0)  # G = 4, keeping κ = 1 (the step alone would show G = 4, κ = 0)
+        assert shown() == pytest.approx(last_right_length(4, 1.0))
+        assert last_right_length(4, 1.0) != pytest.approx(last_right_length(4, 0.0))
+        browser.close()
+    assert not errors, errors

@@ -20,8 +20,12 @@ def _register_book_renderer() -> None:
 
     class BookRenderer(NotebookRenderer):
         def to_mimebundle(self, fig_dict):
+            # a figure may bring a script to run once it is drawn (layout.meta["post_script"]; see viz.length)
+            meta = (fig_dict.get("layout") or {}).get("meta")
+            script = meta.get("post_script") if isinstance(meta, dict) else None
             html = pio.to_html(fig_dict, config=self.config, include_plotlyjs=False, include_mathjax=False,
-                               full_html=False, default_width="100%", default_height=525, validate=False)
+                               full_html=False, default_width="100%", default_height=525, validate=False,
+                               post_script=script)
             return {"text/html": html}
 
     pio.renderers["book"] = BookRenderer()

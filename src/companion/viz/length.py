@@ -74,9 +74,57 @@ def effective_reward_figure(records: list[dict]) -> go.Figure:
     return fig
 
 
-def _scenario_label(key: tuple, names: tuple[str, ...]) -> str:
-    symbols = {"num_generations": "G", "base_accuracy": "p₀", "length_accuracy": "κ"}
-    return ", ".join(f"{symbols.get(n, n)} = {v:g}" for n, v in zip(names, key))
+_SYMBOLS = {"num_generations": "G", "base_accuracy": "p₀", "length_accuracy": "κ"}
+
+
+
+SCENARIO_SCRIPT = """
+(function () {
+  var gd = document.getElementById('{plot_id}');
+  var data = %s;
+  var current = data.start.slice();
+  gd.on('plotly_sliderchange', function (e) {
+    var field = data.fields.indexOf(e.slider.name);
+    if (field < 0) { return; }
+    current[field] = parseInt(e.step.value, 10);
+    var y = data.y[current.join(',')];
+    // after the step's own restyle (its fallback: this field moved, the others at the start)
+    if (y) { setTimeout(function () { Plotly.restyle(gd, {y: y}); }, 0); }
+  });
+})();
+"""
+"""Joins the figure's sliders, one per scenario field, into one choice: on every move it shows the scenario that all
+the sliders together name. The book's renderer runs it after the plot (``layout.meta["post_script"]``)."""
+
+
+def _scenario_sliders(fig: go.Figure, keys: list[tuple], names: tuple[str, ...], start: int, ys) -> list[dict]:
+    """One slider per scenario field that takes more than one value, stacked below the panels.
+
+    ``ys(key)`` is the y data of every trace for scenario ``key``. Each slider step shows its value with the other
+    fields at the starting scenario's; :data:`SCENARIO_SCRIPT`, which the book's renderer runs, then combines the
+    sliders (without it, as in Colab's renderer, each slider moves one field from the starting scenario).
+    """
+    import json
+
+    if len(keys) <= 1:
+        return []
+    values = [sorted({key[i] for key in keys}) for i in range(len(names))]
+    fields = [i for i, v in enumerate(values) if len(v) > 1]
+    first = keys[start]
+    sliders = []
+    for row, i in enumerate(fields):
+        steps = []
+        for index, value in enumerate(values[i]):
+            key = tuple(value if j == i else first[j] for j in range(len(names)))
+            steps.append(dict(label=f"{value:g}", value=str(index), method="restyle",
+                              args=[{"y": ys(key)}] if key in keys else [{}]))
+        sliders.append(dict(name=names[i], active=values[i].index(first[i]), steps=steps, x=0.0, len=1.0,
+                            y=-0.17 - 0.16 * row, yanchor="top", pad=dict(t=30, b=0),
+                            currentvalue=dict(prefix=f"{_SYMBOLS.get(names[i], names[i])} = ", font=dict(size=14))))
+    data = {"fields": [names[i] for i in fields], "start": [values[i].index(first[i]) for i in fields],
+            "y": {",".join(str(values[i].index(key[i])) for i in fields): ys(key) for key in keys}}
+    fig.update_layout(meta={"post_script": SCENARIO_SCRIPT % json.dumps(data, separators=(",", ":"))})
+    return sliders
 
 
 def length_drift_figure(records: list[dict], *, scenario: tuple[str, ...] = (
@@ -85,8 +133,8 @@ def length_drift_figure(records: list[dict], *, scenario: tuple[str, ...] = (
     """Mean length of right and of wrong responses over training, one panel per algorithm.
 
     ``records`` come from :func:`companion.lengthsim.simulate`. Buttons choose the normaliser (each
-    algorithm's "own", or the same one for all); a slider chooses the scenario, the values of the
-    ``scenario`` fields (it appears when the records hold more than one). ``default`` picks the scenario
+    algorithm's "own", or the same one for all); one slider per ``scenario`` field that varies chooses its value
+    (:func:`_scenario_sliders`). ``default`` picks the scenario
     shown first (field -> value). Accuracy is drawn faintly on the right axis of each panel.
     """
     algos = [a for a in ALGORITHMS if any(r["algo"] == a for r in records)]
@@ -132,16 +180,8 @@ def length_drift_figure(records: list[dict], *, scenario: tuple[str, ...] = (
     if menus:
         fig.add_annotation(text="normaliser:", x=0.0, xref="paper", xanchor="left", y=-0.133, yref="paper",
                            yanchor="top", showarrow=False, font=dict(size=13))
-    sliders = []
-    if len(keys) > 1:
-        # the slider only swaps the y data and the buttons only the visibility, so the two choices combine
-        steps_ = [dict(label=_scenario_label(key, scenario), method="restyle",
-                       args=[{"y": [[r[column] for r in run_records(algo, option, key)]
-                                    for option, algo, column in traces]}]) for key in keys]
-        # tick labels would overlap: the current scenario is spelled out above the slider instead
-        sliders = [dict(active=start, steps=steps_, x=0.0, len=1.0, y=-0.18, yanchor="top", pad=dict(t=40),
-                        currentvalue=dict(prefix="scenario: ", font=dict(size=14, color="#333")),
-                        ticklen=0, font=dict(size=1, color="rgba(0,0,0,0)"))]
+    sliders = _scenario_sliders(fig, keys, scenario, start, lambda key: [
+        [r[column] for r in run_records(algo, option, key)] for option, algo, column in traces])
     # one length scale for every panel and scenario, so that panels compare and the slider does not rescale
     top = max(r[c] for r in records for c in ("mean_length_correct", "mean_length_wrong"))
     fig.update_yaxes(range=[0, 1.08 * top], secondary_y=False)
@@ -150,7 +190,8 @@ def length_drift_figure(records: list[dict], *, scenario: tuple[str, ...] = (
     fig.update_xaxes(title_text="training step", row=2)
     if steps:
         fig.update_xaxes(range=[0, steps])
-    fig.update_layout(height=820, margin=dict(t=110, b=(200 if sliders else 110) if menus else 50, l=60, r=50),
+    fig.update_layout(height=820 + 80 * max(0, len(sliders) - 1),
+                      margin=dict(t=110, b=(140 + 80 * len(sliders) if sliders else 110) if menus else 50, l=60, r=50),
                       updatemenus=menus, sliders=sliders,
                       legend=dict(orientation="h", y=1.07, yanchor="bottom", x=0, xanchor="left"),
                       title=dict(text="Simulated length of right and wrong answers during training", y=0.985))

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.companion-installed
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@bash scripts/setup_env.sh "$(PYTHON)" "$(VENV)"
 
 book: $(STAMP)

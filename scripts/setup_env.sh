@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create the virtual environment (if missing) and install the package with its book and test extras.
-# torch is pinned (2.13.0): an unpinned torch pulls a multi-GB CUDA build on a CPU machine.
+# Every version comes from constraints.txt (torch 2.13.0, the CPU build: an unpinned torch pulls a multi-GB CUDA build).
 set -euo pipefail
 python=${1:-python3.11}
 venv=${2:-.venv}
@@ -19,9 +19,9 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 
-echo "==> installing torch 2.13.0 (CPU) and companion[book,test] into $venv (a few minutes the first time)"
+echo "==> installing torch (CPU) and companion[book,test] into $venv, versions from constraints.txt (a few minutes the first time)"
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q "torch==2.13.0"
-"$venv/bin/python" -m pip install -q -e ".[book,test]"
+"$venv/bin/python" -m pip install -q -c constraints.txt torch
+"$venv/bin/python" -m pip install -q -c constraints.txt -e ".[book,test]"
 touch "$venv/.companion-installed"
 echo "==> environment ready: $venv ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

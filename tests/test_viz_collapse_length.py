@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -137,36 +140,48 @@ def test_widgets_draw_and_report_impossible_settings():
     controls["base accuracy p₀"].value = 0.4  # back to a valid setting: the widget still draws
 
 
-def test_drift_sliders_combine_in_a_browser(drift_records, tmp_path):
-    """Move κ, then G, with the mouse: the figure shows the scenario both sliders name (the joining script), not
-    the one the last slider's own step falls back to."""
-    import os
-    import shutil
-
+def _book_page(fig, tmp_path) -> Path:
+    """An HTML page holding ``fig`` as the book's renderer writes it (its scripts included)."""
     import plotly
     import plotly.io as pio
 
     from companion.viz import setup_plotly
 
+    setup_plotly()
+    body = pio.renderers["book"].to_mimebundle(fig.to_dict())["text/html"]
+    plotly_js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    page_file = tmp_path / "figure.html"
+    page_file.write_text(f"<html><head><script src='{plotly_js.as_uri()}'></script></head>"
+                         f"<body style='margin: 8px'>{body}</body></html>")
+    return page_file
+
+
+@contextlib.contextmanager
+def _browser():
     chromium = os.environ.get("COMPANION_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no Chromium found: `apt-get install chromium` (make test does it as root)")
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_drift_sliders_combine_in_a_browser(drift_records, tmp_path):
+    """Move κ, then G, with the mouse: the figure shows the scenario both sliders name (the joining script), not
+    the one the last slider's own step falls back to."""
     fig = length_drift_figure(drift_records, default=dict(num_generations=8, base_accuracy=SMALL.base_accuracy,
                                                           length_accuracy=0.0))
-    setup_plotly()
-    body = pio.renderers["book"].to_mimebundle(fig.to_dict())["text/html"]
-    plotly_js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-    page_file = tmp_path / "drift.html"
-    page_file.write_text(f"<html><head><script src='{plotly_js.as_uri()}'></script></head>"
-                         f"<body style='width: 900px'>{body}</body></html>")
+    page_file = _book_page(fig, tmp_path)
 
     def last_right_length(G, kappa):
         return _run(drift_records, G, kappa)[-1]["mean_length_correct"]
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+    with _browser() as browser:
         page = browser.new_page(viewport={"width": 1000, "height": 1100})
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -191,5 +206,35 @@ def test_drift_sliders_combine_in_a_browser(drift_records, tmp_path):
         move(0, 0)  # G = 4, keeping κ = 1 (the step alone would show G = 4, κ = 0)
         assert shown() == pytest.approx(last_right_length(4, 1.0))
         assert last_right_length(4, 1.0) != pytest.approx(last_right_length(4, 0.0))
-        browser.close()
     assert not errors, errors
+
+
+@pytest.mark.parametrize("width, stacked", [(400, True), (1000, False)])
+def test_panels_side_by_side_stack_on_a_phone(tmp_path, width, stacked):
+    """At phone width the book's renderer restacks a 2 x 3 grid into one column, each panel full width and below the
+    last, column titles kept on their panels; at desktop width nothing moves."""
+    credit = [row for n in ("sequence", "token", "constant")
+              for row in ls.token_credit([8, 16, 32, 24], [True, True, False, False], normalizer=n,
+                                         max_completion_length=48)]
+    page_file = _book_page(token_credit_figure(credit), tmp_path)
+    with _browser() as browser:
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(page_file.as_uri())
+        page.wait_for_function("document.querySelector('.plotly-graph-div .main-svg')", timeout=30000)
+        page.wait_for_timeout(500)
+        layout = page.evaluate("""(() => { const f = document.querySelector('.plotly-graph-div')._fullLayout;
+            const axes = k => Object.keys(f).filter(n => new RegExp('^' + k + 'axis[0-9]*$').test(n)).sort();
+            return {x: axes('x').map(k => f[k].domain), y: axes('y').map(k => f[k].domain),
+                    titles: f.annotations.map(a => [a.text, a.x, a.y])}; })()""")
+    assert not errors, errors
+    if not stacked:
+        assert len({tuple(d) for d in layout["x"]}) == 3  # three columns, as built
+        return
+    assert all(d == [0, 1] for d in layout["x"])
+    ys = sorted(layout["y"], key=lambda d: -d[1])
+    assert all(upper[0] > lower[1] for upper, lower in zip(ys, ys[1:])), "stacked panels overlap"
+    titles = {text: (x, y) for text, x, y in layout["titles"]}
+    assert titles["normaliser: sequence"][1] > titles["normaliser: token"][1] > titles["normaliser: constant"][1]
+    assert all(x == 0.5 for x, _ in titles.values())

@@ -8,6 +8,98 @@ from __future__ import annotations
 import sys
 
 
+STACK_WIDTH = 560
+"""Below this width (px) a figure of several panels side by side is restacked into one column (:data:`STACK_SCRIPT`)."""
+
+STACK_SCRIPT = """
+(function () {
+  var gd = document.getElementById('{plot_id}');
+  if (!gd || gd.clientWidth >= %(width)d) { return; }
+  // a title longer than the screen is wide is broken over two lines (plotly does not wrap titles)
+  var title = gd.layout.title && (typeof gd.layout.title === 'string' ? gd.layout.title : gd.layout.title.text);
+  if (title && title.indexOf('<br>') < 0 && title.length * 8 > gd.clientWidth - 20) {
+    var middle = title.length / 2, cut = -1;
+    for (var k = 0; k < title.length; k++) {
+      if (title[k] === ' ' && (cut < 0 || Math.abs(k - middle) < Math.abs(cut - middle))) { cut = k; }
+    }
+    if (cut > 0) {
+      Plotly.relayout(gd, {'title.text': title.slice(0, cut) + '<br>' + title.slice(cut + 1),
+                           'margin.t': gd._fullLayout.margin.t + 20});
+    }
+  }
+  var full = gd._fullLayout, cells = [], seen = {};
+  Object.keys(full).filter(function (k) { return /^xaxis[0-9]*$/.test(k); }).forEach(function (xk) {
+    var x = full[xk], yk = 'yaxis' + x.anchor.slice(1), y = full[yk];
+    if (!y || x.overlaying) { return; }
+    var key = x.domain.join() + '|' + y.domain.join();
+    if (seen[key]) { seen[key].x.push(xk); return; }
+    seen[key] = {x: [xk], y: yk, xd: x.domain, yd: y.domain};
+    cells.push(seen[key]);
+  });
+  var columns = {};
+  cells.forEach(function (c) { columns[c.xd[0].toFixed(3)] = true; });
+  if (Object.keys(columns).length < 2) { return; }
+  // column by column, so that a column's title (on its top panel) leads its panels; a panel whose y axis has no
+  // title of its own takes that of the first panel in its row
+  var rowTitle = {};
+  function titleOf(k) {  // the figure's own title (the full layout holds an editor's placeholder instead)
+    var t = (gd.layout[k] || {}).title;
+    return typeof t === 'string' ? t : (t && t.text) || '';
+  }
+  cells.forEach(function (c) {
+    var t = titleOf(c.y), row = c.yd[1].toFixed(3);
+    if (t && !(row in rowTitle)) { rowTitle[row] = t; }
+  });
+  cells.sort(function (a, b) { return (a.xd[0] - b.xd[0]) || (b.yd[1] - a.yd[1]); });
+  var m = full.margin, oldH = full.height - m.t - m.b, cell = 230, gap = 110;
+  var newH = cells.length * cell + (cells.length - 1) * gap, scale = oldH / newH, update = {};
+  // 40 px more at the top: a legend that wraps onto more lines grows up toward the title
+  update.height = newH + m.t + 40 + m.b;
+  update['margin.t'] = m.t + 40;
+  update['title.y'] = 1 - 18 / update.height;
+  update['title.yanchor'] = 'top';
+  function rescale(y) { return y < 0 ? y * scale : (y > 1 ? 1 + (y - 1) * scale : y); }
+  cells.forEach(function (c, i) {
+    c.top = 1 - i * (cell + gap) / newH;
+    c.x.forEach(function (xk) { update[xk + '.domain'] = [0, 1]; });
+    update[c.y + '.domain'] = [c.top - cell / newH, c.top];
+    update[c.y + '.showticklabels'] = true;
+    if (!titleOf(c.y) && rowTitle[c.yd[1].toFixed(3)]) { update[c.y + '.title.text'] = rowTitle[c.yd[1].toFixed(3)]; }
+  });
+  (gd.layout.annotations || []).forEach(function (a, i) {
+    if (a.xref !== 'paper' || a.yref !== 'paper') { return; }
+    var home = cells.filter(function (c) {
+      return Math.abs((c.xd[0] + c.xd[1]) / 2 - a.x) < 0.02 && Math.abs(c.yd[1] - a.y) < 0.03;
+    })[0];
+    if (home) { update['annotations[' + i + '].x'] = 0.5; update['annotations[' + i + '].y'] = home.top; }
+    else { update['annotations[' + i + '].y'] = rescale(a.y); }
+  });
+  ['sliders', 'updatemenus'].forEach(function (name) {
+    (gd.layout[name] || []).forEach(function (item, i) {
+      if (item.y !== undefined) { update[name + '[' + i + '].y'] = rescale(item.y); }
+      if (name === 'updatemenus' && item.type === 'buttons') {
+        update[name + '[' + i + '].type'] = 'dropdown';
+        // a label written to its left ("normaliser:") goes just above it instead, where it has room
+        (gd.layout.annotations || []).forEach(function (a, j) {
+          if (a.yref !== 'paper' || Math.abs(a.y - item.y) > 0.06 || a.x >= item.x) { return; }
+          update['annotations[' + j + '].x'] = item.x;
+          update['annotations[' + j + '].xanchor'] = 'left';
+          update['annotations[' + j + '].y'] = rescale(item.y) + 4 / newH;
+          update['annotations[' + j + '].yanchor'] = 'bottom';
+        });
+      }
+    });
+  });
+  if (gd.layout.legend && gd.layout.legend.y !== undefined) { update['legend.y'] = rescale(gd.layout.legend.y); }
+  gd._companionStacked = true;
+  Plotly.relayout(gd, update);
+})();
+""" % {"width": STACK_WIDTH}
+"""Run after every figure the book draws: on a narrow screen (a phone), a long title breaks over two lines, and panels
+side by side go into one column, one below the other, with their titles; controls keep their distance from the
+panels, and button rows become a dropdown, so nothing is cut off or overlaps."""
+
+
 def _register_book_renderer() -> None:
     """Register "book": plotly's notebook renderer without its MathJax 3 CDN script.
 
@@ -22,10 +114,10 @@ def _register_book_renderer() -> None:
         def to_mimebundle(self, fig_dict):
             # a figure may bring a script to run once it is drawn (layout.meta["post_script"]; see viz.length)
             meta = (fig_dict.get("layout") or {}).get("meta")
-            script = meta.get("post_script") if isinstance(meta, dict) else None
+            scripts = [STACK_SCRIPT] + ([meta["post_script"]] if isinstance(meta, dict) and "post_script" in meta else [])
             html = pio.to_html(fig_dict, config=self.config, include_plotlyjs=False, include_mathjax=False,
                                full_html=False, default_width="100%", default_height=525, validate=False,
-                               post_script=script)
+                               post_script=scripts)
             return {"text/html": html}
 
     pio.renderers["book"] = BookRenderer()

@@ -84,7 +84,7 @@ def comparison_configs() -> dict[str, tuple[dict, dict]]:
     return runs
 
 
-STABILITY_RATES = (1e-3, 2e-3)
+STABILITY_RATES = (1e-3,)
 STABILITY_VARIANTS = {"grpo": ("grpo", ""), "dr_grpo": ("dr_grpo", ""), "fisft_plus": ("fisft_plus", ""),
                       "fisft_pm": ("fisft_pm", ""), "fisft_pm-constant": ("fisft_pm", "constant")}
 """The stability map's rows: each algorithm with its own length normaliser, and F-ISFT± once more with the

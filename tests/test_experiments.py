@@ -42,24 +42,29 @@ def _reproduce(data, out, *extra, capsys=None) -> tuple[int, str]:
 
 def test_the_comparison_is_four_algorithms_by_two_tasks_by_three_seeds_with_one_recipe():
     runs = experiments.comparison_configs()
-    assert len(runs) == 24
+    trained = {name: configs for name, configs in runs.items() if configs[0] is not None}
+    assert len(trained) == 24 and sorted(set(runs) - set(trained)) == ["countdown-base", "tinygsm-base"]
     recipes = {json.dumps({k: v for k, v in train.items() if k not in ("algo", "task", "seed")}, sort_keys=True)
-               for train, _ in runs.values()}
+               for train, _ in trained.values()}
     assert len(recipes) == 1
-    assert {(t["algo"], t["task"], t["seed"]) for t, _ in runs.values()} == {
+    assert {(t["algo"], t["task"], t["seed"]) for t, _ in trained.values()} == {
         (a, t, s) for a in experiments.ALGOS for t in experiments.TASKS for s in experiments.SEEDS}
-    for train, evaluation in runs.values():
+    for train, evaluation in trained.values():
         TrainConfig(**train)  # every generated config is valid
         EvalConfig(**evaluation)
         assert evaluation["task"] == train["task"]
+    for task in experiments.TASKS:  # the base, scored exactly as the trained policies are
+        base = runs[f"{task}-base"][1]
+        assert base == {**trained[f"{task}-grpo-seed0"][1], "model": "tiny"}
 
 
 def test_init_writes_loadable_configs_and_keeps_what_is_there(tmp_path):
     written = experiments.init("compare", tmp_path)
-    assert len(written) == 24
+    assert len(written) == 26
     runs, broken = experiments.committed_runs(tmp_path)
-    assert broken == [] and len(runs) == 24
-    assert {r.name for r in runs if r.keep_policy} == {r.name for r in runs if r.train["seed"] == 0}
+    assert broken == [] and len(runs) == 26
+    assert {r.name for r in runs if r.train is None} == {"countdown-base", "tinygsm-base"}
+    assert {r.name for r in runs if r.keep_policy} == {r.name for r in runs if r.train and r.train["seed"] == 0}
     assert experiments.init("compare", tmp_path) == []  # nothing rewritten
     with pytest.raises(RunError, match="compare"):
         experiments.init("nope", tmp_path)
@@ -181,3 +186,20 @@ def test_a_killed_reproduce_stops_its_runs_and_resumes(tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert [r["step"] for r in read_jsonl(metrics)] == list(range(1, 41))
     assert os.path.exists(out / "tiny" / "run" / "eval" / "summary.json")
+
+
+def test_an_evaluation_only_run_scores_the_model_it_names(tmp_path, capsys):
+    data, first, second = tmp_path / "data", tmp_path / "first", tmp_path / "second"
+    directory = data / "tiny" / "base"
+    (directory / "eval").mkdir(parents=True)
+    save_config(EvalConfig(**EVAL, model="tiny", out="runs/reproduce/tiny/base/eval"), directory / "eval" / "config.json")
+    runs, broken = experiments.committed_runs(data)
+    assert broken == [] and runs[0].train is None and runs[0].steps == 0 and not runs[0].keep_policy
+    code, out = _reproduce(data, first, "--save", capsys=capsys)
+    assert code == 0, out
+    assert not (directory / "config.json").exists() and (directory / "eval" / "summary.json").exists()
+    assert json.loads((directory / "eval" / "config.json").read_text())["model"] == "tiny"
+    code, out = _reproduce(data, second, capsys=capsys)
+    assert code == 0 and "tiny/base: pass@1" in out and "no training (evaluation only)" in out
+    [base] = experiments.load_results("tiny", data)
+    assert base["algo"] == "base" and base["records"] == [] and len(base["rows"]) == EVAL["problems"]

@@ -99,3 +99,17 @@ def test_the_stability_map_marks_where_lengths_explode():
     heat = fig.data[0]
     assert list(heat.x) == ["0.0005", "0.001"] and list(heat.y) == ["GRPO", "F-ISFT±", "F-ISFT±, constant"]
     assert heat.text[1][1] == "22" and heat.text[0][0] == "–" and heat.text[0][1] == ""
+
+
+def test_matched_wrong_lengths_use_only_problems_every_run_gets_wrong(runs):
+    for r in runs:
+        long_wrong = 100 if r["algo"] == "grpo" else 50
+        r["rows"] = [{"index": 0, "rewards": [1.0, 0.0], "lengths": [10, long_wrong]},
+                     {"index": 1, "rewards": [1.0, 1.0], "lengths": [10, 10]},  # no wrong answer: left out
+                     {"index": 2, "rewards": [0.0, 0.1], "lengths": [long_wrong, long_wrong + 2]}]
+    runs[0]["rows"].append({"index": 3, "rewards": [0.0], "lengths": [999]})  # one run only: left out
+    matched = viz.matched_wrong_lengths(runs, "countdown")
+    assert matched["problems"] == 2
+    grpo = matched["algos"]["grpo"]
+    assert grpo["mean"] == pytest.approx((100 + 101) / 2) and grpo["low"] == grpo["high"]
+    assert matched["algos"]["dr_grpo"]["mean"] == pytest.approx((50 + 51) / 2)

@@ -50,9 +50,6 @@ RUNS = Path("runs") / "reproduce"
 SWEEP = data_dir() / "sweeps" / "recipe.jsonl"
 """The rows of the recipe sweep (``scripts/sweep_recipe.py``) that chose :data:`COMPARISON`'s learning rate."""
 
-TRAIN_FILES = ("config.json", "metrics.jsonl")
-EVAL_FILES = ("config.json", "model.json", "problems.jsonl", "summary.json")
-
 ALGOS = ("grpo", "dr_grpo", "fisft_plus", "fisft_pm")
 TASKS = ("countdown", "tinygsm")
 SEEDS = (0, 1, 2)
@@ -70,12 +67,13 @@ POLICY_SEEDS = (0,)
 
 
 def comparison_configs() -> dict[str, tuple[dict, dict]]:
-    """Run name -> (TrainConfig fields, EvalConfig fields) of chapter 6's comparison, 4 algos x 2 tasks x 3 seeds.
+    """Run name -> (TrainConfig fields, EvalConfig fields) of chapter 6's comparison, 4 algos x 2 tasks x 3 seeds,
+    and per task the base model itself on the same problems (``<task>-base``: no training, ``None`` for its config).
 
     For one seed, every algorithm sees the same problems in the same order (the problem stream is a function of the
     seed only) and starts from the same weights.
     """
-    runs = {}
+    runs = {f"{task}-base": (None, dict(FINAL_EVAL, task=task, model="tiny")) for task in TASKS}
     for seed in SEEDS:
         for task in TASKS:
             for algo in ALGOS:
@@ -115,11 +113,12 @@ GENERATED = {"compare": comparison_configs, "stability": stability_configs}
 
 @dataclass(frozen=True)
 class Run:
-    """One committed run: where it lives, and its two configs as saved (field dicts)."""
+    """One committed run: where it lives, and its two configs as saved (field dicts). ``train`` is ``None`` for an
+    evaluation-only run (a model as it is, such as the base, scored on the same problems as the trained ones)."""
 
     experiment: str
     name: str
-    train: dict
+    train: dict | None
     eval: dict
     keep_policy: bool
     data: Path = DATA
@@ -137,7 +136,7 @@ class Run:
 
     @property
     def steps(self) -> int:
-        return int(self.train["steps"])
+        return int(self.train["steps"]) if self.train else 0
 
 
 def _companion() -> list[str]:
@@ -175,6 +174,9 @@ def run_one(run: Run, runs: Path = RUNS, *, log=None) -> Path:
     """Train and evaluate ``run`` into ``runs/<experiment>/<name>``, resuming whatever an earlier attempt left."""
     out = run.out(runs)
     out.mkdir(parents=True, exist_ok=True)
+    if run.train is None:  # evaluation only: the model the saved config names
+        _call([*_companion(), "eval", *_flags(dict(run.eval, out=str(out / "eval"), overwrite=False))], log)
+        return out
     if not (out / "policy").exists():
         if (out / "checkpoint.pt").exists():
             _call([*_companion(), "train", "--resume", str(out), "--quiet"], log)
@@ -200,7 +202,7 @@ def _flags(options: dict) -> list[str]:
 
 def generated_runs(experiment: str) -> list[Run]:
     """The runs :data:`GENERATED` defines for ``experiment``, before anything is committed."""
-    return [Run(experiment, name, train, evaluation, keep_policy=train["seed"] in POLICY_SEEDS)
+    return [Run(experiment, name, train, evaluation, keep_policy=train is not None and train["seed"] in POLICY_SEEDS)
             for name, (train, evaluation) in GENERATED[experiment]().items()]
 
 
@@ -220,13 +222,15 @@ def committed_runs(data: Path = DATA) -> tuple[list[Run], list[str]]:
         for directory in sorted(p for p in experiment.iterdir() if p.is_dir()):
             key = f"{experiment.name}/{directory.name}"
             try:
-                train = dataclasses.asdict(load_config(TrainConfig, directory / "config.json"))
+                train = (dataclasses.asdict(load_config(TrainConfig, directory / "config.json"))
+                         if (directory / "config.json").exists() or not (directory / "eval").is_dir() else None)
                 evaluation = dataclasses.asdict(load_config(EvalConfig, directory / "eval" / "config.json"))
             except (OSError, ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
                 broken.append(f"{key}: its config does not load ({error})")
                 continue
             runs.append(Run(experiment.name, directory.name, jsonable(train), jsonable(evaluation),
-                            keep_policy=_keeps_policy(experiment.name, train, directory), data=data))
+                            keep_policy=train is not None and _keeps_policy(experiment.name, train, directory),
+                            data=data))
     return runs, broken
 
 
@@ -283,7 +287,7 @@ def compare(run: Run, runs: Path = RUNS) -> dict:
         return json.loads((directory / "eval" / "summary.json").read_text())["pass_at_k"][0]
 
     committed, again = first(run.committed), first(run.out(runs))
-    records = [read_jsonl(d / "metrics.jsonl") for d in (run.committed, run.out(runs))]
+    records = [read_jsonl(d / "metrics.jsonl") for d in (run.committed, run.out(runs))]  # none: evaluation only
     strip = [[{k: v for k, v in r.items() if k not in TIMING_METRICS} for r in rs] for rs in records]
     differs_at = next((a["step"] for a, b in zip(*strip) if a != b), None)
     if differs_at is None and len(strip[0]) != len(strip[1]):
@@ -291,13 +295,15 @@ def compare(run: Run, runs: Path = RUNS) -> dict:
     inside = committed["low"] <= again["estimate"] <= committed["high"]
     return {"run": run.key, "committed": committed["estimate"], "committed_low": committed["low"],
             "committed_high": committed["high"], "reproduced": again["estimate"], "within_interval": inside,
+            "evaluation_only": run.train is None,
             "training_identical": differs_at is None, "training_differs_at_step": differs_at}
 
 
 def describe(difference: dict) -> str:
     """One line of the report that ends ``companion reproduce``."""
     d = difference
-    training = ("training identical step for step" if d["training_identical"] else
+    training = ("no training (evaluation only)" if d.get("evaluation_only") else
+                "training identical step for step" if d["training_identical"] else
                 f"training differs from step {d['training_differs_at_step']}")
     verdict = "within" if d["within_interval"] else "OUTSIDE"
     return (f"{d['run']}: pass@1 {d['reproduced']:.3f}, committed {d['committed']:.3f} "
@@ -324,11 +330,16 @@ def init(experiment: str, data: Path = DATA) -> list[Run]:
         directory = data / experiment / run.name
         if (directory / "config.json").exists():
             continue
+        if (directory / "eval" / "config.json").exists():
+            continue
         (directory / "eval").mkdir(parents=True, exist_ok=True)
         out = _relative_out(run)
-        save_config(TrainConfig(**dict(run.train, out=out)), directory / "config.json")
-        save_config(EvalConfig(**dict(run.eval, model=f"{out}/policy", out=f"{out}/eval")),
-                    directory / "eval" / "config.json")
+        if run.train is None:
+            save_config(EvalConfig(**dict(run.eval, out=f"{out}/eval")), directory / "eval" / "config.json")
+        else:
+            save_config(TrainConfig(**dict(run.train, out=out)), directory / "config.json")
+            save_config(EvalConfig(**dict(run.eval, model=f"{out}/policy", out=f"{out}/eval")),
+                        directory / "eval" / "config.json")
         written.append(run)
     return written
 
@@ -346,16 +357,18 @@ def save(run: Run, runs: Path = RUNS) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "eval").mkdir(parents=True)
     out = _relative_out(run)
-    train = json.loads((source / "config.json").read_text())
-    (staging / "config.json").write_text(json.dumps(dict(train, out=out), indent=2, sort_keys=True) + "\n")
-    shutil.copy2(source / "metrics.jsonl", staging / "metrics.jsonl")
+    model = f"{out}/policy" if run.train is not None else run.eval["model"]
+    if run.train is not None:
+        train = json.loads((source / "config.json").read_text())
+        (staging / "config.json").write_text(json.dumps(dict(train, out=out), indent=2, sort_keys=True) + "\n")
+        shutil.copy2(source / "metrics.jsonl", staging / "metrics.jsonl")
     evaluation = json.loads((source / "eval" / "config.json").read_text())
     (staging / "eval" / "config.json").write_text(json.dumps(
-        dict(evaluation, model=f"{out}/policy", out=f"{out}/eval"), indent=2, sort_keys=True) + "\n")
+        dict(evaluation, model=model, out=f"{out}/eval"), indent=2, sort_keys=True) + "\n")
     for name in ("model.json", "problems.jsonl"):
         shutil.copy2(source / "eval" / name, staging / "eval" / name)
     summary = json.loads((source / "eval" / "summary.json").read_text())
-    (staging / "eval" / "summary.json").write_text(json.dumps(dict(summary, model=f"{out}/policy"), indent=2) + "\n")
+    (staging / "eval" / "summary.json").write_text(json.dumps(dict(summary, model=model), indent=2) + "\n")
     if run.keep_policy:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -500,7 +513,8 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
     """The committed runs of ``experiment`` that have results, as records for the book's figures.
 
     Each record: ``name``, ``algo``, ``task``, ``seed``, ``learning_rate``, ``normalizer`` (the one in use),
-    ``records`` (``metrics.jsonl``) and ``summary`` (the final evaluation's ``summary.json``).
+    ``records`` (``metrics.jsonl``), ``summary`` (the final evaluation's ``summary.json``) and ``rows`` (its
+    per-problem rows: ``index``, ``rewards``, ``lengths``).
     """
     from companion.objectives import resolve_normalizer
 
@@ -512,8 +526,15 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
         if run.experiment != experiment or not (run.committed / "eval" / "summary.json").exists():
             continue
         t = run.train
+        if t is None:  # the model as it is: the base
+            results.append({"name": run.name, "algo": "base", "task": run.eval["task"], "seed": None,
+                            "learning_rate": None, "normalizer": None, "steps": 0, "records": [],
+                            "summary": json.loads((run.committed / "eval" / "summary.json").read_text()),
+                            "rows": read_jsonl(run.committed / "eval" / "problems.jsonl")})
+            continue
         results.append({"name": run.name, "algo": t["algo"], "task": t["task"], "seed": t["seed"],
                         "learning_rate": t["learning_rate"], "normalizer": resolve_normalizer(t["algo"], t["normalizer"]),
                         "steps": t["steps"], "records": read_jsonl(run.committed / "metrics.jsonl"),
-                        "summary": json.loads((run.committed / "eval" / "summary.json").read_text())})
+                        "summary": json.loads((run.committed / "eval" / "summary.json").read_text()),
+                        "rows": read_jsonl(run.committed / "eval" / "problems.jsonl")})
     return results

@@ -87,9 +87,10 @@ def accuracy_figure(runs: list[dict], tasks=("countdown", "tinygsm"), *, base: d
 
 def final_table(runs: list[dict], base_metrics: dict | None = None) -> list[dict]:
     """One row per task and algorithm: pass@1 of the final policies on the 200 held-out problems (n = 16, T = 1),
-    mean and sample standard deviation over seeds, each seed's value, the base model's, and lengths."""
+    mean and sample standard deviation over seeds, each seed's value, lengths, and the base model's pass@1: from
+    its own evaluation among ``runs`` (same problems and sampling) when there is one, else ``base_metrics``."""
     rows = []
-    for task in dict.fromkeys(r["task"] for r in runs):
+    for task in dict.fromkeys(r["task"] for r in runs if r["algo"] != "base"):
         for algo, group in by_algo(runs, task).items():
             values = [r["summary"]["pass_at_k"][0]["estimate"] for r in group]
             wrong = [r["summary"]["length_wrong"].get("mean") for r in group]
@@ -99,7 +100,10 @@ def final_table(runs: list[dict], base_metrics: dict | None = None) -> list[dict
                    "length_right": mean(x for x in right if x is not None) if any(right) else None,
                    "length_wrong": mean(x for x in wrong if x is not None) if any(wrong) else None,
                    "truncated": mean(r["summary"]["truncated_fraction"] for r in group)}
-            if base_metrics:
+            base_run = next((r for r in runs if r["task"] == task and r["algo"] == "base"), None)
+            if base_run:  # the base scored like the trained policies: same problems, n, temperature
+                row["base_pass@1"] = base_run["summary"]["pass_at_k"][0]["estimate"]
+            elif base_metrics:
                 row["base_pass@1"] = base_metrics["eval"][task]["pass_at_k"][0]["estimate"]
             rows.append(row)
     return rows
@@ -290,3 +294,35 @@ def length_claims(runs: list[dict], *, window: int = 10) -> list[dict]:
             out.append({"task": task, "algo": algo, "wrong_change": wrong["change"], "wrong_low": wrong["low"],
                         "wrong_high": wrong["high"], "right_change": right["change"], "grows": grows})
     return out
+
+
+def matched_wrong_lengths(runs: list[dict], task: str) -> dict:
+    """Mean length of the final policies' wrong answers on the *same* held-out problems, per algorithm.
+
+    Training-batch lengths mix two things: how long a policy writes, and which problems it still gets wrong (as
+    accuracy rises, the wrong answers left are those of harder problems). Here every run is scored on the problems
+    where every run of ``task`` (all algorithms, all seeds, and the base model when its evaluation is among
+    ``runs``, as ``"base"``) has at least one wrong sample, so the problem mix is the same for all. Returns ``{"problems": count, "algos": {algo: {"mean", "low", "high", "per_seed"}}}``.
+    """
+    from companion.verify import is_correct
+
+    groups = by_algo(runs, task)
+    base = [r for r in runs if r["task"] == task and r["algo"] == "base"]
+    if base:
+        groups = {"base": base, **groups}
+    per_run = {}
+    for algo, group in groups.items():
+        for r in group:
+            wrong = {}
+            for row in r["rows"]:
+                lengths = [n for n, reward in zip(row["lengths"], row["rewards"]) if not is_correct(reward)]
+                if lengths:
+                    wrong[row["index"]] = mean(lengths)
+            per_run[(algo, r["seed"])] = wrong
+    common = set.intersection(*(set(w) for w in per_run.values())) if per_run else set()
+    out = {}
+    for algo, group in groups.items():
+        values = [mean(per_run[(algo, r["seed"])][i] for i in common) for r in group] if common else []
+        if values:
+            out[algo] = {"mean": mean(values), "low": min(values), "high": max(values), "per_seed": values}
+    return {"problems": len(common), "algos": out}

@@ -97,7 +97,7 @@ def test_the_stability_map_marks_where_lengths_explode():
     rows = viz.stability_rows([stable, exploding, constant], steps=STEPS)
     fig = viz.stability_figure(rows, steps=STEPS)
     heat = fig.data[0]
-    assert list(heat.x) == ["0.0005", "0.001"] and list(heat.y) == ["GRPO", "F-ISFT±", "F-ISFT±, constant"]
+    assert list(heat.x) == ["0.0005", "0.001"] and list(heat.y) == ["GRPO", "F-ISFT±", "F-ISFT±, constant"]  # book order
     assert heat.text[1][1] == "22" and heat.text[0][0] == "–" and heat.text[0][1] == ""
 
 

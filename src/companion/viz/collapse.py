@@ -80,7 +80,7 @@ def group_weights_figure(records: list[dict], *, start: int | None = None) -> go
         fig.add_trace(go.Scatter(x=[start, start], y=span, mode="lines", line=dict(color="black", dash="dot"),
                                  showlegend=False, hoverinfo="skip"), 1, 2)  # trace 4: the current c
     fig.update_yaxes(range=span, zeroline=True, zerolinecolor="grey")
-    fig.update_yaxes(title_text="weight w (each token of the sample gets w / n)", col=1)
+    fig.update_yaxes(title_text="weight w of one sample", col=1)
     fig.update_xaxes(title_text=f"c, right samples out of G = {G}", col=2, dtick=max(1, G // 8))
     steps = []
     for c in cs:

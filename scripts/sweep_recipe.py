@@ -72,11 +72,11 @@ def _flags(options: dict) -> list[str]:
     return flags
 
 
-def _run(name: str, rerun: bool = False) -> dict:
+def _run(name: str, rerun: bool = False, runs: Path = RUNS) -> dict:
     """Train and evaluate one config (resuming what an earlier attempt left, unless ``rerun``); returns its row."""
     overrides = GRID[name]
     config = {**BASE, **overrides}
-    out = RUNS / name
+    out = runs / name
     companion = [sys.executable, "-m", "companion.cli"]
     start = time.perf_counter()
     if (out / "policy").exists() and not rerun:
@@ -106,10 +106,10 @@ def _run(name: str, rerun: bool = False) -> dict:
     }
 
 
-def _save_row(row: dict) -> None:
+def _save_row(row: dict, results: Path = RESULTS) -> None:
     """Add ``row`` to the results, replacing an older row of the same config (rewritten whole, atomically)."""
-    rows = [r for r in read_jsonl(RESULTS) if r["name"] != row["name"]] if RESULTS.exists() else []
-    write_atomically(RESULTS, "".join(json.dumps(r) + "\n" for r in rows + [row]))
+    rows = [r for r in read_jsonl(results) if r["name"] != row["name"]] if results.exists() else []
+    write_atomically(results, "".join(json.dumps(r) + "\n" for r in rows + [row]))
 
 
 def main() -> int:
@@ -119,10 +119,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="runs at once (one torch thread each)")
     parser.add_argument("--rerun", action="store_true", help="run the configs again from scratch, even those with a "
                                                              "row, and replace their rows")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"the rows' file (default: {RESULTS}; "
+                                                                      "`companion reproduce` writes elsewhere)")
+    parser.add_argument("--runs", type=Path, default=RUNS, help=f"where the runs go (default: {RUNS})")
     args = parser.parse_args()
+    results = args.results
     done = {}
-    if RESULTS.exists():
-        done = {row["name"]: row for row in read_jsonl(RESULTS)}
+    if results.exists():
+        done = {row["name"]: row for row in read_jsonl(results)}
     unknown = sorted(set(args.only or ()) - set(GRID))
     if unknown:
         parser.error(f"unknown config {', '.join(unknown)}; known: {', '.join(GRID)}")
@@ -134,10 +138,10 @@ def main() -> int:
         return 0
     todo = [name for name in (args.only or GRID) if args.rerun or name not in done]
     print(f"{len(todo)} configs to run, {args.workers} at a time: {', '.join(todo)}", flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results.parent.mkdir(parents=True, exist_ok=True)
     failed = []
     with ThreadPoolExecutor(args.workers) as pool:
-        futures = {pool.submit(_run, name, args.rerun): name for name in todo}
+        futures = {pool.submit(_run, name, args.rerun, args.runs): name for name in todo}
         for future in as_completed(futures):
             try:
                 row = future.result()
@@ -145,7 +149,7 @@ def main() -> int:
                 failed.append(futures[future])
                 print(f"{futures[future]}: failed ({error}); rerun it with --only {futures[future]}", flush=True)
                 continue
-            _save_row(row)
+            _save_row(row, results)
             print(f"{row['name']}: pass@1 {row['pass@1']:.3f} [{row['pass@1_low']:.3f}, {row['pass@1_high']:.3f}] "
                   f"vs base {row['base_pass@1']:.3f}; {row['seconds'] / 60:.1f} min", flush=True)
     return 1 if failed else 0

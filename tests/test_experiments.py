@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,3 +204,31 @@ def test_an_evaluation_only_run_scores_the_model_it_names(tmp_path, capsys):
     assert code == 0 and "tiny/base: pass@1" in out and "no training (evaluation only)" in out
     [base] = experiments.load_results("tiny", data)
     assert base["algo"] == "base" and base["records"] == [] and len(base["rows"]) == EVAL["problems"]
+
+
+def test_the_base_model_is_reproduced_by_its_command_and_compared_by_hash(tmp_path, monkeypatch):
+    from companion.tiny import tiny_dir
+
+    calls = []
+
+    def fake_pretrain(command, log):  # what `companion pretrain --out OUT` leaves, without its 25 minutes
+        calls.append(command)
+        out = command[command.index("--out") + 1]
+        shutil.copytree(tiny_dir(), out, dirs_exist_ok=True)
+
+    monkeypatch.setattr(experiments, "_call", fake_pretrain)
+    lines = experiments.reproduce_other("tiny-base", tmp_path)
+    assert calls and calls[0][-4:] == ["pretrain", "--out", str(tmp_path / "tiny-base"), "--overwrite"]
+    assert lines[0] == "tiny-base: weights identical (same sha256)"
+    assert any(line.startswith("tiny-base countdown: pass@1") for line in lines)
+    (tmp_path / "tiny-base" / "model.safetensors").write_bytes(b"other weights")
+    assert experiments.reproduce_other("tiny-base", tmp_path)[0] == "tiny-base: weights differ (another sha256)"
+    assert len(calls) == 1  # a finished rebuild is compared again, not rerun
+
+
+def test_the_recipe_sweep_is_listed_and_named(capsys, monkeypatch, tmp_path):
+    code = experiments.main(["--list", "--only", "recipe", "tiny-base", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "recipe" in out and "tiny-base" in out and "not started" in out
+    monkeypatch.setattr(experiments, "SWEEP_SCRIPT", tmp_path / "missing.py")
+    assert "only in a source checkout" in experiments.reproduce_other("recipe", tmp_path)[0]

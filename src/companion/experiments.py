@@ -11,6 +11,11 @@ differs from the committed results::
     companion reproduce --only compare          # one experiment (or run names: compare/tinygsm-grpo-seed0)
     companion reproduce                         # everything, two runs at a time, one torch thread each
 
+Two committed results are not run directories, and reproduce runs their own commands last: ``tiny-base`` (the
+shipped base model, ``companion pretrain``: 25 minutes on both cores, compared by the weights' sha256) and
+``recipe`` (the learning-rate sweep of ``data/sweeps/recipe.jsonl``, ``scripts/sweep_recipe.py``, in a source
+checkout). ``--only tiny-base`` or ``--only recipe`` picks one.
+
 The book reads committed results only; it never trains during ``make book``.
 
 Decisions, and why:
@@ -61,6 +66,9 @@ at 16 prompts x 8 completions, 100 steps); each run differs from the others only
 
 FINAL_EVAL = dict(problems=200, problem_seed=2025, num_generations=16, temperature=1.0, top_p=1.0, num_threads=1)
 """The held-out evaluation of each final policy: the base model's 200 problems (its metrics.json), n = 16, T = 1."""
+
+OTHERS = ("tiny-base", "recipe")
+"""Committed results that are not run directories (:func:`other_experiments`): reproduce runs them last."""
 
 POLICY_SEEDS = (0,)
 """Seeds whose trained policies are committed (in half precision): chapter 7 evaluates them again."""
@@ -239,14 +247,14 @@ def _keeps_policy(experiment: str, train: dict, directory: Path) -> bool:
     return (directory / "policy").is_dir() or (experiment in GENERATED and train["seed"] in POLICY_SEEDS)
 
 
-def select(runs: list[Run], only: list[str] | None) -> list[Run]:
+def select(runs: list[Run], only: list[str] | None, others: tuple[str, ...] = ()) -> list[Run]:
     """The runs ``only`` names (experiment names or ``experiment/run`` keys); all of them without ``only``.
 
-    An unknown name raises a RunError that lists the known ones.
+    An unknown name raises a RunError that lists the known ones (``others`` among them: names handled elsewhere).
     """
     if not only:
         return runs
-    experiments = sorted({r.experiment for r in runs})
+    experiments = sorted({r.experiment for r in runs}) + list(others)
     unknown = [name for name in only if name not in experiments and name not in {r.key for r in runs}]
     if unknown:
         known = ", ".join(experiments) or "none (nothing is committed under data/experiments)"
@@ -308,6 +316,85 @@ def describe(difference: dict) -> str:
     verdict = "within" if d["within_interval"] else "OUTSIDE"
     return (f"{d['run']}: pass@1 {d['reproduced']:.3f}, committed {d['committed']:.3f} "
             f"[{d['committed_low']:.3f}, {d['committed_high']:.3f}]: {verdict} the committed interval; {training}")
+
+
+# --- the committed results that are not run directories: the base model and the recipe sweep ----------------------
+
+
+SWEEP_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "sweep_recipe.py"
+
+
+def other_experiments() -> dict[str, dict]:
+    """``tiny-base`` (``companion pretrain``) and ``recipe`` (``scripts/sweep_recipe.py``): name -> ``cost`` (committed
+    wall seconds), ``command`` (what regenerates it into ``OUT``, a placeholder), ``note``."""
+    from companion.tiny import tiny_dir
+
+    base = json.loads((tiny_dir() / "metrics.json").read_text())
+    rows = read_jsonl(SWEEP)
+    return {
+        "tiny-base": {"cost": base["pretrain"]["seconds"] + sum(e.get("seconds", 0.0) for e in base["eval"].values()),
+                      "command": [sys.executable, "-m", "companion.cli", "pretrain", "--out", "OUT"],
+                      "note": "two threads, not resumable: an interrupted pretraining starts again"},
+        "recipe": {"cost": sum(r["seconds"] for r in rows),
+                   "command": [sys.executable, str(SWEEP_SCRIPT), "--results", "OUT/recipe.jsonl", "--runs", "OUT/runs",
+                               "--only", *[r["name"] for r in rows]],
+                   "note": f"{len(rows)} GRPO runs, two at a time"},
+    }
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def reproduce_other(name: str, out: Path, log=None) -> list[str]:
+    """Regenerate ``tiny-base`` or ``recipe`` into ``out/<name>`` and return what differs from the committed result,
+    one line each (an empty list: nothing)."""
+    from companion.tiny import tiny_dir
+
+    target = out / name
+    if name == "tiny-base":
+        from companion.pretrain import PretrainConfig
+
+        committed = json.loads((tiny_dir() / "pretrain_config.json").read_text())
+        ignore = {"out", "overwrite"}
+        differs = [k for k in committed if k not in ignore and committed[k] != jsonable(
+            dataclasses.asdict(PretrainConfig())).get(k)]
+        if differs:
+            return [f"tiny-base: the committed pretrain_config.json differs from the defaults in {', '.join(differs)}; "
+                    "rebuild it by hand with those options"]
+        if not (target / "metrics.json").exists():
+            _call([*_command(name, target), "--overwrite"], log)
+        lines = []
+        same = _file_sha256(target / "model.safetensors") == _file_sha256(tiny_dir() / "model.safetensors")
+        lines.append("tiny-base: weights " + ("identical (same sha256)" if same else "differ (another sha256)"))
+        again = json.loads((target / "metrics.json").read_text())["eval"]
+        for task, summary in json.loads((tiny_dir() / "metrics.json").read_text())["eval"].items():
+            a, b = summary["pass_at_k"][0], again[task]["pass_at_k"][0]
+            lines.append(f"tiny-base {task}: pass@1 {b['estimate']:.3f}, committed {a['estimate']:.3f} "
+                         f"[{a['low']:.3f}, {a['high']:.3f}]")
+        return lines
+    if not SWEEP_SCRIPT.exists():
+        return ["recipe: scripts/sweep_recipe.py is only in a source checkout; clone the repository to rerun it"]
+    _call(_command(name, target), log)
+    fresh = {r["name"]: r for r in read_jsonl(target / "recipe.jsonl")}
+    lines = []
+    for row in read_jsonl(SWEEP):
+        again = fresh.get(row["name"])
+        if again is None:
+            lines.append(f"recipe {row['name']}: not reproduced")
+            continue
+        inside = row["pass@1_low"] <= again["pass@1"] <= row["pass@1_high"]
+        lines.append(f"recipe {row['name']}: pass@1 {again['pass@1']:.3f}, committed {row['pass@1']:.3f} "
+                     f"[{row['pass@1_low']:.3f}, {row['pass@1_high']:.3f}]: "
+                     f"{'within' if inside else 'OUTSIDE'} the committed interval")
+    return lines
+
+
+def _command(name: str, target: Path) -> list[str]:
+    target.mkdir(parents=True, exist_ok=True)
+    return [str(target) + part[3:] if part.startswith("OUT") else part for part in other_experiments()[name]["command"]]
 
 
 # --- writing to data/ ------------------------------------------------------------------------------------------
@@ -409,6 +496,15 @@ def _list(runs: list[Run], out: Path) -> None:
           "(two at a time: about half that)")
 
 
+def _list_others(names: list[str], out: Path) -> None:
+    for name, info in other_experiments().items():
+        if name not in names:
+            continue
+        done = (out / name / ("metrics.json" if name == "tiny-base" else "recipe.jsonl")).exists()
+        print(f"{name:40s} {info['cost'] / 60:4.0f} min {'':>17s}  {'reproduced' if done else 'not started'} "
+              f"({info['note']})")
+
+
 def _reproduce(runs: list[Run], out: Path, workers: int) -> list[str]:
     """Run every unfinished run of ``runs``, ``workers`` at a time, with a progress bar; returns the failures."""
     from tqdm.auto import tqdm
@@ -474,12 +570,16 @@ def main(argv: list[str] | None = None) -> int:
         runs, broken = committed_runs(data)
         for line in broken:
             print(f"companion reproduce: {line}", file=sys.stderr)
-        runs = select(runs, args.only)
+        selected = select(runs, args.only, OTHERS)
+        others = [name for name in OTHERS if not args.only or name in args.only]
+        runs = selected if not args.only or any(name not in OTHERS for name in args.only) else []
     except RunError as error:
         print(f"companion reproduce: error: {error}", file=sys.stderr)
         return BAD_INPUT
     if args.list:
-        _list(runs, out)
+        if runs:
+            _list(runs, out)
+        _list_others(others, out)
         return 0
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops the runs as Ctrl-C does
     try:
@@ -501,6 +601,13 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(compare(run, out)))
         if args.save:
             print(f"  saved to {save(run, out)}")
+    for name in others:  # after the runs: pretraining takes both cores
+        try:
+            for line in reproduce_other(name, out):
+                print(line)
+        except subprocess.CalledProcessError as error:
+            failed.append(f"{name}: exit code {error.returncode}")
+            print(f"companion reproduce: failed: {name}: exit code {error.returncode}", file=sys.stderr)
     for line in broken:
         print(f"{line}: not reproduced")
     return 1 if failed or broken else 0

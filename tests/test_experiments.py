@@ -99,6 +99,7 @@ def test_reproduce_runs_resumes_compares_and_saves(tmp_path, capsys):
     code, out = _reproduce(data, first, "--save", capsys=capsys)
     assert code == 0, out
     assert "tiny/run: nothing committed to compare with" in out
+    assert "tiny-base" not in out and "recipe" not in out  # the shipped data's, not this --data's
     committed = data / "tiny" / "run"
     assert (committed / "eval" / "summary.json").exists() and len(read_jsonl(committed / "metrics.jsonl")) == 2
     saved = json.loads((committed / "config.json").read_text())

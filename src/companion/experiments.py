@@ -571,7 +571,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in broken:
             print(f"companion reproduce: {line}", file=sys.stderr)
         selected = select(runs, args.only, OTHERS)
-        others = [name for name in OTHERS if not args.only or name in args.only]
+        # tiny-base and recipe are the shipped data's; another --data holds only run directories
+        others = [name for name in OTHERS if (not args.only or name in args.only)
+                  and data.resolve() == DATA.resolve()]
         runs = selected if not args.only or any(name not in OTHERS for name in args.only) else []
     except RunError as error:
         print(f"companion reproduce: error: {error}", file=sys.stderr)

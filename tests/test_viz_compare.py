@@ -94,11 +94,21 @@ def test_the_stability_map_marks_where_lengths_explode():
     assert viz.blowup_step(stable["records"]) is None
     # truncated share step/40, smoothed over 5 steps: its mean reaches 0.5 at step 22 ((18+...+22)/5/40 = 0.5)
     assert viz.blowup_step(exploding["records"]) == 22
-    rows = viz.stability_rows([stable, exploding, constant], steps=STEPS)
-    fig = viz.stability_figure(rows, steps=STEPS)
+    rows = viz.stability_rows([constant, exploding, stable])
+    fig = viz.stability_figure(rows)
     heat = fig.data[0]
-    assert list(heat.x) == ["0.0005", "0.001"] and list(heat.y) == ["GRPO", "F-ISFT±", "F-ISFT±, constant"]  # book order
-    assert heat.text[1][1] == "22" and heat.text[0][0] == "–" and heat.text[0][1] == ""
+    assert list(heat.x) == ["0.001", "0.0005"]
+    assert list(heat.y) == ["GRPO", "F-ISFT±", "F-ISFT±, constant"]  # the book's order
+    assert heat.text[1][0] == "22" and heat.text[0][1] == "–" and heat.text[0][0] == ""
+    assert heat.z[1][0] == pytest.approx(sum(range(31, 41)) / 10 / 40)  # last 10 steps' truncated share
+
+
+def test_the_stability_map_by_task_shows_every_seed(runs):
+    runs[0]["records"] = [dict(r, frac_truncated=1.0) if r["step"] > 5 else r for r in runs[0]["records"]]
+    fig = viz.stability_figure(viz.stability_rows(runs, column="task"), column="task")
+    heat = fig.data[0]
+    assert list(heat.x) == ["Countdown", "word problems"] and heat.y[0] == "GRPO"
+    assert heat.text[0][0] == "8 / – / –"  # seed 0 blew up at step 8 (5-step mean of 0, 1, 1, 1 ... reaches 0.5)
 
 
 def test_matched_wrong_lengths_use_only_problems_every_run_gets_wrong(runs):

@@ -182,44 +182,51 @@ def blowup_step(records: list[dict], *, threshold: float = 0.5, window: int = 5,
     return next((s for s, v in zip(steps, values) if v is not None and v >= threshold), None)
 
 
-def stability_rows(stability: list[dict], comparison: list[dict] = (), *, steps: int = 50) -> list[dict]:
-    """One row per (variant, learning rate): the blow-up step, the last-10-step mean length and accuracy.
-
-    ``comparison`` adds the chapter's recipe (its seed-0 word-problem runs, cut at ``steps``) as one more column.
-    """
+def stability_rows(runs: list[dict], *, column: str = "learning_rate", steps: int | None = None) -> list[dict]:
+    """One row per run: its variant, its ``column`` value (``learning_rate``, or ``task``), the blow-up step, and the
+    mean length, accuracy, entropy and truncated share of its last 10 training steps (of the first ``steps``)."""
     rows = []
-    extra = [r for r in comparison if r["task"] == "tinygsm" and r["seed"] == 0]
-    for run in list(stability) + extra:
-        records = [r for r in run["records"] if 1 <= r["step"] <= steps]
+    for run in runs:
+        if run["algo"] == "base":
+            continue
+        records = [r for r in run["records"] if r["step"] >= 1 and (steps is None or r["step"] <= steps)]
         last = records[-10:]
-        rows.append({"variant": variant(run), "learning_rate": run["learning_rate"],
+        rows.append({"variant": variant(run), column: run[column], "seed": run["seed"],
                      "blowup_step": blowup_step(records), "length": mean(r["length"] for r in last),
                      "accuracy": mean(r["accuracy"] for r in last), "entropy": mean(r["entropy"] for r in last),
                      "truncated": mean(r["frac_truncated"] for r in last)})
     return rows
 
 
-def stability_figure(rows: list[dict], *, steps: int = 50) -> go.Figure:
-    """Learning rate x variant: colour is the mean completion length over the last 10 of ``steps`` steps, the text
-    the step at which half the completions were cut off (a dash: never)."""
+def stability_figure(rows: list[dict], *, column: str = "learning_rate", title: str = "") -> go.Figure:
+    """Variant x ``column``: colour is the share of completions cut off at the length limit over the last 10
+    training steps (mean of the seeds), the text each seed's blow-up step (a dash: never)."""
     order = [ALGO_NAMES[a] for a in ALGO_ORDER]
     variants = sorted(dict.fromkeys(r["variant"] for r in rows),
                       key=lambda v: (order.index(v.split(",")[0]) if v.split(",")[0] in order else len(order), v))
-    rates = sorted({r["learning_rate"] for r in rows})
-    cell = {(r["variant"], r["learning_rate"]): r for r in rows}
-    z = [[cell[(v, lr)]["length"] if (v, lr) in cell else None for lr in rates] for v in variants]
-    text = [[("" if (v, lr) not in cell else
-              f"{cell[(v, lr)]['blowup_step']}" if cell[(v, lr)]["blowup_step"] else "–") for lr in rates]
-            for v in variants]
-    hover = [[(f"{v}, lr {lr:g}: mean length {cell[(v, lr)]['length']:.0f}, train accuracy "
-               f"{cell[(v, lr)]['accuracy']:.2f}, truncated {cell[(v, lr)]['truncated']:.0%}" if (v, lr) in cell else "")
-              for lr in rates] for v in variants]
-    fig = go.Figure(go.Heatmap(x=[f"{lr:g}" for lr in rates], y=variants, z=z, text=text, texttemplate="%{text}",
+    columns = list(dict.fromkeys(r[column] for r in rows))
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["variant"], r[column]), []).append(r)
+
+    def label(value):
+        return TASK_TITLES.get(value, value) if isinstance(value, str) else f"{value:g}"
+
+    z, text, hover = [], [], []
+    for v in variants:
+        z.append([]), text.append([]), hover.append([])
+        for c in columns:
+            group = sorted(cells.get((v, c), []), key=lambda r: r["seed"])
+            z[-1].append(mean(r["truncated"] for r in group) if group else None)
+            text[-1].append(" / ".join(str(r["blowup_step"] or "–") for r in group))
+            hover[-1].append(f"{v}, {label(c)}: cut off {z[-1][-1]:.0%}, mean length "
+                             f"{mean(r['length'] for r in group):.0f}" if group else "")
+    fig = go.Figure(go.Heatmap(x=[label(c) for c in columns], y=variants, z=z, text=text, texttemplate="%{text}",
                                customdata=hover, hovertemplate="%{customdata}<extra></extra>", colorscale="YlOrRd",
-                               zmin=0, zmax=256, colorbar=dict(title="tokens")))
-    fig.update_xaxes(title_text="learning rate", type="category")
+                               zmin=0, zmax=1, colorbar=dict(title="cut off", tickformat=".0%")))
+    fig.update_xaxes(type="category")
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, f"Word problems, seed 0: mean length at steps {steps - 9}-{steps}", 420)
+    return _layout(fig, title or "Where lengths explode: share cut off at the limit, last 10 steps", 380)
 
 
 def length_change(runs: list[dict], task: str, *, window: int = 10) -> list[dict]:

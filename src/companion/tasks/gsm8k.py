@@ -39,8 +39,8 @@ def load(split: str = "train", *, data_file: str | os.PathLike | None = None):
     as the requested split; otherwise download ``openai/gsm8k`` from the hub. When neither
     works, raise ``RuntimeError`` naming both options.
 
-    >>> from pathlib import Path
-    >>> sample = Path(__file__).parents[3] / "tests" / "data" / "gsm8k_sample.jsonl"
+    >>> from companion.shipped import data_dir
+    >>> sample = data_dir() / "verifier" / "gsm8k_sample.jsonl"
     >>> ds = load("test", data_file=sample)
     >>> sorted(ds.column_names), extract_gold(ds[0]["answer"])
     (['answer', 'question'], '17')
@@ -75,8 +75,8 @@ def generate(n_problems: int | None = None, *, seed: int = 0, split: str = "trai
     """``n_problems`` GSM8K records of ``split`` (all when ``None``), shuffled by ``seed``, as
     ``{"question", "answer"}`` dicts: the same shape as :func:`companion.tasks.tinygsm.generate`.
 
-    >>> from pathlib import Path
-    >>> sample = Path(__file__).parents[3] / "tests" / "data" / "gsm8k_sample.jsonl"
+    >>> from companion.shipped import data_dir
+    >>> sample = data_dir() / "verifier" / "gsm8k_sample.jsonl"
     >>> len(generate(3, seed=0, data_file=sample)), len(generate(seed=0, data_file=sample)) >= 8
     (3, True)
     """

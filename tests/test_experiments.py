@@ -233,3 +233,17 @@ def test_the_recipe_sweep_is_listed_and_named(capsys, monkeypatch, tmp_path):
     assert code == 0 and "recipe" in out and "tiny-base" in out and "not started" in out
     monkeypatch.setattr(experiments, "SWEEP_SCRIPT", tmp_path / "missing.py")
     assert "only in a source checkout" in experiments.reproduce_other("recipe", tmp_path)[0]
+
+
+def test_the_committed_data_stays_small():
+    """The repository stays light: data/ (base model, experiments, sweeps) within 25 MB, no file over 10 MB."""
+    from companion.shipped import data_dir
+
+    files = [p for p in data_dir().rglob("*") if p.is_file()]
+    sizes = {p: p.stat().st_size for p in files}
+    assert sum(sizes.values()) <= 25 * 2**20, f"data/ holds {sum(sizes.values()) / 2**20:.1f} MB"
+    big = [str(p) for p, size in sizes.items() if size > 10 * 2**20]
+    assert not big, big
+    policies = [p for p in data_dir().glob("experiments/*/*/policy/config.json")]
+    assert all(json.loads(p.read_text()).get("dtype", json.loads(p.read_text()).get("torch_dtype")) == "float16"
+               for p in policies), "committed policies are stored in half precision"

@@ -123,3 +123,10 @@ def test_matched_wrong_lengths_use_only_problems_every_run_gets_wrong(runs):
     grpo = matched["algos"]["grpo"]
     assert grpo["mean"] == pytest.approx((100 + 101) / 2) and grpo["low"] == grpo["high"]
     assert matched["algos"]["dr_grpo"]["mean"] == pytest.approx((50 + 51) / 2)
+
+
+def test_a_claim_with_one_seed_is_not_judged(runs):
+    one = [r for r in runs if not (r["algo"] == "fisft_pm" and r["seed"] > 0)]
+    claims = {(c["task"], c["claim"]): c for c in viz.accuracy_claims(one)}
+    assert claims[("countdown", 1)]["holds"] is None  # F-ISFT± has one seed: no spread to compare with
+    assert claims[("countdown", 2)]["b"] == "fisft_pm" and claims[("countdown", 2)]["holds"] is None

@@ -270,8 +270,13 @@ def distinguishable(a: list[float], b: list[float]) -> bool:
     return abs(mean(a) - mean(b)) > 2 * se
 
 
+def _judged(a: list[float], b: list[float], verdict: bool) -> bool | None:
+    return verdict if len(a) >= 2 and len(b) >= 2 else None
+
+
 def accuracy_claims(runs: list[dict]) -> list[dict]:
-    """Claims (1) GRPO ≈ F-ISFT± and (2) F-ISFT+ lags, per task: the means, their difference, and the verdict."""
+    """Claims (1) GRPO ≈ F-ISFT± and (2) F-ISFT+ lags, per task: the means, their difference, and the verdict:
+    ``holds`` True or False, or None when a side has fewer than two seeds (no spread to judge a difference by)."""
     out = []
     for task in dict.fromkeys(r["task"] for r in runs if r["algo"] != "base"):
         grpo, pm, plus = (_pass1(runs, task, a) for a in ("grpo", "fisft_pm", "fisft_plus"))
@@ -279,11 +284,12 @@ def accuracy_claims(runs: list[dict]) -> list[dict]:
             continue
         out.append({"task": task, "claim": 1, "a": "grpo", "b": "fisft_pm", "mean_a": mean(grpo), "mean_b": mean(pm),
                     "difference": mean(grpo) - mean(pm), "sd_a": _sd(grpo), "sd_b": _sd(pm),
-                    "holds": not distinguishable(grpo, pm)})
+                    "holds": _judged(grpo, pm, not distinguishable(grpo, pm))})
         best = max(("grpo", grpo), ("fisft_pm", pm), key=lambda x: mean(x[1]))
         out.append({"task": task, "claim": 2, "a": "fisft_plus", "b": best[0], "mean_a": mean(plus),
                     "mean_b": mean(best[1]), "difference": mean(plus) - mean(best[1]), "sd_a": _sd(plus),
-                    "sd_b": _sd(best[1]), "holds": mean(plus) < mean(best[1]) and distinguishable(plus, best[1])})
+                    "sd_b": _sd(best[1]),
+                    "holds": _judged(plus, best[1], mean(plus) < mean(best[1]) and distinguishable(plus, best[1]))})
     return out
 
 

@@ -50,6 +50,16 @@ def test_train_stop_resume_and_refuse_to_clobber(tiny_policy_dir, tmp_path):
     assert (out / "policy" / "config.json").exists() and "step 2 of 2" in resumed.stdout
 
 
+def test_resume_finds_the_run_however_its_path_is_spelled(tiny_policy_dir, tmp_path):
+    """A run started with an absolute --out resumes from a relative path to the same directory (and back)."""
+    out = tmp_path / "run"
+    first = companion(*_small(tiny_policy_dir, out), "--steps", "2", "--until-step", "1")
+    assert first.returncode == 0, first.stderr
+    resumed = companion("--resume", "run", "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
 @pytest.mark.parametrize("args, code, message", [
     (["--num-generations", "1"], 2, "num_generations must be >= 2"),
     (["--task", "chess"], 2, "unknown task 'chess'"),

@@ -267,11 +267,11 @@ def select(runs: list[Run], only: list[str] | None, others: tuple[str, ...] = ()
 def cost_seconds(directory: Path) -> float | None:
     """Wall time a run took, from its records: training steps, in-training evaluation, the final evaluation."""
     records = read_jsonl(directory / "metrics.jsonl")
-    if not records:
+    summary = directory / "eval" / "summary.json"
+    if not records and not summary.exists():
         return None
     seconds = sum((r.get("step_time") or 0.0) + (r.get("time_eval") or 0.0) for r in records)
-    summary = directory / "eval" / "summary.json"
-    if summary.exists():
+    if summary.exists():  # an evaluation-only run costs its sampling alone
         seconds += json.loads(summary.read_text()).get("sampling_seconds", 0.0)
     return seconds
 

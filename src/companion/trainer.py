@@ -338,7 +338,7 @@ RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "policy")
 
 def _prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
     out, _ = open_run_dir(config.out, dataclasses.asdict(config), RUN_FILES, overwrite=overwrite, resume=resume,
-                          may_differ=("steps",))
+                          may_differ=("steps", "out"))  # the same directory, however its path is spelled
     if resume and not (out / "checkpoint.pt").exists():
         raise RunError(f"nothing to resume in {out}: it has no checkpoint.pt (start a new run there with --overwrite)")
     return out

@@ -44,6 +44,7 @@ def test_bands_are_the_seed_range_around_the_mean(runs):
     fig = viz.accuracy_figure(runs)
     lines = [t for t in fig.data if t.mode == "lines+markers" and t.name == "F-ISFT+" and t.xaxis == "x"]
     band = [t for t in fig.data if t.fill == "toself"][2]  # countdown, third algorithm in the book's order
+    assert band.mode == "lines"  # no stray markers on the band
     assert list(lines[0].x) == [0, 20, 40]
     assert lines[0].y[-1] == pytest.approx(0.25)
     assert max(band.y) == pytest.approx(0.26) and min(band.y) == pytest.approx(0.2)

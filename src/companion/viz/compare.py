@@ -57,8 +57,9 @@ def _band(fig, x, ys: list[list[float | None]], color: str, name: str, *, row=No
     where = dict(row=row, col=col) if row else {}
     group = legendgroup or name
     if len(ys) > 1:
-        fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], fill="toself", fillcolor=_rgba(color, 0.18),
-                                 line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=group), **where)
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=hi + lo[::-1], mode="lines", fill="toself",
+                                 fillcolor=_rgba(color, 0.18), line=dict(width=0), hoverinfo="skip", showlegend=False,
+                                 legendgroup=group), **where)
     fig.add_trace(go.Scatter(x=x, y=mid, mode="lines+markers" if markers else "lines", name=name, legendgroup=group, showlegend=showlegend,
                              line=dict(color=color, dash=dash, width=2),
                              hovertemplate=f"{name}: %{{y:.3f}} at step %{{x}}<extra></extra>"), **where)
@@ -81,8 +82,7 @@ def accuracy_figure(runs: list[dict], tasks=("countdown", "tinygsm"), *, base: d
                   showlegend=row == 1, markers=True)
         fig.update_yaxes(title_text="sampled accuracy", rangemode="tozero", row=row, col=1)
     fig.update_xaxes(title_text="training step", row=len(tasks), col=1)
-    seeds = len({r["seed"] for r in runs})
-    return _layout(fig, f"Held-out accuracy during training (mean and range of {seeds} seeds)", 300 * len(tasks) + 120)
+    return _layout(fig, "Held-out accuracy during training (mean and range of the seeds)", 300 * len(tasks) + 120)
 
 
 def final_table(runs: list[dict], base_metrics: dict | None = None) -> list[dict]:

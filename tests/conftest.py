@@ -8,7 +8,23 @@ may train the model without changing what the next test sees.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
+def copy_source(dest: Path) -> Path:
+    """What a wheel is built from (pyproject, README, src/, data/), copied to ``dest``: building or installing from the
+    copy writes nothing into the checkout."""
+    dest.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(CHECKOUT / name, dest / name)
+    for name in ("src", "data"):
+        shutil.copytree(CHECKOUT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
 
 # ~80k parameters: big enough to exercise every Qwen2 code path (grouped-query attention, rotary positions,
 # tied embeddings, the KV cache), small enough that a forward/backward pass takes milliseconds.

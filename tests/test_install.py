@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -18,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import copy_source
 
 ROOT = Path(__file__).resolve().parents[1]
 OTHER_TORCH = "2.9.0"  # not the 2.13.0 of constraints.txt: what a Colab runtime might hold
@@ -64,12 +64,7 @@ def test_constraints_pin_inside_the_stated_ranges():
 
 @pytest.mark.slow
 def test_installing_like_colab_keeps_the_torch_already_there(tmp_path):
-    source = tmp_path / "companion"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, source / name)
-    for name in ("src", "data"):
-        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    source = copy_source(tmp_path / "companion")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import copy_source
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,12 +25,7 @@ def installed(tmp_path_factory):
     """The package built as a wheel from a copy of the checkout, installed (without its dependencies, which this
     environment has) into a directory outside the checkout."""
     tmp = tmp_path_factory.mktemp("wheel")
-    source = tmp / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, source / name)
-    for name in ("src", "data"):
-        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    source = copy_source(tmp / "source")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source),
                     "-w", str(tmp / "dist")], check=True, capture_output=True, cwd=tmp)
     wheel = next((tmp / "dist").glob("companion-*.whl"))

@@ -53,6 +53,26 @@ def test_next_token_distribution_equals_transformers_warpers(temperature, top_p)
     assert torch.allclose(frequencies, expected.double(), atol=1.5 / grid)
 
 
+def test_the_fast_nucleus_equals_the_sorted_one(monkeypatch):
+    """nucleus_probs keeps the tokens filter_logits keeps, with the same probabilities up to normalisation: for peaked
+    rows (the nucleus among the top-k candidates) and for flat ones (more than the candidates: the sort path)."""
+    from companion import decode
+
+    monkeypatch.setattr(decode, "NUCLEUS_CANDIDATES", 8)
+    generator = torch.Generator().manual_seed(0)
+    peaked = torch.randn(50, 40, generator=generator) * 4
+    flat = torch.randn(50, 40, generator=generator) * 0.1
+    for logits in (peaked, flat):
+        for top_p in (0.5, 0.9, 0.99):
+            expected = decode.filter_logits(logits, top_p=top_p).softmax(dim=-1)
+            got = decode.nucleus_probs(logits, top_p=top_p)
+            assert torch.equal(got > 0, expected > 0)
+            assert torch.allclose(got / got.sum(dim=-1, keepdim=True), expected, atol=1e-6)
+    kept = (decode.nucleus_probs(flat, top_p=0.9) > 0).sum(dim=-1)
+    assert (kept > 8).all()  # the flat rows really went past the candidates
+    assert torch.equal(decode.nucleus_probs(peaked, top_p=1.0), peaked.softmax(dim=-1))
+
+
 def test_greedy_matches_rollout_generate(chatty_policy):
     from companion.rollout import generate
 
@@ -66,14 +86,16 @@ def test_greedy_matches_rollout_generate(chatty_policy):
     assert len(set(reference.texts)) == 3  # the three prompts really are continued differently
 
 
-def test_every_token_is_the_draw_a_full_forward_pass_gives(chatty_policy):
-    """The in-place cache, the positions under left padding, the dropping of finished rows and batches that
-    span prompts change nothing: each token equals inverse-CDF sampling, with the same uniform, from the
-    logits of one uncached forward pass over prompt + completion."""
+@pytest.mark.parametrize("fast", [False, True])
+def test_every_token_is_the_draw_a_full_forward_pass_gives(chatty_policy, fast):
+    """The in-place cache, the positions under left padding, the dropping of finished rows, batches that span
+    prompts and the fast path (shared-prompt attention, nucleus by top-k) change nothing: each token equals inverse-CDF sampling, with the
+    same uniform, from the logits of one uncached forward pass over prompt + completion."""
     model, tokenizer = chatty_policy
     seeds, num_generations, max_len = [11, 12, 13], 12, 40
     results = sample_completions(model, tokenizer, PROMPTS, num_generations, seeds=seeds, max_completion_length=max_len,
-                                 temperature=0.7, top_p=0.9, batch_size=7)
+                                 temperature=0.7, top_p=0.9, batch_size=7, fast=fast)
+    assert model.config._attn_implementation == "sdpa"  # the shared-prompt attention is set only while decoding
     lengths = [c.length for samples in results for c in samples]
     assert min(lengths) < max_len // 2 and max(lengths) == max_len and len(set(lengths)) > 8  # rows were dropped
     model.eval()
@@ -91,9 +113,10 @@ def test_every_token_is_the_draw_a_full_forward_pass_gives(chatty_policy):
             assert redrawn.tolist() == ids
 
 
-def test_samples_do_not_depend_on_batching(chatty_policy):
+@pytest.mark.parametrize("fast", [False, True])
+def test_samples_do_not_depend_on_batching(chatty_policy, fast):
     model, tokenizer = chatty_policy
-    kwargs = dict(max_completion_length=30, temperature=1.0, top_p=0.95)
+    kwargs = dict(max_completion_length=30, temperature=1.0, top_p=0.95, fast=fast)
     together = sample_completions(model, tokenizer, PROMPTS, 5, seeds=[1, 2, 3], batch_size=64, **kwargs)
     small_batches = sample_completions(model, tokenizer, PROMPTS, 5, seeds=[1, 2, 3], batch_size=2, **kwargs)
     alone = sample_completions(model, tokenizer, PROMPTS[1:2], 5, seeds=[2], batch_size=5, **kwargs)
@@ -101,6 +124,48 @@ def test_samples_do_not_depend_on_batching(chatty_policy):
     assert together[1] == alone[0]
     other_seed = sample_completions(model, tokenizer, PROMPTS[1:2], 5, seeds=[4], batch_size=5, **kwargs)
     assert other_seed != alone
+
+
+def test_shared_prompt_attention_equals_the_standard_path_on_another_model_family(monkeypatch):
+    """A Llama (no q/k/v biases, other head counts: 6 query heads on 3 key/value heads) with an unequal share of
+    rows per prompt after finished rows are dropped: the shared-prompt attention gives the same logits, so the
+    same samples, as transformers' own attention over a per-row cache."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from companion import decode
+    from companion.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96,
+                                         num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=3,
+                                         max_position_embeddings=256, attn_implementation="sdpa",
+                                         eos_token_id=tokenizer.convert_tokens_to_ids(["e", "7"]),
+                                         pad_token_id=tokenizer.pad_token_id))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(4)
+    assert decode.supports_shared_prompt(model)
+    kwargs = dict(max_completion_length=40, temperature=0.8, top_p=0.9, batch_size=10)
+    standard = sample_completions(model, tokenizer, PROMPTS, 6, seeds=[5, 6, 7], **kwargs)
+    made, original = [], decode.SharedPrompt
+    monkeypatch.setattr(decode, "SharedPrompt", lambda *args: made.append(args) or original(*args))
+    shared = sample_completions(model, tokenizer, PROMPTS, 6, seeds=[5, 6, 7], fast=True, **kwargs)
+    assert len(made) == 2  # the path was taken: one per batch of 10 of the 18 rows
+    lengths = [c.length for samples in standard for c in samples]
+    assert min(lengths) < 20 and max(lengths) == 40  # rows finished at different steps and were dropped
+    assert shared == standard
+
+
+def test_shared_prompt_falls_back_where_attention_is_not_pluggable(chatty_policy, monkeypatch):
+    from companion import decode
+
+    model, tokenizer = chatty_policy
+    kwargs = dict(max_completion_length=20, temperature=1.0, top_p=1.0, batch_size=8)
+    expected = sample_completions(model, tokenizer, PROMPTS, 3, seeds=[1, 2, 3], **kwargs)
+    monkeypatch.setattr(type(model), "_can_set_attn_implementation", lambda self: False)
+    monkeypatch.setattr(decode, "SharedPrompt", None)  # the shared path would fail at once
+    assert sample_completions(model, tokenizer, PROMPTS, 3, seeds=[1, 2, 3], fast=True, **kwargs) == expected
 
 
 def test_sampler_refuses_a_completion_past_the_context(tiny_policy):

@@ -51,6 +51,7 @@ def sample_completions(
     temperature: float = 1.0,
     top_p: float = 1.0,
     batch_size: int = 256,
+    fast: bool = False,
     on_finished: Callable[[int, int], None] | None = None,
 ) -> list[list[Completion]]:
     """``num_generations`` completions of each prompt; ``result[j][i]`` is sample ``i`` of ``prompts[j]``.
@@ -65,6 +66,9 @@ def sample_completions(
         temperature, top_p: the sampling distribution; ``temperature=0`` is greedy.
         batch_size: rows (samples) decoded together. The rows of all prompts are laid end to end and cut
             into batches of this size, so a batch can hold several prompts, or part of one.
+        fast: the fast path of :func:`companion.decode.decode` (each prompt's keys and values kept once, not
+            once per sample; the nucleus found without a sort): the same distributions up to float rounding, so
+            not bit for bit the samples of the default path, which the trainers use.
         on_finished: called as ``on_finished(samples, tokens)`` whenever samples finish, for progress bars.
     """
     if len(seeds) != len(prompts):
@@ -78,7 +82,7 @@ def sample_completions(
     results: list[list[Completion | None]] = [[None] * num_generations for _ in prompts]
     for batch in decode(model, prompt_ids, prompt_mask, num_generations, max_completion_length=max_completion_length,
                         stop_ids=stop_token_ids(model, tokenizer), temperature=temperature, top_p=top_p, seeds=seeds,
-                        batch_size=batch_size, on_finished=on_finished):
+                        batch_size=batch_size, fast=fast, on_finished=on_finished):
         token_ids = [row[:n] for row, n in zip(batch.tokens.tolist(), batch.lengths.tolist())]
         texts = tokenizer.batch_decode(token_ids, skip_special_tokens=True)
         for row, text, ids, done in zip(batch.rows.tolist(), texts, token_ids, batch.finished.tolist()):

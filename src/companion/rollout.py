@@ -172,3 +172,42 @@ def generate(
         entropies=None if batch.entropies is None else batch.entropies * completion_mask,  # (N, T)
         truncated=~batch.finished,
     )
+
+
+def teacher_rollout(tokenizer, task: str, problems: list[dict], *, num_generations: int, max_completion_length: int,
+                    seed: int, device: torch.device | str = "cpu") -> Rollout:
+    """A batch like :func:`generate`'s, written by the exact solver instead of sampled: ``num_generations`` clean
+    traces (:func:`companion.traces.clean_trace`, each its own random solution path) of each problem of ``task``,
+    ended with EOS. Training on it with weight 1 on every token is distillation from the stronger teacher.
+
+    The traces depend on ``seed`` only (an interrupted run redraws the same). A trace longer than
+    ``max_completion_length`` is cut there and marked truncated, as a sampled one would be. No log-probs: the
+    teacher is not the policy.
+    """
+    import random
+
+    from companion.tasks import prompts as task_prompts
+    from companion.traces import clean_trace
+
+    rng = random.Random(seed)
+    texts = [clean_trace(task, problem, rng) for problem in problems for _ in range(num_generations)]
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, [task_prompts.format_prompt(task, p, style="base")
+                                                         for p in problems], device)  # (B, P)
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
+    truncated = torch.tensor([len(row) > max_completion_length for row in ids], device=device)
+    ids = [row[:max_completion_length] for row in ids]
+    width = max(len(row) for row in ids)
+    completion_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+    completion_mask = torch.zeros(len(ids), width, dtype=torch.long)
+    for i, row in enumerate(ids):
+        completion_ids[i, :len(row)], completion_mask[i, :len(row)] = torch.tensor(row), 1
+    return Rollout(
+        prompt_ids=prompt_ids.repeat_interleave(num_generations, dim=0),
+        prompt_mask=prompt_mask.repeat_interleave(num_generations, dim=0),
+        completion_ids=completion_ids.to(device),
+        completion_mask=completion_mask.to(device),
+        per_token_logps=None,
+        texts=tokenizer.batch_decode(completion_ids, skip_special_tokens=True),
+        num_generations=num_generations,
+        truncated=truncated,
+    )

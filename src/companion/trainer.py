@@ -19,7 +19,8 @@ Each line of ``metrics.jsonl`` is one step: ``reward``, ``accuracy`` (share of c
 :func:`companion.verify.is_correct`), ``frac_zero_spread`` (groups whose rewards are all equal: they get no weight),
 ``frac_weighted`` (completions with a non-zero weight), ``length``, ``length_correct`` and ``length_wrong``
 (mean tokens, EOS included; ``None`` when there is none), ``frac_truncated`` (cut by
-``max_completion_length``), ``entropy`` (of the sampling distribution, per token), ``loss``, ``grad_norm``
+``max_completion_length``), ``entropy`` (of the sampling distribution, per token; ``None`` for the teacher's
+traces, ``--source teacher``), ``loss``, ``grad_norm``
 (before clipping), ``lr`` and :data:`LOSS_STATS` (``kl`` among them), the wall-clock :data:`TIMING_METRICS`,
 and, every ``eval_every`` steps (and at step 0), ``eval_accuracy_greedy`` / ``eval_accuracy_sampled`` on
 held-out problems.
@@ -61,12 +62,13 @@ from companion.config import (MAX_COMPLETION_LENGTH, add_dataclass_arguments, co
 from companion.objectives import (ALGORITHMS, NORMALIZERS, STD_KINDS, policy_loss, resolve_normalizer, sample_weights,
                                   zero_spread_groups)
 from companion.decode import check_prompts_fit
-from companion.rollout import Rollout, generate, per_token_logps
+from companion.rollout import Rollout, generate, per_token_logps, teacher_rollout
 from companion.runs import (BAD_INPUT, RunError, append_jsonl, open_run_dir, read_jsonl, torch_threads,
                             write_atomically)
 from companion.verify import CORRECT_REWARD, is_correct
 
 SCHEDULERS = ("constant", "linear", "cosine")
+SOURCES = ("policy", "teacher")
 
 LOSS_STATS = ("ratio_mean", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "kl")
 """Diagnostics of :func:`companion.objectives.policy_loss` in each record: ``None`` on a step where no completion
@@ -98,6 +100,10 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of the problem order, sampling and initialisation"})
     train_problems: int = field(default=2000, metadata={"help": "size of the training pool, reshuffled every epoch"})
     # 1. sample
+    source: str = field(default="policy", metadata={
+        "help": "who writes the completions: 'policy' samples them (RL and F-ISFT), 'teacher' is the task's exact "
+                "solver (its clean traces: distillation, which is F-ISFT+ on completions that are all right)",
+        "choices": SOURCES})
     prompts_per_step: int = field(default=8, metadata={"help": "distinct problems per step"})
     num_generations: int = field(default=8, metadata={"help": "completions sampled per problem (G)"})
     max_completion_length: int = field(default=MAX_COMPLETION_LENGTH, metadata={"help": "longest completion, in tokens"})
@@ -133,6 +139,15 @@ class TrainConfig:
 
         get_task(self.task)  # raises with the list of known tasks
         need(self.algo in ALGORITHMS, f"unknown algo {self.algo!r}; choose one of {', '.join(ALGORITHMS)}")
+        need(self.source in SOURCES, f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.source == "teacher":
+            from companion.traces import TASKS as TEACHER_TASKS
+
+            need(self.task in TEACHER_TASKS, f"--source teacher needs a task with an exact solver "
+                                             f"({', '.join(TEACHER_TASKS)}), got {self.task!r}")
+            need(self.algo == "fisft_plus", f"--source teacher trains on the solver's traces, which are all right: "
+                                            f"every rule but fisft_plus gives such a group weight 0 (use --algo "
+                                            f"fisft_plus: weight 1 on every trace), got --algo {self.algo}")
         need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         need(self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
         need(self.num_generations >= 2, f"num_generations must be >= 2 (a group needs a reward spread), got {self.num_generations}")
@@ -431,12 +446,17 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
         t_step = time.perf_counter()
         timing = dict.fromkeys(("time_reference", "time_forward", "time_backward", "time_eval"), 0.0)
 
-        # 1. sample: G completions for each of this step's problems, with the current policy
+        # 1. sample: G completions for each of this step's problems, with the current policy (or the teacher's)
         problems = stream.take(config.prompts_per_step)
         t = time.perf_counter()
-        rollout = generate(model, tokenizer, [task.prompt(p) for p in problems], num_generations=G,
-                           max_completion_length=config.max_completion_length, temperature=config.temperature,
-                           top_p=config.top_p)
+        if config.source == "teacher":
+            rollout = teacher_rollout(tokenizer, config.task, problems, num_generations=G,
+                                      max_completion_length=config.max_completion_length,
+                                      seed=config.seed * 1_000_003 + step, device=device)
+        else:
+            rollout = generate(model, tokenizer, [task.prompt(p) for p in problems], num_generations=G,
+                               max_completion_length=config.max_completion_length, temperature=config.temperature,
+                               top_p=config.top_p)
         timing["time_generate"] = time.perf_counter() - t
 
         # 2. verify: one reward per completion, from the task's verifier
@@ -579,7 +599,8 @@ def _rollout_metrics(rollout: Rollout, rewards: torch.Tensor, num_generations: i
         "length_correct": _mean(lengths[correct]),
         "length_wrong": _mean(lengths[~correct]),
         "frac_truncated": rollout.truncated.float().mean().item(),
-        "entropy": ((rollout.entropies * mask).sum() / mask.sum().clamp(min=1)).item(),
+        "entropy": None if rollout.entropies is None else  # the teacher's traces: no sampling distribution
+        ((rollout.entropies * mask).sum() / mask.sum().clamp(min=1)).item(),
     }
 
 

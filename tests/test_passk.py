@@ -393,3 +393,43 @@ def test_perplexity_bad_input(logps, mask, message):
 def test_perplexity_is_at_least_one_and_at_most_the_worst_token(logps):
     value = perplexity([logps])[0]
     assert 1.0 - 1e-12 <= value <= math.exp(-min(logps)) * (1 + 1e-12)
+
+
+# --- crossover ------------------------------------------------------------------------------------------------
+
+
+def _counts(values):
+    return {f"p{i}": c for i, c in enumerate(values)}
+
+
+def test_crossover_finds_the_first_k_where_the_base_catches_up_and_brackets_it():
+    from companion.passk import crossover
+
+    rng = np.random.default_rng(3)
+    # The trained model: sharp (solves 40% of problems always); the base: diffuse (solves 80% sometimes).
+    trained = _counts(rng.binomial(256, np.repeat([0.95, 0.0], [160, 240])))
+    base = _counts(rng.binomial(256, np.repeat([0.05, 0.0], [320, 80])))
+    ks = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    curves = [pass_at_k_curve(c, 256, ks, n_bootstrap=0) for c in (trained, base)]
+    expected = next(k for k in ks if curves[1][k].estimate >= curves[0][k].estimate)
+    result = crossover(trained, base, 256, ks, n_bootstrap=300, seed=1)
+    assert result.k == expected and 1 < expected < 256
+    assert result.low <= result.k <= result.high and result.never == 0.0
+    assert crossover(trained, base, 256, ks, n_bootstrap=300, seed=1) == result  # seeded
+    # Curves that never meet: the bound past the largest k is open, and so is the point.
+    stronger = _counts(np.full(400, 256))
+    assert crossover(stronger, base, 256, ks, n_bootstrap=100) == (None, None, None, 1.0)
+
+
+@pytest.mark.parametrize("trained, base, n, ks, message", [
+    (_counts([1, 2]), _counts([1, 2, 3]), 4, None, "different problems"),
+    ({"a": 1, "b": 2}, {"a": 1, "c": 2}, 4, None, "in one only: 'b', 'c'"),
+    ([1, 2], [1, 2], 4, None, "must map problem ids"),
+    (_counts([1, 2]), _counts([1, 2]), 4, [1, 8], "every k must be between 1 and the smallest n = 4"),
+    (_counts([1, 5]), _counts([1, 2]), 4, None, "cannot exceed n"),
+])
+def test_crossover_refuses_curves_that_do_not_compare(trained, base, n, ks, message):
+    from companion.passk import crossover
+
+    with pytest.raises((ValueError, TypeError), match=message):
+        crossover(trained, base, n, ks, n_bootstrap=0)

@@ -274,6 +274,70 @@ def _bootstrap_means(matrix: np.ndarray, n_bootstrap: int, rng: np.random.Genera
     return means
 
 
+# --- where two curves cross ----------------------------------------------------------------------------------
+
+
+class Crossover(NamedTuple):
+    """Where the base model's pass@k curve reaches a trained model's: the smallest k (of the ks compared) with
+    base pass@k ≥ trained pass@k, and its bootstrap interval over problems. ``k`` is None when the curves do not
+    cross up to the largest k; ``low``/``high`` are None when a bound lies past it (the interval is open there)."""
+
+    k: int | None
+    low: int | None
+    high: int | None
+    never: float  # share of bootstrap replicates in which the curves do not cross up to the largest k
+
+
+def crossover(trained: Mapping[Hashable, int], base: Mapping[Hashable, int], n: int, ks: Sequence[int] | None = None,
+              *, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int | None = 0) -> Crossover:
+    """The k at which the base model's pass@k overtakes a trained model's (Yue et al., arXiv 2504.13837), with a
+    paired percentile bootstrap: each replicate redraws the problems, the same for both models, and finds its own
+    crossing.
+
+    Both are correct-sample counts over the same problems (mappings with the same ids), with the same ``n``
+    samples per problem: curves over other problems or another n do not compare, and are refused, saying what
+    differs.
+
+    >>> sharp = {p: c for p, c in enumerate([16] * 4 + [0] * 6)}      # all or nothing: pass@1 = 0.4
+    >>> diffuse = {p: c for p, c in enumerate([4] * 8 + [0] * 2)}     # often a little: pass@1 = 0.2
+    >>> crossover(sharp, diffuse, 16, n_bootstrap=0).k                # base ahead from k = 4 (0.58 vs 0.40)
+    4
+    >>> crossover(sharp, sharp, 16, n_bootstrap=0).k                  # equal curves meet at once
+    1
+    >>> crossover(sharp, {p: 0 for p in sharp}, 16, n_bootstrap=0)   # a base that solves nothing never catches up
+    Crossover(k=None, low=None, high=None, never=1.0)
+    """
+    for name, counts in (("trained", trained), ("base", base)):
+        if not isinstance(counts, Mapping):
+            raise TypeError(f"{name} must map problem ids to correct-sample counts, so that the problems can be "
+                            f"matched; got {type(counts).__name__}")
+    if set(trained) != set(base):
+        only = sorted(map(repr, set(trained) ^ set(base)))[:5]
+        raise ValueError(f"the two curves are over different problems ({len(trained)} vs {len(base)}; in one "
+                         f"only: {', '.join(only)}): evaluate both models on the same problems")
+    ids = list(base)
+    ks = sorted(set(default_ks(n) if ks is None else _check_ks(ks, _integer("n", n))))
+    rows = [pass_at_k_per_problem([counts[i] for i in ids], n, ks) for counts in (trained, base)]
+    gap = rows[1] - rows[0]  # (P, K) base minus trained, per problem
+
+    def first_crossing(mean_gap: np.ndarray) -> np.ndarray:  # (..., K) -> (...,) index of the first k, K if none
+        ahead = mean_gap >= 0
+        return np.where(ahead.any(axis=-1), ahead.argmax(axis=-1), len(ks))
+
+    point = int(first_crossing(gap.mean(axis=0)))
+    k = ks[point] if point < len(ks) else None
+    if n_bootstrap == 0:
+        return Crossover(k, None, None, float(point == len(ks)))
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be strictly between 0 and 1 (e.g. 0.95), got {confidence}")
+    replicates = first_crossing(_bootstrap_means(gap, _integer("n_bootstrap", n_bootstrap),
+                                                 np.random.default_rng(seed)))  # (B,)
+    tail = (1 - confidence) / 2
+    low, high = (int(q) for q in np.quantile(replicates, [tail, 1 - tail], method="nearest"))
+    return Crossover(k, ks[low] if low < len(ks) else None, ks[high] if high < len(ks) else None,
+                     float(np.mean(replicates == len(ks))))
+
+
 # --- coverage ------------------------------------------------------------------------------------------------
 
 

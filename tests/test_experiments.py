@@ -59,6 +59,38 @@ def test_the_comparison_is_four_algorithms_by_two_tasks_by_three_seeds_with_one_
         assert base == {**trained[f"{task}-grpo-seed0"][1], "model": "tiny"}
 
 
+def test_distillation_and_chapter_7_are_generated_from_the_comparison():
+    compare = experiments.comparison_configs()
+    distill = experiments.distill_configs()
+    assert len(distill) == 6
+    for name, (train, evaluation) in distill.items():
+        TrainConfig(**train)
+        twin = compare[name.replace("distill", "fisft_plus")]  # the same recipe, problems and evaluation
+        assert train == {**twin[0], "source": "teacher"} and evaluation == twin[1]
+    boundary = experiments.boundary_configs()
+    assert len(boundary) == 2 * len(experiments.BOUNDARY_MODELS) * len(experiments.BOUNDARY_SAMPLING)
+    for name, (train, evaluation) in boundary.items():
+        config = EvalConfig(**evaluation)
+        assert train is None and config.num_generations == 256
+        assert (config.problems, config.problem_seed) == (200, 2025)  # the comparison's held-out problems
+        assert config.temperature == (0.6 if name.endswith("T0.6") else 1.0)
+    assert boundary["countdown-grpo-T0.6"][1]["model"] == "runs/reproduce/compare/countdown-grpo-seed0/policy"
+    assert boundary["tinygsm-distill-T1.0"][1]["model"] == "runs/reproduce/distill/tinygsm-distill-seed0/policy"
+    assert boundary["tinygsm-base-T1.0"][1]["model"] == "tiny"
+
+
+def test_an_evaluation_names_the_reproduced_policy_and_falls_back_to_the_committed_one(tmp_path):
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    name = "runs/reproduce/compare/countdown-grpo-seed0/policy"
+    reproduced = str(runs / "compare" / "countdown-grpo-seed0" / "policy")
+    assert experiments.policy_for(name, runs, data) == reproduced  # neither exists: eval will say it is missing
+    (data / "compare" / "countdown-grpo-seed0" / "policy").mkdir(parents=True)
+    assert experiments.policy_for(name, runs, data) == str(data / "compare" / "countdown-grpo-seed0" / "policy")
+    (runs / "compare" / "countdown-grpo-seed0" / "policy").mkdir(parents=True)
+    assert experiments.policy_for(name, runs, data) == reproduced
+    assert experiments.policy_for("tiny", runs, data) == "tiny"
+
+
 def test_init_writes_loadable_configs_and_keeps_what_is_there(tmp_path):
     written = experiments.init("compare", tmp_path)
     assert len(written) == 26
@@ -233,6 +265,22 @@ def test_the_recipe_sweep_is_listed_and_named(capsys, monkeypatch, tmp_path):
     assert code == 0 and "recipe" in out and "tiny-base" in out and "not started" in out
     monkeypatch.setattr(experiments, "SWEEP_SCRIPT", tmp_path / "missing.py")
     assert "only in a source checkout" in experiments.reproduce_other("recipe", tmp_path)[0]
+
+
+def test_committed_jsonl_is_compressed_the_same_way_every_time_and_read_back(tmp_path):
+    from companion.runs import write_jsonl_gz
+
+    rows = [{"index": i, "rewards": [0.0, 1.0] * 50} for i in range(20)]
+    plain = tmp_path / "problems.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first = write_jsonl_gz(plain, tmp_path / "a.jsonl.gz").read_bytes()
+    assert write_jsonl_gz(plain, tmp_path / "problems.jsonl.gz").read_bytes() == first  # no timestamp inside
+    assert len(first) < plain.stat().st_size / 5
+    plain.unlink()
+    assert read_jsonl(plain) == rows  # the compressed twin, under the plain name
+    assert read_jsonl(tmp_path / "missing.jsonl") == []
+    committed = list(experiments.DATA.glob("*/*/eval/problems.jsonl*"))
+    assert committed and all(p.name == "problems.jsonl.gz" for p in committed)
 
 
 def test_the_committed_data_stays_small():

@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from companion.runs import BAD_INPUT, RunError, jsonable, read_jsonl
+from companion.runs import BAD_INPUT, RunError, jsonable, read_jsonl, write_jsonl_gz
 from companion.shipped import data_dir
 
 DATA = data_dir() / "experiments"
@@ -70,8 +70,9 @@ FINAL_EVAL = dict(problems=200, problem_seed=2025, num_generations=16, temperatu
 OTHERS = ("tiny-base", "recipe")
 """Committed results that are not run directories (:func:`other_experiments`): reproduce runs them last."""
 
-POLICY_SEEDS = (0,)
-"""Seeds whose trained policies are committed (in half precision): chapter 7 evaluates them again."""
+POLICY_SEEDS = {"compare": (0,), "distill": (0,)}
+"""Per experiment, the seeds whose trained policies are committed (in half precision): chapter 7 evaluates the
+comparison's again. The stability map keeps none (its runs are read for their training records only)."""
 
 
 def comparison_configs() -> dict[str, tuple[dict, dict]]:
@@ -90,7 +91,10 @@ def comparison_configs() -> dict[str, tuple[dict, dict]]:
     return runs
 
 
-STABILITY_RATES = (1e-3,)
+STABILITY_RATES = (3e-4, 5e-4, 1e-3)
+STABILITY_SEEDS = {5e-4: SEEDS}
+"""Seeds per learning rate of the stability map (others: seed 0 only). 5e-4 is where GRPO's lengths ran away in the
+sweep and in the map's first seed, so it gets all three."""
 STABILITY_VARIANTS = {"grpo": ("grpo", ""), "dr_grpo": ("dr_grpo", ""), "fisft_plus": ("fisft_plus", ""),
                       "fisft_pm": ("fisft_pm", ""), "fisft_pm-constant": ("fisft_pm", "constant")}
 """The stability map's rows: each algorithm with its own length normaliser, and F-ISFT± once more with the
@@ -100,19 +104,78 @@ STABILITY_VARIANTS = {"grpo": ("grpo", ""), "dr_grpo": ("dr_grpo", ""), "fisft_p
 def stability_configs() -> dict[str, tuple[dict, dict]]:
     """Run name -> configs of the stability map: learning rate x algorithm on the word problems, seed 0, 50 steps.
 
-    The recipe of the comparison otherwise (its 3e-4 row is the comparison's first 50 steps); no in-training
-    evaluation, and a cheaper final one (100 of the 200 problems, n = 4).
+    The recipe of the comparison otherwise; no in-training evaluation, and a cheaper final one (100 of the 200
+    problems, n = 4). At the comparison's own learning rate, a variant the comparison already trains is left out:
+    its row is that run's first 50 steps (the same config but for ``steps`` and the evaluation during training).
     """
     runs = {}
     for lr in STABILITY_RATES:
         for variant, (algo, normalizer) in STABILITY_VARIANTS.items():
-            train = dict(COMPARISON, algo=algo, normalizer=normalizer, task="tinygsm", seed=0, steps=50,
-                         learning_rate=lr, eval_every=0)
-            runs[f"{variant}-lr{lr:.0e}".replace("e-0", "e-")] = (train, dict(FINAL_EVAL, task="tinygsm", problems=100, num_generations=4))
+            if lr == COMPARISON["learning_rate"] and not normalizer:
+                continue
+            for seed in STABILITY_SEEDS.get(lr, (0,)):
+                train = dict(COMPARISON, algo=algo, normalizer=normalizer, task="tinygsm", seed=seed, steps=50,
+                             learning_rate=lr, eval_every=0)
+                name = f"{variant}-lr{lr:.0e}-seed{seed}".replace("e-0", "e-")
+                runs[name] = (train, dict(FINAL_EVAL, task="tinygsm", problems=100, num_generations=4))
     return runs
 
 
-GENERATED = {"compare": comparison_configs, "stability": stability_configs}
+def distill_configs() -> dict[str, tuple[dict, dict]]:
+    """Run name -> configs of chapter 7's stronger teacher: the base fine-tuned on the exact solver's clean traces
+    (``--source teacher``), per task and seed, scored like the comparison's policies.
+
+    The comparison's recipe and problem stream (the same problems per step as every algorithm of that seed), so
+    the same number of trained completions as one RL run; it costs far less, having nothing to sample.
+    """
+    runs = {}
+    for seed in SEEDS:
+        for task in TASKS:
+            train = dict(COMPARISON, algo="fisft_plus", source="teacher", task=task, seed=seed)
+            runs[f"{task}-distill-seed{seed}"] = (train, dict(FINAL_EVAL, task=task))
+    return runs
+
+
+BOUNDARY_MODELS = ("base", *ALGOS, "distill")
+BOUNDARY_SAMPLING = {"T0.6": dict(temperature=0.6, top_p=0.95), "T1.0": dict(temperature=1.0, top_p=1.0)}
+"""Chapter 7's sampling: Yue et al.'s (arXiv 2504.13837: T = 0.6, top-p 0.95), and plain T = 1, the training
+temperature, since where the curves cross depends on it."""
+
+
+def boundary_configs() -> dict[str, tuple[None, dict]]:
+    """Run name -> configs of chapter 7's evaluations: every model of chapters 6 and 7 (the base, each algorithm's
+    seed-0 policy, the distilled seed-0 policy) on the comparison's 200 held-out problems per task, n = 256, at
+    each of :data:`BOUNDARY_SAMPLING`. Evaluation only: a policy is the reproduction's when it exists, else the
+    committed one (:func:`policy_for`)."""
+    runs = {}
+    for task in TASKS:
+        for model in BOUNDARY_MODELS:
+            source = "tiny" if model == "base" else str(
+                RUNS / ("distill" if model == "distill" else "compare")
+                / f"{task}-{model}-seed0" / "policy")
+            for label, sampling in BOUNDARY_SAMPLING.items():
+                runs[f"{task}-{model}-{label}"] = (None, dict(FINAL_EVAL, task=task, model=source,
+                                                              num_generations=256, **sampling))
+    return runs
+
+
+def policy_for(model: str, runs: Path = RUNS, data: Path = DATA) -> str:
+    """The policy an evaluation-only run names, as found now. A config names it as the reproduction's,
+    ``runs/reproduce/<experiment>/<run>/policy``: that one (under ``runs``, reproduce's ``--out``) when it has been
+    trained, else the committed one under ``data``. Anything else as given (``tiny``, a directory, a hub name).
+
+    >>> policy_for("tiny")
+    'tiny'
+    """
+    path = Path(model)
+    if not path.is_relative_to(RUNS):  # configs name reproductions under the default --out
+        return model
+    reproduced, committed = runs / path.relative_to(RUNS), data / path.relative_to(RUNS)
+    return str(reproduced) if reproduced.exists() or not committed.exists() else str(committed)
+
+
+GENERATED = {"compare": comparison_configs, "stability": stability_configs, "distill": distill_configs,
+             "boundary": boundary_configs}
 """Experiments whose configs the package generates (``--init``)."""
 
 
@@ -182,8 +245,10 @@ def run_one(run: Run, runs: Path = RUNS, *, log=None) -> Path:
     """Train and evaluate ``run`` into ``runs/<experiment>/<name>``, resuming whatever an earlier attempt left."""
     out = run.out(runs)
     out.mkdir(parents=True, exist_ok=True)
-    if run.train is None:  # evaluation only: the model the saved config names
-        _call([*_companion(), "eval", *_flags(dict(run.eval, out=str(out / "eval"), overwrite=False))], log)
+    if run.train is None:  # evaluation only: the model the saved config names (a reproduced policy, or the committed)
+        model = policy_for(run.eval["model"], runs, run.data)
+        _call([*_companion(), "eval", *_flags(dict(run.eval, model=model, out=str(out / "eval"), overwrite=False))],
+              log)
         return out
     if not (out / "policy").exists():
         if (out / "checkpoint.pt").exists():
@@ -210,7 +275,8 @@ def _flags(options: dict) -> list[str]:
 
 def generated_runs(experiment: str) -> list[Run]:
     """The runs :data:`GENERATED` defines for ``experiment``, before anything is committed."""
-    return [Run(experiment, name, train, evaluation, keep_policy=train is not None and train["seed"] in POLICY_SEEDS)
+    return [Run(experiment, name, train, evaluation,
+                keep_policy=train is not None and train["seed"] in POLICY_SEEDS.get(experiment, ()))
             for name, (train, evaluation) in GENERATED[experiment]().items()]
 
 
@@ -244,7 +310,7 @@ def committed_runs(data: Path = DATA) -> tuple[list[Run], list[str]]:
 
 def _keeps_policy(experiment: str, train: dict, directory: Path) -> bool:
     """Whether a run's trained policy is committed: it is there already, or the generator says so."""
-    return (directory / "policy").is_dir() or (experiment in GENERATED and train["seed"] in POLICY_SEEDS)
+    return (directory / "policy").is_dir() or train["seed"] in POLICY_SEEDS.get(experiment, ())
 
 
 def select(runs: list[Run], only: list[str] | None, others: tuple[str, ...] = ()) -> list[Run]:
@@ -435,7 +501,9 @@ def save(run: Run, runs: Path = RUNS) -> Path:
     """Copy the finished reproduction of ``run`` into ``data`` (replacing what is there, in one rename).
 
     Paths inside the configs become the relative ``runs/reproduce/...`` ones; the policy, for runs that keep it,
-    is stored in half precision (:func:`companion.models.load_policy` loads it back in float32 on a CPU).
+    is stored in half precision (:func:`companion.models.load_policy` loads it back in float32 on a CPU), and the
+    JSONL files compressed (``metrics.jsonl.gz``, ``eval/problems.jsonl.gz``: :func:`companion.runs.read_jsonl`
+    reads either form), which keeps chapter 7's n = 256 rows within data/'s budget.
     """
     source, target = run.out(runs), run.committed
     if not (source / "eval" / "summary.json").exists():
@@ -448,12 +516,12 @@ def save(run: Run, runs: Path = RUNS) -> Path:
     if run.train is not None:
         train = json.loads((source / "config.json").read_text())
         (staging / "config.json").write_text(json.dumps(dict(train, out=out), indent=2, sort_keys=True) + "\n")
-        shutil.copy2(source / "metrics.jsonl", staging / "metrics.jsonl")
+        write_jsonl_gz(source / "metrics.jsonl", staging / "metrics.jsonl.gz")
     evaluation = json.loads((source / "eval" / "config.json").read_text())
     (staging / "eval" / "config.json").write_text(json.dumps(
         dict(evaluation, model=model, out=f"{out}/eval"), indent=2, sort_keys=True) + "\n")
-    for name in ("model.json", "problems.jsonl"):
-        shutil.copy2(source / "eval" / name, staging / "eval" / name)
+    shutil.copy2(source / "eval" / "model.json", staging / "eval" / "model.json")
+    write_jsonl_gz(source / "eval" / "problems.jsonl", staging / "eval" / "problems.jsonl.gz")
     summary = json.loads((source / "eval" / "summary.json").read_text())
     (staging / "eval" / "summary.json").write_text(json.dumps(dict(summary, model=model), indent=2) + "\n")
     if run.keep_policy:
@@ -523,14 +591,17 @@ def _reproduce(runs: list[Run], out: Path, workers: int) -> list[str]:
             except subprocess.CalledProcessError as error:
                 failed.append(f"{run.key}: exit code {error.returncode}; see {log.name} in {logs}")
 
-    bar = tqdm(total=sum(r.steps for r in todo), unit="step", desc=f"reproduce {len(todo)} runs")
+    # Work is counted as training steps plus evaluated problems, so that evaluation-only runs move the bar too.
+    bar = tqdm(total=sum(r.steps + r.eval["problems"] for r in todo), unit=" steps+problems",
+               desc=f"reproduce {len(todo)} runs")
     pool = ThreadPoolExecutor(workers)
     futures = [pool.submit(work, run) for run in todo]
     try:
         while not all(f.done() for f in futures):
             time.sleep(2)
             states = [progress_of(r, out) for r in todo]
-            bar.n = sum(min(steps, r.steps) for r, (steps, _, _) in zip(todo, states))
+            bar.n = sum(min(steps, r.steps) + min(problems, r.eval["problems"])
+                        for r, (steps, problems, _) in zip(todo, states))
             bar.set_postfix(finished=f"{sum(done for _, _, done in states)}/{len(todo)}")
             bar.refresh()
         bar.close()

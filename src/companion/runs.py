@@ -127,11 +127,22 @@ def append_jsonl(f, record: dict) -> None:
 
 def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> list[dict]:
     """The records of a JSONL file (none if it does not exist). A last line without its newline is what a
-    crash mid-write leaves: it is skipped, and with ``repair`` cut off the file so appending can go on."""
+    crash mid-write leaves: it is skipped, and with ``repair`` cut off the file so appending can go on.
+
+    When ``path`` is missing but ``path.gz`` is there (committed results are stored compressed,
+    :func:`write_jsonl_gz`), that is read instead.
+    """
     path = Path(path)
-    if not path.exists():
+    packed = path.with_name(path.name + ".gz")
+    if not path.exists() and packed.exists():
+        import gzip
+
+        path, data = packed, gzip.decompress(packed.read_bytes())
+        repair = False  # a compressed file is written whole, never appended to
+    elif not path.exists():
         return []
-    data = path.read_bytes()
+    else:
+        data = path.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]  # everything up to the last newline
     if repair and len(complete) < len(data):
         with path.open("r+b") as f:
@@ -147,6 +158,16 @@ def read_jsonl(path: str | os.PathLike, *, repair: bool = False) -> list[dict]:
             raise RunError(f"{path}, line {number}, is not valid JSON ({error.msg}): the file was edited or "
                            "corrupted; fix or delete that line, or rerun with --overwrite") from None
     return records
+
+
+def write_jsonl_gz(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Compress the JSONL file ``source`` to ``target`` (its name ending ``.jsonl.gz``), byte for byte the same for
+    the same content (no timestamp in the header), so that committing it again changes nothing."""
+    import gzip
+
+    target = Path(target)
+    target.write_bytes(gzip.compress(Path(source).read_bytes(), compresslevel=9, mtime=0))
+    return target
 
 
 # --- the machine -------------------------------------------------------------------------------------------

@@ -98,10 +98,10 @@ def test_the_stability_map_marks_where_lengths_explode():
     rows = viz.stability_rows([constant, exploding, stable])
     fig = viz.stability_figure(rows)
     heat = fig.data[0]
-    assert list(heat.x) == ["0.001", "0.0005"]
+    assert list(heat.x) == ["0.0005", "0.001"]  # learning rates in order, whatever order the runs came in
     assert list(heat.y) == ["GRPO", "F-ISFT±", "F-ISFT±, constant"]  # the book's order
-    assert heat.text[1][0] == "22" and heat.text[0][1] == "–" and heat.text[0][0] == ""
-    assert heat.z[1][0] == pytest.approx(sum(range(31, 41)) / 10 / 40)  # last 10 steps' truncated share
+    assert heat.text[1][1] == "22" and heat.text[0][0] == "–" and heat.text[0][1] == ""
+    assert heat.z[1][1] == pytest.approx(sum(range(31, 41)) / 10 / 40)  # last 10 steps' truncated share
 
 
 def test_the_stability_map_by_task_shows_every_seed(runs):

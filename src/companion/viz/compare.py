@@ -205,6 +205,8 @@ def stability_figure(rows: list[dict], *, column: str = "learning_rate", title: 
     variants = sorted(dict.fromkeys(r["variant"] for r in rows),
                       key=lambda v: (order.index(v.split(",")[0]) if v.split(",")[0] in order else len(order), v))
     columns = list(dict.fromkeys(r[column] for r in rows))
+    if all(isinstance(c, (int, float)) for c in columns):
+        columns.sort()
     cells = {}
     for r in rows:
         cells.setdefault((r["variant"], r[column]), []).append(r)

@@ -106,7 +106,7 @@ class EvalConfig:
     device: str = field(default="auto", metadata={"help": "'auto' (a GPU if there is one), 'cpu' or 'cuda'"})
     fast_sampler: bool = field(default=True, metadata={
         "help": "sample with each prompt's keys and values kept once, not once per sample, and the top-p nucleus "
-                "found without sorting the vocabulary: about 2x faster at n = 256, the same distribution up to "
+                "found without sorting the vocabulary: about 1.8x faster at n = 256, the same distribution up to "
                 "float rounding. --no-fast-sampler: transformers' attention and a full sort, as the trainers sample"})
     save_completions: bool = field(default=False, metadata={"help": "also write every completion's text to "
                                                                     "problems.jsonl (large for big n)"})

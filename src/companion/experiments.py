@@ -705,16 +705,28 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
     for run in runs:
         if run.experiment != experiment or not (run.committed / "eval" / "summary.json").exists():
             continue
-        t = run.train
-        if t is None:  # the model as it is: the base
-            results.append({"name": run.name, "algo": "base", "task": run.eval["task"], "seed": None,
-                            "learning_rate": None, "normalizer": None, "steps": 0, "records": [],
-                            "summary": json.loads((run.committed / "eval" / "summary.json").read_text()),
-                            "rows": read_jsonl(run.committed / "eval" / "problems.jsonl")})
+        t, e = run.train, run.eval
+        scored = {"temperature": e["temperature"], "top_p": e["top_p"], "num_generations": e["num_generations"],
+                  "summary": json.loads((run.committed / "eval" / "summary.json").read_text()),
+                  "rows": read_jsonl(run.committed / "eval" / "problems.jsonl")}
+        if t is None:  # a model as it is: the base, or (chapter 7) a committed policy evaluated again
+            results.append({"name": run.name, "algo": model_key(e["model"]), "task": e["task"], "seed": None,
+                            "learning_rate": None, "normalizer": None, "steps": 0, "records": [], **scored})
             continue
-        results.append({"name": run.name, "algo": t["algo"], "task": t["task"], "seed": t["seed"],
-                        "learning_rate": t["learning_rate"], "normalizer": resolve_normalizer(t["algo"], t["normalizer"]),
-                        "steps": t["steps"], "records": read_jsonl(run.committed / "metrics.jsonl"),
-                        "summary": json.loads((run.committed / "eval" / "summary.json").read_text()),
-                        "rows": read_jsonl(run.committed / "eval" / "problems.jsonl")})
+        results.append({"name": run.name, "algo": "distill" if t.get("source") == "teacher" else t["algo"],
+                        "task": t["task"], "seed": t["seed"], "learning_rate": t["learning_rate"],
+                        "normalizer": resolve_normalizer(t["algo"], t["normalizer"]), "steps": t["steps"],
+                        "records": read_jsonl(run.committed / "metrics.jsonl"), **scored})
     return results
+
+
+def model_key(model: str) -> str:
+    """What an evaluation-only run evaluates, by the name chapters use: ``base`` for the shipped tiny model, an
+    algorithm (``grpo``, ...) or ``distill`` for a seed-0 policy that :func:`boundary_configs` names, else the model
+    as given.
+
+    >>> model_key("tiny"), model_key("runs/reproduce/compare/countdown-grpo-seed0/policy")
+    ('base', 'grpo')
+    """
+    names = {evaluation["model"]: name.split("-")[1] for name, (_, evaluation) in boundary_configs().items()}
+    return names.get(model, model)

@@ -1,0 +1,123 @@
+"""Figures and tables for chapter 7: does RL expand what the base model can solve, or only sharpen it?
+
+Every function takes the records of :func:`companion.experiments.load_results` ``("boundary")``: one per model
+(``algo``: ``base``, an algorithm, or ``distill``) x task x sampling, each with its per-problem ``rows`` (n = 256
+samples of the same 200 held-out problems). The maths is :mod:`companion.passk`'s; nothing here samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from companion import passk
+from companion.viz.base_model import _layout
+from companion.viz.compare import ALGO_COLORS, ALGO_NAMES, _rgba
+
+MODEL_ORDER = ("base", "grpo", "dr_grpo", "fisft_plus", "fisft_pm", "distill")
+MODEL_NAMES = {"base": "base model", **ALGO_NAMES, "distill": "distilled"}
+MODEL_COLORS = {"base": "#6c757d", **ALGO_COLORS, "distill": "#7b2cbf"}
+
+
+def select(results: list[dict], task: str, temperature: float) -> dict[str, dict]:
+    """The records of ``task`` sampled at ``temperature``, by model, in the book's order."""
+    found = {r["algo"]: r for r in results if r["task"] == task and r["temperature"] == temperature}
+    return {m: found[m] for m in MODEL_ORDER if m in found} | {m: r for m, r in found.items() if m not in MODEL_ORDER}
+
+
+def counts(result: dict) -> dict[int, int]:
+    """Correct samples per problem, keyed by the problem's index."""
+    return {row["index"]: row["num_correct"] for row in result["rows"]}
+
+
+def _same_problems(records: dict[str, dict]) -> int:
+    """The one n every record shares, after checking that they cover the same problems; else a ValueError that says
+    what differs."""
+    ns = {m: r["num_generations"] for m, r in records.items()}
+    if len(set(ns.values())) > 1:
+        raise ValueError(f"the curves were sampled with different n ({ns}): compare models at one n")
+    problems = {m: frozenset(counts(r)) for m, r in records.items()}
+    first = next(iter(problems.values()), frozenset())
+    if any(p != first for p in problems.values()):
+        sizes = {m: len(p) for m, p in problems.items()}
+        raise ValueError(f"the curves are over different problems ({sizes} problems): finish every evaluation first")
+    return next(iter(ns.values()))
+
+
+def curves(records: dict[str, dict], ks: list[int] | None = None, *, n_bootstrap: int = 1000) -> dict[str, dict]:
+    """pass@k with its 95% bootstrap band over problems, per model: ``{model: {k: PassAtK}}``."""
+    n = _same_problems(records)
+    return {m: passk.pass_at_k_curve(counts(r), n, ks, n_bootstrap=n_bootstrap) for m, r in records.items()}
+
+
+def passk_figure(records: dict[str, dict], *, title: str = "", n_bootstrap: int = 1000) -> go.Figure:
+    """pass@k against k (log scale), a line and its 95% band per model."""
+    fig = go.Figure()
+    for model, curve in curves(records, n_bootstrap=n_bootstrap).items():
+        ks = list(curve)
+        color, name = MODEL_COLORS.get(model, "#333333"), MODEL_NAMES.get(model, model)
+        low, high = [curve[k].low for k in ks], [curve[k].high for k in ks]
+        if low[0] is not None:
+            fig.add_trace(go.Scatter(x=ks + ks[::-1], y=high + low[::-1], fill="toself", mode="lines",
+                                     line=dict(width=0), fillcolor=_rgba(color, 0.15), hoverinfo="skip",
+                                     showlegend=False, legendgroup=model))
+        fig.add_trace(go.Scatter(x=ks, y=[curve[k].estimate for k in ks], mode="lines+markers", name=name,
+                                 line=dict(color=color, dash="dot" if model == "base" else None), legendgroup=model,
+                                 hovertemplate=f"{name}<br>pass@%{{x}} = %{{y:.3f}}<extra></extra>"))
+    fig.update_xaxes(type="log", title="k (samples per problem)", tickvals=ks, ticktext=[str(k) for k in ks])
+    fig.update_yaxes(title="pass@k", range=[0, 1.02])
+    return _layout(fig, title or "pass@k", 420)
+
+
+def crossovers(records: dict[str, dict], *, n_bootstrap: int = 1000) -> list[dict]:
+    """Per trained model: the k at which the base model's pass@k reaches it (:func:`companion.passk.crossover`),
+    its 95% interval, and ΔSE = base pass@n − trained pass@1 (Yue et al.'s sign: lower is better)."""
+    n = _same_problems(records)
+    base = counts(records["base"])
+    rows = []
+    for model, record in records.items():
+        if model == "base":
+            continue
+        trained = counts(record)
+        cross = passk.crossover(trained, base, n, n_bootstrap=n_bootstrap)
+        pass1 = passk.pass_at_k_curve(trained, n, [1], n_bootstrap=0)[1].estimate
+        base_n = passk.pass_at_k_curve(base, n, [n], n_bootstrap=0)[n].estimate
+        rows.append({"model": model, "crossover": cross.k, "low": cross.low, "high": cross.high,
+                     "never": cross.never, "pass1": pass1, "base_pass_n": base_n,
+                     "delta_se": passk.delta_se(pass1, base_n)})
+    return rows
+
+
+def coverage_rows(records: dict[str, dict]) -> list[dict]:
+    """Per trained model, against the base: how many problems each solves at least once in n samples, and how the
+    two sets overlap (``only_trained``: solved by the trained model and never by the base, with their ids)."""
+    _same_problems(records)
+    base = counts(records["base"])
+    rows = []
+    for model, record in records.items():
+        if model == "base":
+            continue
+        overlap = passk.compare_coverage(counts(record), base)
+        rows.append({"model": model, "both": overlap["n_both"], "only_trained": overlap["n_only_a"],
+                     "only_base": overlap["n_only_b"], "neither": overlap["n_neither"],
+                     "only_trained_ids": sorted(overlap["only_a"])})
+    return rows
+
+
+def solve_rate_figure(records: dict[str, dict], models: tuple[str, ...] = ("base", "grpo"), *, bins: int = 10,
+                      title: str = "") -> go.Figure:
+    """Histogram of the per-problem solve rate (correct samples / n), one bar series per model: a model that only
+    sharpens piles its problems up at 0 and at 1 (Yue et al.'s Fig. 5)."""
+    n = _same_problems({m: records[m] for m in models})
+    edges = np.linspace(0, 1, bins + 1)
+    labels = [f"{a:.1f}-{b:.1f}" for a, b in zip(edges[:-1], edges[1:])]
+    fig = go.Figure()
+    for model in models:
+        rates = np.array(list(counts(records[model]).values())) / n
+        zero, one = int((rates == 0).sum()), int((rates == 1).sum())
+        middle, _ = np.histogram(rates[(rates > 0) & (rates < 1)], bins=edges)
+        fig.add_trace(go.Bar(x=["never"] + labels + ["always"], y=[zero, *middle.tolist(), one],
+                             name=MODEL_NAMES.get(model, model), marker_color=MODEL_COLORS.get(model, "#333333")))
+    fig.update_xaxes(title=f"share of the {n} samples that are right", type="category")
+    fig.update_yaxes(title="problems")
+    return _layout(fig.update_layout(barmode="group"), title or "How often each problem is solved", 380)

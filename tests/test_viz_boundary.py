@@ -1,0 +1,62 @@
+"""Chapter 7's figures and tables on synthetic evaluations: a sharp trained model and a diffuse base."""
+
+import numpy as np
+import pytest
+
+from companion.viz import boundary as viz
+
+
+def _record(algo, solve_rates, *, n=64, temperature=0.6, task="countdown", seed=0):
+    rng = np.random.default_rng(seed)
+    rows = [{"index": i, "num_correct": int(rng.binomial(n, p))} for i, p in enumerate(solve_rates)]
+    return {"algo": algo, "task": task, "temperature": temperature, "num_generations": n, "rows": rows}
+
+
+@pytest.fixture
+def records():
+    # The base solves 80 of 100 problems now and then; "grpo" solves 40 of them nearly always, one more that the
+    # base never does, and nothing else; "distill" is the base, a little better everywhere.
+    base = [0.1] * 80 + [0.0] * 20
+    grpo = [0.95] * 40 + [0.0] * 40 + [0.9] + [0.0] * 19
+    distill = [0.15] * 80 + [0.0] * 20
+    found = [_record("base", base), _record("grpo", grpo, seed=1), _record("distill", distill, seed=2),
+             _record("base", base, temperature=1.0), _record("grpo", grpo, task="tinygsm")]
+    return viz.select(found, "countdown", 0.6)
+
+
+def test_records_are_selected_by_task_and_temperature_in_the_books_order(records):
+    assert list(records) == ["base", "grpo", "distill"]
+    assert all(r["temperature"] == 0.6 and r["task"] == "countdown" for r in records.values())
+
+
+def test_the_base_overtakes_the_sharp_model_and_the_coverage_says_where(records):
+    rows = {r["model"]: r for r in viz.crossovers(records, n_bootstrap=200)}
+    grpo = rows["grpo"]
+    assert grpo["pass1"] > 0.35 and 1 < grpo["crossover"] <= 64 and grpo["low"] <= grpo["crossover"] <= grpo["high"]
+    assert grpo["delta_se"] == pytest.approx(grpo["base_pass_n"] - grpo["pass1"])
+    coverage = {r["model"]: r for r in viz.coverage_rows(records)}
+    assert coverage["grpo"]["only_trained"] == 1 and coverage["grpo"]["only_trained_ids"] == [80]
+    assert coverage["grpo"]["both"] + coverage["grpo"]["only_base"] == 80
+    assert sum(coverage["distill"][k] for k in ("both", "only_trained", "only_base", "neither")) == 100
+
+
+def test_figures_have_a_band_per_model_and_bars_at_never_and_always(records):
+    fig = viz.passk_figure(records, n_bootstrap=100)
+    lines = [t for t in fig.data if t.mode == "lines+markers"]
+    assert [t.name for t in lines] == ["base model", "GRPO", "distilled"]
+    assert list(lines[0].x) == [1, 2, 4, 8, 16, 32, 64] and fig.layout.xaxis.type == "log"
+    assert len(fig.data) == 6  # one band each
+    bars = viz.solve_rate_figure(records)
+    base, grpo = bars.data
+    assert base.x[0] == "never" and base.x[-1] == "always"
+    assert base.y[0] == 20  # the 20 problems it cannot solve
+    assert grpo.y[0] + grpo.y[-1] > 0.5 * 100  # the sharp model piles up at 0 and 1
+
+
+def test_curves_over_different_problems_or_n_are_refused(records):
+    short = dict(records["grpo"], rows=records["grpo"]["rows"][:50])
+    with pytest.raises(ValueError, match="different problems"):
+        viz.curves({"base": records["base"], "grpo": short})
+    other_n = dict(records["grpo"], num_generations=32)
+    with pytest.raises(ValueError, match="different n"):
+        viz.crossovers({"base": records["base"], "grpo": other_n})

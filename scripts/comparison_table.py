@@ -1,5 +1,6 @@
-"""Print chapter 6's comparison as a Markdown table: final held-out pass@1 per task and algorithm, mean ± sd over
-the seeds, the multiple of the base model's pass@1, and the mean length of right and wrong answers::
+"""Print chapter 6's comparison as a Markdown table: final held-out pass@1 per task and algorithm (and chapter 7's
+distilled model, scored the same way), mean ± sd over the seeds, the multiple of the base model's pass@1, and the
+mean length of right and wrong answers::
 
     .venv/bin/python scripts/comparison_table.py            # the README's table
 """
@@ -16,7 +17,7 @@ from companion.viz.compare import ALGO_NAMES, final_table
 
 def main() -> None:
     base = json.loads((tiny_dir() / "metrics.json").read_text())
-    rows = final_table(experiments.load_results("compare"), base)
+    rows = final_table(experiments.load_results("compare") + experiments.load_results("distill"), base)
     print("| task | algorithm | pass@1, mean ± sd (seeds) | × base | tokens, right / wrong | cut off |")
     print("|---|---|---|---|---|---|")
     for row in rows:

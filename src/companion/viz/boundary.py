@@ -12,11 +12,11 @@ import plotly.graph_objects as go
 
 from companion import passk
 from companion.viz.base_model import _layout
-from companion.viz.compare import ALGO_COLORS, ALGO_NAMES, _rgba
+from companion.viz.compare import ALGO_COLORS, ALGO_NAMES, ALGO_ORDER, _rgba
 
-MODEL_ORDER = ("base", "grpo", "dr_grpo", "fisft_plus", "fisft_pm", "distill")
-MODEL_NAMES = {"base": "base model", **ALGO_NAMES, "distill": "distilled"}
-MODEL_COLORS = {"base": "#6c757d", **ALGO_COLORS, "distill": "#7b2cbf"}
+MODEL_ORDER = ("base", *ALGO_ORDER)
+MODEL_NAMES = {"base": "base model", **ALGO_NAMES}
+MODEL_COLORS = {"base": "#6c757d", **ALGO_COLORS}
 
 
 def select(results: list[dict], task: str, temperature: float) -> dict[str, dict]:

@@ -15,9 +15,12 @@ from plotly.subplots import make_subplots
 
 from companion.viz.base_model import RIGHT, WRONG, TASK_TITLES, _layout
 
-ALGO_ORDER = ("grpo", "dr_grpo", "fisft_plus", "fisft_pm")
-ALGO_NAMES = {"grpo": "GRPO", "dr_grpo": "Dr. GRPO", "fisft_plus": "F-ISFT+", "fisft_pm": "F-ISFT±"}
-ALGO_COLORS = {"grpo": "#264653", "dr_grpo": "#8ab17d", "fisft_plus": "#e9c46a", "fisft_pm": "#e76f51"}
+ALGO_ORDER = ("grpo", "dr_grpo", "fisft_plus", "fisft_pm", "distill")
+ALGO_NAMES = {"grpo": "GRPO", "dr_grpo": "Dr. GRPO", "fisft_plus": "F-ISFT+", "fisft_pm": "F-ISFT±",
+              "distill": "distilled"}
+ALGO_COLORS = {"grpo": "#264653", "dr_grpo": "#8ab17d", "fisft_plus": "#e9c46a", "fisft_pm": "#e76f51",
+               "distill": "#7b2cbf"}
+"""The training rules, in the book's order; ``distill`` is chapter 7's stronger teacher (``--source teacher``)."""
 SMOOTH = 10
 """Steps in the trailing window that smooths per-step training curves (one step is only 128 completions)."""
 

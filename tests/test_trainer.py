@@ -267,8 +267,9 @@ def test_distillation_trains_on_the_solvers_traces_and_learns_them(tiny_policy, 
     losses = [r["loss"] for r in records]
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
     problems = get_task(task).generate(3, seed=0, split="train")
-    first, again = (teacher_rollout(tokenizer, task, problems, num_generations=4, max_completion_length=96, seed=5)
-                    for _ in range(2))
+    prompts = [get_task(task).prompt(p) for p in problems]
+    first, again = (teacher_rollout(tokenizer, task, problems, prompts, num_generations=4, max_completion_length=96,
+                                    seed=5) for _ in range(2))
     assert first.texts == again.texts  # seeded
     # Countdown's solver takes a random solution path; a word problem has one worked solution
     assert len(set(first.texts)) > 3 if task == "countdown" else len(set(first.texts)) == 3

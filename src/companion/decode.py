@@ -433,9 +433,12 @@ def _decode_loop(model, cache, prompt_logits, prompt_mask, prompt_of, max_len, s
     finished = torch.zeros(num_rows, dtype=torch.bool, device=device)  # (R,)
     # The physical batch: which rows are still decoded, and their attention masks and next positions.
     live = torch.arange(num_rows, device=device)  # (A,)
-    # One code path with or without left padding: transformers drops an all-ones mask by itself.
-    mask = torch.ones(num_rows, prompt_len + max_len, dtype=torch.long, device=device)  # (A, P + T)
-    mask[:, :prompt_len] = prompt_mask[prompt_of]
+    # One code path with or without left padding: transformers drops an all-ones mask by itself. The shared-prompt
+    # path needs none: its cache holds completion tokens only, and ``shared`` masks the prompts' padding.
+    mask = None
+    if shared is None:
+        mask = torch.ones(num_rows, prompt_len + max_len, dtype=torch.long, device=device)  # (A, P + T)
+        mask[:, :prompt_len] = prompt_mask[prompt_of]
     positions = prompt_mask.sum(dim=1)[prompt_of]  # (A,) position of the next token: the prompt's real length
     logits = prompt_logits[prompt_of]  # (A, V)
     running = torch.ones(num_rows, dtype=torch.bool, device=device)  # (A,) not yet finished, among the live rows
@@ -474,14 +477,15 @@ def _decode_loop(model, cache, prompt_logits, prompt_mask, prompt_of, max_len, s
             keep = running.nonzero().squeeze(1)  # (A',)
             cache.batch_select_indices(keep)
             live, positions, running, next_tokens = live[keep], positions[keep], running[keep], next_tokens[keep]
-            mask = mask[keep]
-            if shared is not None:
+            if shared is None:
+                mask = mask[keep]
+            else:
                 shared.rows(shared.prompt_of[keep])
         # 4. one step of the model on the last token of every live row
         if shared is not None:
             shared.length = t + 1  # the step writes completion token t
         step = dict(shared=shared, attention_mask=None) if shared is not None else dict(
-            attention_mask=mask[:, :prompt_len + t + 1])  # shared: no padding among the completion tokens
+            attention_mask=mask[:, :prompt_len + t + 1])
         logits = model(input_ids=next_tokens[:, None], position_ids=(positions + t)[:, None], past_key_values=cache,
                        use_cache=True, logits_to_keep=1, **step).logits[:, -1]  # (A, V)
     if on_finished is not None and not finished.all():

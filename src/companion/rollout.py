@@ -174,11 +174,11 @@ def generate(
     )
 
 
-def teacher_rollout(tokenizer, task: str, problems: list[dict], *, num_generations: int, max_completion_length: int,
-                    seed: int, device: torch.device | str = "cpu") -> Rollout:
+def teacher_rollout(tokenizer, task: str, problems: list[dict], prompts: list[str], *, num_generations: int,
+                    max_completion_length: int, seed: int, device: torch.device | str = "cpu") -> Rollout:
     """A batch like :func:`generate`'s, written by the exact solver instead of sampled: ``num_generations`` clean
     traces (:func:`companion.traces.clean_trace`, each its own random solution path) of each problem of ``task``,
-    ended with EOS. Training on it with weight 1 on every token is distillation from the stronger teacher.
+    ended with EOS, after ``prompts`` (one per problem, as the policy would be prompted). Training on it with weight 1 on every token is distillation from the stronger teacher.
 
     The traces depend on ``seed`` only (an interrupted run redraws the same). A trace longer than
     ``max_completion_length`` is cut there and marked truncated, as a sampled one would be. No log-probs: the
@@ -186,13 +186,11 @@ def teacher_rollout(tokenizer, task: str, problems: list[dict], *, num_generatio
     """
     import random
 
-    from companion.tasks import prompts as task_prompts
     from companion.traces import clean_trace
 
     rng = random.Random(seed)
     texts = [clean_trace(task, problem, rng) for problem in problems for _ in range(num_generations)]
-    prompt_ids, prompt_mask = encode_prompts(tokenizer, [task_prompts.format_prompt(task, p, style="base")
-                                                         for p in problems], device)  # (B, P)
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, device)  # (B, P)
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
     truncated = torch.tensor([len(row) > max_completion_length for row in ids], device=device)
     ids = [row[:max_completion_length] for row in ids]

@@ -448,13 +448,14 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
 
         # 1. sample: G completions for each of this step's problems, with the current policy (or the teacher's)
         problems = stream.take(config.prompts_per_step)
+        prompts = [task.prompt(p) for p in problems]
         t = time.perf_counter()
         if config.source == "teacher":
-            rollout = teacher_rollout(tokenizer, config.task, problems, num_generations=G,
+            rollout = teacher_rollout(tokenizer, config.task, problems, prompts, num_generations=G,
                                       max_completion_length=config.max_completion_length,
                                       seed=config.seed * 1_000_003 + step, device=device)
         else:
-            rollout = generate(model, tokenizer, [task.prompt(p) for p in problems], num_generations=G,
+            rollout = generate(model, tokenizer, prompts, num_generations=G,
                                max_completion_length=config.max_completion_length, temperature=config.temperature,
                                top_p=config.top_p)
         timing["time_generate"] = time.perf_counter() - t

@@ -478,3 +478,37 @@ def test_room_for_rl_counts_zero_spread_groups_as_every_group_of_g_would():
     assert room["rarely_solved"] == 0.5 and room["rarely_solved_share_of_coverage"] == 1.0  # 2 of 6 < half
     with pytest.raises(ValueError, match="groups of 8 cannot be drawn from 6 samples"):
         room_for_rl(rows)
+
+
+# --- perplexity under another model (chapter 7) -----------------------------------------------------------------
+
+
+def test_perplexity_under_a_model_scores_its_own_samples_as_the_sampler_drew_them(chatty_policy, tiny_policy_dir):
+    from transformers import AutoModelForCausalLM
+
+    from companion.evaluate import perplexity_under
+    from companion.passk import perplexity
+    from companion.rollout import generate
+
+    model, tokenizer = chatty_policy
+    model.eval()
+    task = get_task("countdown")
+    problems = task.generate(3, seed=0, split="test")
+    rows = perplexity_under(model, model, tokenizer, task, problems, num_generations=4, seed=5,
+                            max_completion_length=24, prompts_per_batch=2)
+    assert [r["index"] for r in rows] == [0, 1, 2] and all(len(r["perplexity"]) == 4 for r in rows)
+    # Reference: the sampler's own log-probs of the same draws (T = 1, no nucleus: the scored distribution).
+    prompts = [task.prompt(p, tokenizer=tokenizer) for p in problems[:2]]
+    with torch.no_grad():
+        reference = generate(model, tokenizer, prompts, num_generations=4, max_completion_length=24, seed=5)
+    expected = perplexity(reference.per_token_logps, reference.completion_mask).tolist()
+    got = [p for r in rows[:2] for p in r["perplexity"]]
+    assert got == pytest.approx(expected, rel=1e-4)
+    assert [n for r in rows[:2] for n in r["lengths"]] == reference.lengths.tolist()
+    # Under another model the same samples score differently: the scorer is what is measured.
+    other = AutoModelForCausalLM.from_pretrained(tiny_policy_dir).eval()
+    again = perplexity_under(other, model, tokenizer, task, problems, num_generations=4, seed=5,
+                             max_completion_length=24, prompts_per_batch=2)
+    assert [r["lengths"] for r in again] == [r["lengths"] for r in rows]
+    mine, theirs = ([p for r in rs for p in r["perplexity"]] for rs in (rows, again))
+    assert all(abs(a - b) > 1e-2 * b for a, b in zip(theirs, mine))

@@ -79,6 +79,41 @@ def test_distillation_and_chapter_7_are_generated_from_the_comparison():
     assert boundary["tinygsm-base-T1.0"][1]["model"] == "tiny"
 
 
+def test_training_length_is_the_comparisons_grpo_run_again_keeping_its_policies():
+    [train] = [t for t, _ in experiments.length_configs().values() if t is not None]
+    twin, _ = experiments.comparison_configs()["countdown-grpo-seed0"]
+    assert train == {**twin, "policy_every": 25}  # the same run step for step: its step 100 is the compared policy
+    evaluations = {name: e for name, (t, e) in experiments.length_configs().items() if t is None}
+    boundary = experiments.boundary_configs()["countdown-grpo-T0.6"][1]
+    assert experiments.LENGTH_STEPS[-1] == train["steps"]
+    for step in experiments.LENGTH_STEPS:
+        evaluation = evaluations[f"countdown-grpo-step{step}-T0.6"]
+        policy = "policy" if step == train["steps"] else f"policy-step{step}"
+        assert evaluation == {**boundary, "model": f"runs/reproduce/length/countdown-grpo-seed0/{policy}"}
+        assert experiments.model_key(evaluation["model"]) == "grpo"
+        assert experiments.policy_step(evaluation["model"]) == (None if step == train["steps"] else step)
+
+
+def test_an_evaluation_of_a_kept_policy_waits_for_the_run_that_keeps_it(tmp_path, capsys):
+    data, out = tmp_path / "data", tmp_path / "out"
+    _commit(data, policy_every=1)
+    directory = data / "tiny" / "step1"
+    (directory / "eval").mkdir(parents=True)
+    save_config(EvalConfig(**EVAL, model="runs/reproduce/tiny/run/policy-step1", out="runs/reproduce/tiny/step1/eval"),
+                directory / "eval" / "config.json")
+    # Alone, it is refused before anything starts: nothing has kept that policy.
+    code = experiments.main(["--data", str(data), "--out", str(out), "--only", "tiny/step1"])
+    assert code == 2 and "reproduce it too (--only tiny/run tiny/step1)" in capsys.readouterr().err
+    assert not out.exists()
+    # With its run, on two workers, it starts when the run has ended (it is listed first on purpose).
+    code, text = _reproduce(data, out, "--only", "tiny/step1", "tiny/run", "--save", capsys=capsys)
+    assert code == 0, text
+    assert (out / "tiny" / "run" / "policy-step1").is_dir()
+    runs = {r["name"]: r for r in experiments.load_results("tiny", data)}
+    assert runs["step1"]["steps"] == 1 and runs["run"]["steps"] == 2
+    assert not (data / "tiny" / "run" / "policy-step1").exists()  # kept policies are not committed
+
+
 def test_an_evaluation_names_the_reproduced_policy_and_falls_back_to_the_committed_one(tmp_path):
     runs, data = tmp_path / "runs", tmp_path / "data"
     name = "runs/reproduce/compare/countdown-grpo-seed0/policy"

@@ -76,6 +76,7 @@ def seven_reward(monkeypatch):
     (dict(source="oracle"), "source must be one of"),
     (dict(source="teacher"), "use --algo fisft_plus"),
     (dict(source="teacher", algo="fisft_plus", task="gsm8k"), "needs a task with an exact solver"),
+    (dict(policy_every=-1), "policy_every must be >= 0"),
 ])
 def test_invalid_configs_are_refused_with_a_message_saying_what_to_change(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -133,6 +134,43 @@ def test_resume_is_exact_n_straight_equals_half_resume_half(tiny_policy_dir, tmp
     assert all(torch.equal(a[k], b[k]) for k in a)
     reloaded, _ = load_policy(str(tmp_path / "halves" / "policy"), device="cpu")
     assert all(torch.equal(p, b[n]) for n, p in reloaded.named_parameters())
+
+
+def test_kept_policies_are_the_policy_of_their_step_and_change_nothing_else(tiny_policy_dir, tmp_path, seven_reward):
+    from companion.models import load_policy, trainable_state_dict
+
+    config = dict(steps=3, save_every=1, model=str(tiny_policy_dir), device="cpu")
+    plain = train(_run_config(tmp_path, "plain", **config), progress=False)
+    kept = train(_run_config(tmp_path, "kept", policy_every=2, **config), progress=False)
+    assert _comparable(kept.metrics) == _comparable(plain.metrics)  # saving a policy draws no random number
+    assert sorted(p.name for p in (tmp_path / "kept").glob("policy*")) == ["policy", "policy-step2"]
+    # The step-2 policy is what a run stopped after step 2 trained, not the final one.
+    two = train(_run_config(tmp_path, "two", **dict(config, steps=2)), progress=False)
+    snapshot, _ = load_policy(str(tmp_path / "kept" / "policy-step2"), device="cpu")
+    expected, final = trainable_state_dict(two.model), trainable_state_dict(kept.model)
+    assert all(torch.equal(p, expected[n]) for n, p in snapshot.named_parameters())
+    assert not all(torch.equal(p, final[n]) for n, p in snapshot.named_parameters())
+    # --overwrite replaces the kept policies with the run's.
+    train(_run_config(tmp_path, "kept", **dict(config, steps=1)), overwrite=True, progress=False)
+    assert sorted(p.name for p in (tmp_path / "kept").glob("policy*")) == ["policy"]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_gradient_checkpointing_changes_memory_not_the_update(tiny_policy_dir, tmp_path, seven_reward, lora):
+    from companion.models import trainable_state_dict
+
+    config = dict(steps=1, model=str(tiny_policy_dir), device="cpu", lora=lora, beta=0.04 if lora else 0.0,
+                  micro_batch_size=6)
+    plain = train(_run_config(tmp_path, "plain", **config), progress=False)
+    saved = train(_run_config(tmp_path, "checkpointed", gradient_checkpointing=True, **config), progress=False)
+    (a,), (b,) = plain.metrics, saved.metrics
+    assert a["frac_weighted"] > 0 and a["length"] == b["length"]  # the same samples
+    assert (a["kl"] is not None) == lora  # the LoRA run also scores the reference (adapters off) under checkpointing
+    for key in ("loss", "grad_norm", "kl") if lora else ("loss", "grad_norm"):
+        assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
+    before, after = trainable_state_dict(plain.model), trainable_state_dict(saved.model)
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    assert saved.model.is_gradient_checkpointing
 
 
 def test_resume_drops_records_written_after_the_checkpoint(tiny_policy_dir, tmp_path, seven_reward):

@@ -60,3 +60,27 @@ def test_curves_over_different_problems_or_n_are_refused(records):
     other_n = dict(records["grpo"], num_generations=32)
     with pytest.raises(ValueError, match="different n"):
         viz.crossovers({"base": records["base"], "grpo": other_n})
+
+
+def test_training_length_rows_follow_the_steps_and_refuse_mixed_n(records):
+    by_step = {0: records["base"], 100: records["grpo"], 50: records["distill"]}
+    rows = viz.training_length_rows(by_step, n_bootstrap=100)
+    assert [r["step"] for r in rows] == [0, 50, 100] and all(r["n"] == 64 for r in rows)
+    base, _, grpo = rows
+    assert grpo["pass1"] > base["pass1"] and grpo["pass_n"] < base["pass_n"]  # sharper, narrower
+    assert all(r["pass1_low"] <= r["pass1"] <= r["pass1_high"] for r in rows)
+    fig = viz.training_length_figure(rows)
+    assert [t.name for t in fig.data] == ["pass@1", "pass@64"] and list(fig.data[0].x) == [0, 50, 100]
+    with pytest.raises(ValueError, match="different n"):
+        viz.training_length_rows({0: records["base"], 1: dict(records["grpo"], num_generations=32)})
+
+
+def test_perplexity_rows_and_figure():
+    scored = {"base": [{"perplexity": [2.0, 4.0, 8.0], "correct": [True, False, False]}],
+              "grpo": [{"perplexity": [1.5, 1.5], "correct": [True, True]}, {"perplexity": [3.0], "correct": [False]}]}
+    rows = {r["model"]: r for r in viz.perplexity_rows(scored)}
+    assert rows["base"]["median"] == 4.0 and rows["base"]["median_right"] == 2.0 and rows["base"]["right"] == 1
+    assert rows["base"]["median_wrong"] == 6.0 and rows["base"]["wrong"] == 2
+    assert rows["grpo"]["samples"] == 3 and rows["grpo"]["median"] == 1.5 and rows["grpo"]["median_wrong"] == 3.0
+    fig = viz.perplexity_figure(scored)
+    assert [t.name for t in fig.data] == ["base model", "GRPO"] and fig.layout.yaxis.type == "log"

@@ -194,6 +194,44 @@ def score_problems(model, tokenizer, task, problems: list[dict], *, num_generati
     return rows
 
 
+def perplexity_under(scorer, model, tokenizer, task, problems: list[dict], *, num_generations: int, seed: int = 0,
+                     temperature: float = 1.0, top_p: float = 1.0,
+                     max_completion_length: int = MAX_COMPLETION_LENGTH, prompts_per_batch: int = 16) -> list[dict]:
+    """Sample ``num_generations`` completions of each problem from ``model`` and score each under ``scorer``:
+    its perplexity exp(−mean log P_scorer(o_t | q, o_<t)) at temperature 1, Yue et al.'s PPL_base(Y | x) when
+    ``scorer`` is the base model (arXiv 2504.13837, their Fig. 6). One row per problem: ``index``, ``perplexity``
+    (one per sample), ``correct`` (verifier), ``lengths`` (tokens, EOS included).
+
+    Batch ``b`` (``prompts_per_batch`` problems) is sampled with seed ``seed + b``, so a call is reproducible.
+    """
+    import torch
+
+    from companion.passk import perplexity
+    from companion.rollout import generate, per_token_logps
+
+    if num_generations < 1 or prompts_per_batch < 1:
+        raise ValueError(f"need num_generations >= 1 and prompts_per_batch >= 1, got {num_generations}, "
+                         f"{prompts_per_batch}")
+    rows = []
+    for b, start in enumerate(range(0, len(problems), prompts_per_batch)):
+        batch = problems[start:start + prompts_per_batch]
+        prompts = [task.prompt(p, tokenizer=tokenizer) for p in batch]
+        with torch.no_grad():
+            rollout = generate(model, tokenizer, prompts, num_generations=num_generations, temperature=temperature,
+                               top_p=top_p, max_completion_length=max_completion_length, seed=seed + b,
+                               return_logps=False)
+            logps = per_token_logps(scorer, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
+                                    rollout.completion_mask)  # (N, T) under the scorer, T = 1
+        ppl = perplexity(logps, rollout.completion_mask).tolist()
+        lengths = rollout.lengths.tolist()
+        for j, problem in enumerate(batch):
+            rows_of = range(j * num_generations, (j + 1) * num_generations)
+            rows.append({"index": start + j, "perplexity": [ppl[i] for i in rows_of],
+                         "correct": [is_correct(task.reward(rollout.texts[i], problem)) for i in rows_of],
+                         "lengths": [lengths[i] for i in rows_of]})
+    return rows
+
+
 @contextmanager
 def sampling_progress(total: int, *, desc: str, initial: int = 0, disable: bool = False):
     """A tqdm bar over samples with a tokens-per-second readout; yields the ``on_finished`` callback."""

@@ -41,6 +41,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -159,6 +160,40 @@ def boundary_configs() -> dict[str, tuple[None, dict]]:
     return runs
 
 
+LENGTH_STEPS = (25, 50, 75, 100)
+"""Chapter 7's training-length checkpoints: one GRPO run on Countdown keeps its policy at these steps (step 100 is
+its final policy). The run is the comparison's seed-0 run again; on another kind of CPU it is not bit for bit the
+committed run (float rounding differs, and sampled outcomes follow it after some steps), so its final policy is
+evaluated too rather than borrowed from the comparison."""
+
+
+def length_configs() -> dict[str, tuple[dict | None, dict]]:
+    """Run name -> configs of chapter 7's training-length runs (Yue et al.'s Table 3, pass@1 and pass@256 as GRPO
+    trains longer): the comparison's Countdown GRPO seed-0 run again, keeping its policy every 25 steps, and
+    evaluation-only runs of each kept policy at n = 256, T = 0.6 / top-p 0.95 (chapter 7's first sampling)."""
+    train = dict(COMPARISON, algo="grpo", task="countdown", seed=0, policy_every=LENGTH_STEPS[0])
+    runs: dict[str, tuple[dict | None, dict]] = {"countdown-grpo-seed0": (train, dict(FINAL_EVAL, task="countdown"))}
+    run = RUNS / "length" / "countdown-grpo-seed0"
+    for step in LENGTH_STEPS:
+        policy = run / ("policy" if step == train["steps"] else f"policy-step{step}")
+        runs[f"countdown-grpo-step{step}-T0.6"] = (None, dict(
+            FINAL_EVAL, task="countdown", model=str(policy), num_generations=256, **BOUNDARY_SAMPLING["T0.6"]))
+    return runs
+
+
+def producer(model: str) -> str | None:
+    """The run (``experiment/name``) whose reproduction writes the policy ``model`` names, if a run does.
+
+    >>> producer("runs/reproduce/length/countdown-grpo-seed0/policy-step25"), producer("tiny")
+    ('length/countdown-grpo-seed0', None)
+    """
+    path = Path(model)
+    if not path.is_relative_to(RUNS) or len(path.relative_to(RUNS).parts) < 3:
+        return None
+    experiment, name = path.relative_to(RUNS).parts[:2]
+    return f"{experiment}/{name}"
+
+
 def policy_for(model: str, runs: Path = RUNS, data: Path = DATA) -> str:
     """The policy an evaluation-only run names, as found now. A config names it as the reproduction's,
     ``runs/reproduce/<experiment>/<run>/policy``: that one (under ``runs``, reproduce's ``--out``) when it has been
@@ -175,7 +210,7 @@ def policy_for(model: str, runs: Path = RUNS, data: Path = DATA) -> str:
 
 
 GENERATED = {"compare": comparison_configs, "stability": stability_configs, "distill": distill_configs,
-             "boundary": boundary_configs}
+             "boundary": boundary_configs, "length": length_configs}
 """Experiments whose configs the package generates (``--init``)."""
 
 
@@ -573,6 +608,27 @@ def _list_others(names: list[str], out: Path) -> None:
               f"({info['note']})")
 
 
+def _dependencies(todo: list[Run], out: Path) -> dict[str, str]:
+    """Evaluation-only run -> the run of ``todo`` whose policy it evaluates (so it starts after that one ends).
+
+    A run whose policy is neither reproduced under ``out``, nor committed, nor made by a run of ``todo`` is refused
+    before anything starts, with the run to add.
+    """
+    keys, waits, missing = {r.key for r in todo}, {}, []
+    for run in todo:
+        if run.train is not None:
+            continue
+        maker = producer(run.eval["model"])
+        if maker in keys:
+            waits[run.key] = maker
+        elif maker is not None and not Path(policy_for(run.eval["model"], out, run.data)).exists():
+            missing.append(f"{run.key} evaluates {run.eval['model']}, which {maker} writes: reproduce it too "
+                           f"(--only {maker} {run.key})")
+    if missing:
+        raise RunError("; ".join(missing))
+    return waits
+
+
 def _reproduce(runs: list[Run], out: Path, workers: int) -> list[str]:
     """Run every unfinished run of ``runs``, ``workers`` at a time, with a progress bar; returns the failures."""
     from tqdm.auto import tqdm
@@ -581,15 +637,30 @@ def _reproduce(runs: list[Run], out: Path, workers: int) -> list[str]:
     failed: list[str] = []
     if not todo:
         return failed
+    waits = _dependencies(todo, out)
+    todo.sort(key=lambda r: r.key in waits)  # stable: the runs that wait on another go last
+    done = {r.key: threading.Event() for r in todo}
+    stopping = threading.Event()  # set on Ctrl-C: a run still waiting for another does not start
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
     def work(run: Run) -> None:
-        with (logs / f"{run.experiment}-{run.name}.log").open("a") as log:
-            try:
-                run_one(run, out, log=log)
-            except subprocess.CalledProcessError as error:
-                failed.append(f"{run.key}: exit code {error.returncode}; see {log.name} in {logs}")
+        try:
+            if run.key in waits:
+                done[waits[run.key]].wait()
+                if stopping.is_set():
+                    return
+                if any(line.startswith(waits[run.key] + ":") for line in failed):
+                    failed.append(f"{run.key}: not run, the policy it evaluates comes from {waits[run.key]}, "
+                                  "which failed")
+                    return
+            with (logs / f"{run.experiment}-{run.name}.log").open("a") as log:
+                try:
+                    run_one(run, out, log=log)
+                except subprocess.CalledProcessError as error:
+                    failed.append(f"{run.key}: exit code {error.returncode}; see {log.name} in {logs}")
+        finally:
+            done[run.key].set()
 
     # Work is counted as training steps plus evaluated problems, so that evaluation-only runs move the bar too.
     bar = tqdm(total=sum(r.steps + r.eval["problems"] for r in todo), unit=" steps+problems",
@@ -607,8 +678,11 @@ def _reproduce(runs: list[Run], out: Path, workers: int) -> list[str]:
         bar.close()
     except KeyboardInterrupt:
         bar.close()
+        stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
         stop_all()
+        for event in done.values():  # release the runs that wait, so that their threads end
+            event.set()
         raise
     pool.shutdown()
     return failed
@@ -657,6 +731,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops the runs as Ctrl-C does
     try:
         failed = _reproduce(runs, out, args.workers)
+    except RunError as error:
+        print(f"companion reproduce: error: {error}", file=sys.stderr)
+        return BAD_INPUT
     except KeyboardInterrupt:
         finished = sum(progress_of(r, out)[2] for r in runs)
         print(f"\ninterrupted: {finished} of {len(runs)} runs finished and kept, the others keep their last "
@@ -693,6 +770,7 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
     """The committed runs of ``experiment`` that have results, as records for the book's figures.
 
     Each record: ``name``, ``algo``, ``task``, ``seed``, ``learning_rate``, ``normalizer`` (the one in use),
+    ``steps`` (trained: the run's, or a kept policy's step for an evaluation-only run; 0 for the base),
     ``records`` (``metrics.jsonl``), ``summary`` (the final evaluation's ``summary.json``) and ``rows`` (its
     per-problem rows: ``index``, ``rewards``, ``lengths``).
     """
@@ -702,6 +780,7 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
     runs, broken = committed_runs(data)
     if broken:
         raise RunError("; ".join(broken))
+    trained = {f"{_relative_out(r)}/policy": r.steps for r in runs if r.train is not None}  # final policy -> steps
     for run in runs:
         if run.experiment != experiment or not (run.committed / "eval" / "summary.json").exists():
             continue
@@ -711,7 +790,9 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
                   "rows": read_jsonl(run.committed / "eval" / "problems.jsonl")}
         if t is None:  # a model as it is: the base, or (chapter 7) a committed policy evaluated again
             results.append({"name": run.name, "algo": model_key(e["model"]), "task": e["task"], "seed": None,
-                            "learning_rate": None, "normalizer": None, "steps": 0, "records": [], **scored})
+                            "learning_rate": None, "normalizer": None,
+                            "steps": policy_step(e["model"]) or trained.get(e["model"], 0),
+                            "records": [], **scored})
             continue
         results.append({"name": run.name, "algo": "distill" if t.get("source") == "teacher" else t["algo"],
                         "task": t["task"], "seed": t["seed"], "learning_rate": t["learning_rate"],
@@ -728,5 +809,17 @@ def model_key(model: str) -> str:
     >>> model_key("tiny"), model_key("runs/reproduce/compare/countdown-grpo-seed0/policy")
     ('base', 'grpo')
     """
-    names = {evaluation["model"]: name.split("-")[1] for name, (_, evaluation) in boundary_configs().items()}
+    names = {evaluation["model"]: name.split("-")[1]
+             for configs in (boundary_configs, length_configs) for name, (train, evaluation) in configs().items()
+             if train is None}
     return names.get(model, model)
+
+
+def policy_step(model: str) -> int | None:
+    """The training step of a policy that ``--policy-every`` kept (``.../policy-step<N>``), else None.
+
+    >>> policy_step("runs/reproduce/length/countdown-grpo-seed0/policy-step25"), policy_step("tiny")
+    (25, None)
+    """
+    name = Path(model).name
+    return int(name.removeprefix("policy-step")) if name.startswith("policy-step") else None

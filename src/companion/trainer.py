@@ -13,7 +13,8 @@ GRPO, Dr. GRPO, F-ISFT+ and F-ISFT± differ only in phase 3 (how rewards become 
 A run directory holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one JSON record per step,
 append-only), ``checkpoint.pt`` (the last checkpoint: trainable weights, optimizer, scheduler, RNG states,
 step and data position) and, at the end, ``policy/`` (the trained model or adapters, loadable with
-:func:`companion.models.load_policy`).
+:func:`companion.models.load_policy`); with ``policy_every``, the policies of earlier steps too
+(``policy-step<N>/``).
 
 Each line of ``metrics.jsonl`` is one step: ``reward``, ``accuracy`` (share of correct completions,
 :func:`companion.verify.is_correct`), ``frac_zero_spread`` (groups whose rewards are all equal: they get no weight),
@@ -127,12 +128,18 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata={"help": "updates of linear warmup from 0"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient to this global norm"})
     micro_batch_size: int = field(default=0, metadata={"help": "completions per forward/backward pass; lower it to fit GPU memory (0 = all)"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute each block's activations in the backward pass instead of keeping them: less GPU memory "
+                "for about a third more compute (each completion then runs its prompt again: transformers drops "
+                "the shared prompt cache under checkpointing)"})
     # evaluation, checkpoints
     eval_every: int = field(default=10, metadata={"help": "evaluate on held-out problems every N steps (0 = never)"})
     eval_problems: int = field(default=100, metadata={"help": "held-out (test split) problems per evaluation"})
     eval_num_generations: int = field(default=4, metadata={"help": "sampled completions per held-out problem (greedy "
                                                                    "is one more)"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
+    policy_every: int = field(default=0, metadata={"help": "also keep the policy every N steps, as policy-step<N> "
+                                                           "(0 = only the final policy); chapter 7 evaluates them"})
 
     def __post_init__(self):
         from companion.tasks import get_task
@@ -170,7 +177,8 @@ class TrainConfig:
         need(self.micro_batch_size >= 0, f"micro_batch_size must be >= 0 (0 = the whole batch), got {self.micro_batch_size}")
         need(self.train_problems >= self.prompts_per_step,
              f"train_problems ({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})")
-        need(self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0 (0 turns them off)")
+        need(self.eval_every >= 0 and self.save_every >= 0 and self.policy_every >= 0,
+             "eval_every, save_every and policy_every must be >= 0 (0 turns them off)")
         need(self.eval_problems >= 1 and self.eval_num_generations >= 1,
              "eval_problems and eval_num_generations must be >= 1")
         need(self.lora_r >= 1 and self.lora_alpha > 0, f"need lora_r >= 1 and lora_alpha > 0, got {self.lora_r}, {self.lora_alpha}")
@@ -352,7 +360,9 @@ RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "policy")
 
 
 def _prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
-    out, _ = open_run_dir(config.out, dataclasses.asdict(config), RUN_FILES, overwrite=overwrite, resume=resume,
+    snapshots = tuple(p.name for p in Path(config.out).glob("policy-step*"))  # --policy-every's, replaced too
+    out, _ = open_run_dir(config.out, dataclasses.asdict(config), RUN_FILES + snapshots, overwrite=overwrite,
+                          resume=resume,
                           may_differ=("steps", "out"))  # the same directory, however its path is spelled
     if resume and not (out / "checkpoint.pt").exists():
         raise RunError(f"nothing to resume in {out}: it has no checkpoint.pt (start a new run there with --overwrite)")
@@ -407,6 +417,11 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     model, tokenizer = _policy(config, model, tokenizer)
+    if config.gradient_checkpointing:
+        # Active only in train mode, so sampling (which decodes in eval mode, with its cache) is untouched.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if is_lora(model):
+            model.enable_input_require_grads()  # a frozen embedding's output must carry gradients into block 1
     device = next(model.parameters()).device
     # With LoRA the reference is the base with adapters off; otherwise a frozen copy of the initial weights.
     reference = None
@@ -485,6 +500,11 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
             timing["time_eval"] = time.perf_counter() - t
         record.update(timing)
         _write_record(metrics_path, record)
+        if config.policy_every and step % config.policy_every == 0 and step < config.steps:
+            from companion.models import save_policy
+
+            save_policy(model, tokenizer, out / f"policy-step{step}", base=config.model,
+                        load_in_4bit=config.load_in_4bit)
         if (config.save_every and step % config.save_every == 0) or step == stop:
             save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                             data_position=stream.position)
@@ -515,16 +535,22 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
     def inputs(chunk):
         return (rollout.prompt_ids[chunk], rollout.prompt_mask[chunk], rollout.completion_ids[chunk], mask[chunk])
 
+    # Under gradient checkpointing transformers drops the past_key_values of a checkpointed block (train mode, even
+    # without gradients), so a group's shared prompt cache would silently vanish: run each prompt with its row.
+    share = not config.gradient_checkpointing
+
     refs = [None] * len(chunks)
     if config.beta > 0:
         t = time.perf_counter()
         with torch.no_grad():
             for i, chunk in enumerate(chunks):
                 if reference is not None:
-                    refs[i] = per_token_logps(reference, *inputs(chunk), temperature=config.temperature)
+                    refs[i] = per_token_logps(reference, *inputs(chunk), temperature=config.temperature,
+                                              share_prompts=share)
                 elif is_lora(model):
                     with model.disable_adapter():
-                        refs[i] = per_token_logps(model, *inputs(chunk), temperature=config.temperature)
+                        refs[i] = per_token_logps(model, *inputs(chunk), temperature=config.temperature,
+                                                  share_prompts=share)
         timing["time_reference"] = time.perf_counter() - t
 
     olds = [None] * len(chunks)  # π_old: the first iteration's log-probs, detached (the policy that sampled)
@@ -539,7 +565,8 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
         loss_value, stats_sum = 0.0, {}
         for i, chunk in enumerate(chunks):
             t = time.perf_counter()
-            logps = per_token_logps(model, *inputs(chunk), temperature=config.temperature)  # (n, T)
+            logps = per_token_logps(model, *inputs(chunk), temperature=config.temperature,
+                                    share_prompts=share)  # (n, T)
             if iteration == 0 and config.num_iterations > 1:
                 olds[i] = logps.detach()
             loss, stats = policy_loss(logps, olds[i] if iteration else None, weights[chunk], mask[chunk],

@@ -121,3 +121,62 @@ def solve_rate_figure(records: dict[str, dict], models: tuple[str, ...] = ("base
     fig.update_xaxes(title=f"share of the {n} samples that are right", type="category")
     fig.update_yaxes(title="problems")
     return _layout(fig.update_layout(barmode="group"), title or "How often each problem is solved", 380)
+
+
+def training_length_rows(by_step: dict[int, dict], *, n_bootstrap: int = 1000) -> list[dict]:
+    """pass@1 and pass@n, with 95% bands, of one run's policies by training step (``{step: record}``; step 0 is
+    the base): Yue et al.'s Table 3 trend, asked of one of our runs. Refused over different problems or n."""
+    n = _same_problems(by_step)
+    rows = []
+    for step in sorted(by_step):
+        curve = passk.pass_at_k_curve(counts(by_step[step]), n, [1, n], n_bootstrap=n_bootstrap)
+        rows.append({"step": step, "pass1": curve[1].estimate, "pass1_low": curve[1].low,
+                     "pass1_high": curve[1].high, "pass_n": curve[n].estimate, "pass_n_low": curve[n].low,
+                     "pass_n_high": curve[n].high, "n": n})
+    return rows
+
+
+def training_length_figure(rows: list[dict], *, title: str = "") -> go.Figure:
+    """pass@1 and pass@n against the training step, each with its 95% band (error bars)."""
+    fig = go.Figure()
+    steps = [r["step"] for r in rows]
+    n = rows[0]["n"]
+    for key, name, color in (("pass1", "pass@1", ALGO_COLORS["grpo"]), ("pass_n", f"pass@{n}", "#6c757d")):
+        values = [r[key] for r in rows]
+        up = [None if r[f"{key}_high"] is None else r[f"{key}_high"] - r[key] for r in rows]
+        down = [None if r[f"{key}_low"] is None else r[key] - r[f"{key}_low"] for r in rows]
+        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=name, line=dict(color=color),
+                                 error_y=dict(type="data", array=up, arrayminus=down, visible=up[0] is not None),
+                                 hovertemplate=f"step %{{x}}<br>{name} = %{{y:.3f}}<extra></extra>"))
+    fig.update_xaxes(title="training step (0 = the base model)", tickvals=steps)
+    fig.update_yaxes(title="held-out pass@k", range=[0, 1.02])
+    return _layout(fig, title or "Training longer", 380)
+
+
+def perplexity_rows(by_model: dict[str, list[dict]]) -> list[dict]:
+    """Per model, the perplexity under the scorer of its samples (rows of
+    :func:`companion.evaluate.perplexity_under`): median and quartiles of all samples, and the medians of the right
+    and of the wrong ones (None where there are none)."""
+    rows = []
+    for model, scored in by_model.items():
+        values = np.array([p for r in scored for p in r["perplexity"]])
+        right = [p for r in scored for p, c in zip(r["perplexity"], r["correct"]) if c]
+        wrong = [p for r in scored for p, c in zip(r["perplexity"], r["correct"]) if not c]
+        q1, median, q3 = np.percentile(values, [25, 50, 75])
+        rows.append({"model": model, "samples": len(values), "median": float(median), "q1": float(q1),
+                     "q3": float(q3), "right": len(right), "wrong": len(wrong),
+                     "median_right": float(np.median(right)) if right else None,
+                     "median_wrong": float(np.median(wrong)) if wrong else None})
+    return rows
+
+
+def perplexity_figure(by_model: dict[str, list[dict]], *, title: str = "") -> go.Figure:
+    """Box plots of the per-sample perplexity under the scorer (the base model), one per sampling model."""
+    fig = go.Figure()
+    for model, scored in by_model.items():
+        values = [p for r in scored for p in r["perplexity"]]
+        color, name = MODEL_COLORS.get(model, "#333333"), MODEL_NAMES.get(model, model)
+        fig.add_trace(go.Box(y=values, name=name, marker_color=color, boxpoints=False))
+    fig.update_yaxes(title="perplexity under the base model", type="log")
+    return _layout(fig.update_layout(showlegend=False), title or "How likely the base finds each model's samples",
+                   380)

@@ -340,3 +340,23 @@ def test_the_learning_check_fails_when_the_loss_has_the_wrong_sign(tmp_path, tin
 
     monkeypatch.setattr(companion.trainer, "policy_loss", flipped)
     assert _reward_gain(tmp_path, tiny_policy, algo) < LEARN_MARGIN
+
+
+def test_a_run_that_does_not_fit_the_gpu_stops_before_loading_and_says_what_to_change(tiny_policy_dir, tmp_path,
+                                                                                       monkeypatch):
+    from companion import models, trainer
+
+    config = _run_config(tmp_path, model=str(tiny_policy_dir), micro_batch_size=0)
+    trainer.check_gpu_memory(config, 16 * 2**30)  # a small model fits
+    with pytest.raises(ValueError, match="lower --micro-batch-size"):
+        trainer.check_gpu_memory(config, 2**20)
+    # On a GPU, train() checks before anything loads: no weights are read, no config is written.
+    monkeypatch.setattr(models, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(models, "load_policy", lambda *a, **k: pytest.fail("loaded the weights"))
+    with pytest.raises(ValueError, match=r"Tesla T4 \(free memory\) has 0.00 GiB"):
+        train(config, progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()
+    # A model whose config cannot be read here is left to the loader and its own error.
+    trainer.check_gpu_memory(dataclasses.replace(config, model="Org/not-cached"), 2**20)

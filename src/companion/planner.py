@@ -223,7 +223,8 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
                 tokens_per_step=rows * tokens)
 
 
-def check_fits(estimate: Plan, memory_bytes: int, *, what: str = "this run", gpu: str = "the GPU") -> None:
+def check_fits(estimate: Plan, memory_bytes: int, *, what: str = "this run", gpu: str = "the GPU",
+               in_4bit: bool = False) -> None:
     """Raise a ValueError that says what to change when ``estimate`` does not fit in ``memory_bytes``."""
     if estimate.peak <= memory_bytes:
         return
@@ -231,10 +232,10 @@ def check_fits(estimate: Plan, memory_bytes: int, *, what: str = "this run", gpu
     advice = {"sampling": "sample fewer completions at once (--prompts-per-step or --num-generations) or shorten "
                           "--max-completion-length",
               "the update": "lower --micro-batch-size (completions per forward/backward pass)"}[biggest]
-    raise ValueError(f"{what} needs about {estimate.peak / GIB:.1f} GiB at its peak ({biggest} is the largest "
-                     f"part: {max(estimate.sampling, estimate.update) / GIB:.1f} GiB) and {gpu} has "
-                     f"{memory_bytes / GIB:.1f} GiB: {advice}, or load the model in 4-bit with LoRA (--lora "
-                     "--load-in-4bit)")
+    raise ValueError(f"{what} needs about {estimate.peak / GIB:.2f} GiB at its peak ({biggest} is the largest "
+                     f"part: {max(estimate.sampling, estimate.update) / GIB:.2f} GiB) and {gpu} has "
+                     f"{memory_bytes / GIB:.2f} GiB: {advice}"
+                     + ("" if in_4bit else ", or load the model in 4-bit with LoRA (--lora --load-in-4bit)"))
 
 
 def table(models=None, gpus=None, **settings) -> list[dict]:

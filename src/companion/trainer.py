@@ -369,11 +369,58 @@ def _prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> P
     return out
 
 
+def memory_plan(config: TrainConfig, model_config, prompt_length: int):
+    """:func:`companion.planner.plan` of one step of this run, for a model of ``model_config``'s shapes."""
+    from companion.planner import ModelShape, plan
+
+    return plan(ModelShape.from_config(model_config), prompts_per_step=config.prompts_per_step,
+                num_generations=config.num_generations, prompt_length=prompt_length,
+                completion_length=config.max_completion_length, micro_batch_size=config.micro_batch_size,
+                load_in_4bit=config.load_in_4bit, lora_r=config.lora_r if config.lora else None,
+                gradient_checkpointing=config.gradient_checkpointing, dtype_bytes=2)
+
+
+def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GPU") -> None:
+    """Stop before the weights load when the planner's estimate of a step does not fit in ``free_bytes``.
+
+    Reads only the model's config and tokenizer (a local directory, or the hub's cache); when they cannot be read
+    here, the check is left to the loader, whose own error says what to do.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from companion.planner import check_fits
+    from companion.tasks import get_task
+
+    source = str(_tiny_source()) if config.model == "tiny" else config.model
+    try:
+        model_config = AutoConfig.from_pretrained(source, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        return
+    task = get_task(config.task)
+    prompts = [task.prompt(p) for p in task.generate(min(config.train_problems, 200), seed=config.seed,
+                                                     split="train")]
+    longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    check_fits(memory_plan(config, model_config, longest), free_bytes, gpu=gpu, in_4bit=config.load_in_4bit,
+               what=f"training {config.model} ({config.prompts_per_step} x {config.num_generations} completions "
+                    f"of up to {config.max_completion_length} tokens per step)")
+
+
+def _tiny_source():
+    from companion.tiny import tiny_dir
+
+    return tiny_dir()
+
+
 def _policy(config: TrainConfig, model, tokenizer):
     """The model to train: the one passed in, or the one ``config.model`` names."""
-    from companion.models import LoraSettings, load_policy
+    from companion.models import LoraSettings, load_policy, resolve_device
 
     if model is None:
+        device = resolve_device(config.device)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            check_gpu_memory(config, free, gpu=f"{torch.cuda.get_device_name(device)} (free memory)")
         lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
         return load_policy(config.model, load_in_4bit=config.load_in_4bit, lora=lora, device=config.device)
     if tokenizer is None:

@@ -155,12 +155,13 @@ def test_kept_policies_are_the_policy_of_their_step_and_change_nothing_else(tiny
     assert sorted(p.name for p in (tmp_path / "kept").glob("policy*")) == ["policy"]
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_gradient_checkpointing_changes_memory_not_the_update(tiny_policy_dir, tmp_path, seven_reward, lora):
+@pytest.mark.parametrize("lora, in_4bit", [(False, False), (True, False), (True, True)],
+                         ids=["full", "lora", "lora-4bit"])
+def test_gradient_checkpointing_changes_memory_not_the_update(tiny_policy_dir, tmp_path, seven_reward, lora, in_4bit):
     from companion.models import trainable_state_dict
 
-    config = dict(steps=1, model=str(tiny_policy_dir), device="cpu", lora=lora, beta=0.04 if lora else 0.0,
-                  micro_batch_size=6)
+    config = dict(steps=1, model=str(tiny_policy_dir), device="cpu", lora=lora, load_in_4bit=in_4bit,
+                  beta=0.04 if lora else 0.0, micro_batch_size=6)
     plain = train(_run_config(tmp_path, "plain", **config), progress=False)
     saved = train(_run_config(tmp_path, "checkpointed", gradient_checkpointing=True, **config), progress=False)
     (a,), (b,) = plain.metrics, saved.metrics

@@ -10,8 +10,9 @@ from __future__ import annotations
 from companion import planner
 
 SETTINGS = dict(prompts_per_step=8, num_generations=8, prompt_length=256, completion_length=512, micro_batch_size=4,
-                load_in_4bit=True, lora_r=16, gradient_checkpointing=True)
-"""A GSM8K-sized step: 8 problems x 8 completions, prompts up to 256 tokens, completions up to 512."""
+                load_in_4bit=True, lora_r=16, gradient_checkpointing=True, logit_chunk=64)
+"""Chapter 8's recipe: 8 problems x 8 completions, prompts up to 256 tokens, completions up to 512, micro-batches of
+4 completions, logits 64 positions at a time."""
 
 # huggingface/trl examples/notebooks/grpo_trl_lora_qlora.ipynb (Qwen2-7B-Instruct, Colab T4): 1 prompt x 8
 # completions of 256 tokens, LoRA r 32 in bf16, 8-bit AdamW, Liger's fused loss, no fp32 upcast; prompts assumed

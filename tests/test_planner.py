@@ -91,6 +91,9 @@ def test_the_plan_grows_with_what_it_should_and_not_with_what_it_should_not():
     assert rank.trainable == 4 * base.trainable
     full = planner.plan(shape, **SETTINGS, load_in_4bit=False, lora_r=None)
     assert full.weights > base.weights and full.trainable > 10 * base.trainable
+    chunked = planner.plan(shape, **SETTINGS, logit_chunk=64)
+    assert chunked.update < base.update / 2  # logits are most of the update with Qwen's vocabulary
+    assert planner.plan(shape, **SETTINGS, logit_chunk=1024).update == base.update  # a chunk past the length: all
     # micro_batch_size 0 is the whole step in one pass, as the trainer does
     whole = planner.plan(shape, **{**SETTINGS, "micro_batch_size": 0})
     assert whole.update == planner.plan(shape, **{**SETTINGS, "micro_batch_size": 64}).update

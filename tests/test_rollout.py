@@ -106,6 +106,28 @@ def test_sharing_the_prompt_forward_changes_neither_logps_nor_gradients(tiny_pol
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("share", [False, True], ids=["own-prompt", "shared-prompt"])
+def test_chunked_logits_change_neither_logps_nor_gradients(tiny_policy, share):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny_policy
+    model = get_peft_model(model.double(), LoraConfig(r=4, target_modules=["q_proj", "down_proj"],
+                                                      init_lora_weights=False))  # a wrapped model too
+    rollout = generate(model, tok, PROMPTS, num_generations=3, max_completion_length=12, seed=2)
+    args = (rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask)
+    results = []
+    for chunk in (0, 5):  # 5 does not divide the completion length: a short last chunk
+        model.zero_grad()
+        logps = per_token_logps(model, *args, temperature=0.7, share_prompts=share, logit_chunk=chunk)
+        (logps * args[3]).sum().backward()
+        results.append((logps.detach() * args[3], [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (whole, whole_grads), (chunked, chunked_grads) = results
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+    assert whole_grads and all(g.abs().sum() > 0 for g in whole_grads)
+    for a, b in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
 def test_masks_end_at_the_first_eos_and_finished_rows_are_padded(tiny_policy):
     model, tok = tiny_policy
     # Make EOS likely (~17% a step) so that some completions end early and some do not.

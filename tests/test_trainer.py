@@ -77,6 +77,7 @@ def seven_reward(monkeypatch):
     (dict(source="teacher"), "use --algo fisft_plus"),
     (dict(source="teacher", algo="fisft_plus", task="gsm8k"), "needs a task with an exact solver"),
     (dict(policy_every=-1), "policy_every must be >= 0"),
+    (dict(logit_chunk_size=-1), "logit_chunk_size must be >= 0"),
 ])
 def test_invalid_configs_are_refused_with_a_message_saying_what_to_change(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -157,13 +158,14 @@ def test_kept_policies_are_the_policy_of_their_step_and_change_nothing_else(tiny
 
 @pytest.mark.parametrize("lora, in_4bit", [(False, False), (True, False), (True, True)],
                          ids=["full", "lora", "lora-4bit"])
-def test_gradient_checkpointing_changes_memory_not_the_update(tiny_policy_dir, tmp_path, seven_reward, lora, in_4bit):
+def test_gradient_checkpointing_and_chunked_logits_change_memory_not_the_update(tiny_policy_dir, tmp_path, seven_reward, lora, in_4bit):
     from companion.models import trainable_state_dict
 
     config = dict(steps=1, model=str(tiny_policy_dir), device="cpu", lora=lora, load_in_4bit=in_4bit,
                   beta=0.04 if lora else 0.0, micro_batch_size=6)
     plain = train(_run_config(tmp_path, "plain", **config), progress=False)
-    saved = train(_run_config(tmp_path, "checkpointed", gradient_checkpointing=True, **config), progress=False)
+    saved = train(_run_config(tmp_path, "checkpointed", gradient_checkpointing=True, logit_chunk_size=7, **config),
+                  progress=False)
     (a,), (b,) = plain.metrics, saved.metrics
     assert a["frac_weighted"] > 0 and a["length"] == b["length"]  # the same samples
     assert (a["kl"] is not None) == lora  # the LoRA run also scores the reference (adapters off) under checkpointing

@@ -18,7 +18,8 @@ What it counts, as the package loads and trains a model (:func:`companion.models
 * **the update.** One micro-batch of ``micro_batch_size`` completions through forward and backward: the
   activations kept for the backward pass (per token and block, the residual stream and the projections' inputs
   and outputs; with gradient checkpointing only each block's input, plus one block recomputed), and the logits of
-  every completion token with the float32 copies that the log-softmax and its gradient make (16 bytes per logit).
+  every completion token with the float32 copies that the log-softmax and its gradient make (16 bytes per logit;
+  with ``--logit-chunk-size`` only one chunk's, the rest recomputed in the backward pass).
 * **overhead.** The CUDA context and the allocator's slack: a fixed :data:`CONTEXT_BYTES` plus
   :data:`FRAGMENTATION` of the rest, so that the total is comparable with ``torch.cuda.max_memory_reserved``.
 
@@ -167,12 +168,13 @@ def weight_bytes(shape: ModelShape, *, load_in_4bit: bool, dtype_bytes: int, upc
 def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prompt_length: int,
          completion_length: int, micro_batch_size: int = 0, load_in_4bit: bool = True, lora_r: int | None = 16,
          gradient_checkpointing: bool = True, dtype_bytes: int = 2, upcast: bool = True,
-         bytes_per_trainable: int = 16, logit_bytes: int = LOGIT_BYTES) -> Plan:
+         bytes_per_trainable: int = 16, logit_bytes: int = LOGIT_BYTES, logit_chunk: int = 0) -> Plan:
     """Estimate one training step's peak GPU memory (see the module docstring for what is counted).
 
     ``micro_batch_size`` 0 means every completion of the step in one pass, as :class:`companion.trainer.TrainConfig`
-    does; ``lora_r`` None is full-parameter training; ``dtype_bytes`` is the compute dtype's (2 for bf16 or fp16).
-    The last three describe other trainers than this package's, to check the planner against their published runs:
+    does; ``lora_r`` None is full-parameter training; ``dtype_bytes`` is the compute dtype's (2 for bf16 or fp16);
+    ``logit_chunk`` is ``--logit-chunk-size`` (completion positions whose logits are held at once; 0 = all).
+    ``upcast``, ``bytes_per_trainable`` and ``logit_bytes`` describe other trainers than this package's, to check the planner against their published runs:
     ``upcast`` False keeps the unquantised weights in the compute dtype (no ``prepare_model_for_kbit_training``);
     ``bytes_per_trainable`` is an adapter weight's bytes with its gradient and optimizer state (16: float32 and
     AdamW; 6: bf16 adapters and an 8-bit AdamW); ``logit_bytes`` 0 is a fused head-and-loss kernel (Liger) that
@@ -182,8 +184,9 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
                         ("prompt_length", prompt_length), ("completion_length", completion_length)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    if micro_batch_size < 0 or dtype_bytes not in (2, 4):
-        raise ValueError(f"need micro_batch_size >= 0 and dtype_bytes 2 or 4, got {micro_batch_size}, {dtype_bytes}")
+    if micro_batch_size < 0 or logit_chunk < 0 or dtype_bytes not in (2, 4):
+        raise ValueError(f"need micro_batch_size >= 0, logit_chunk >= 0 and dtype_bytes 2 or 4, got "
+                         f"{micro_batch_size}, {logit_chunk}, {dtype_bytes}")
     if load_in_4bit and lora_r is None:
         raise ValueError("4-bit weights cannot be trained: plan with a LoRA rank (lora_r)")
     rows = prompts_per_step * num_generations
@@ -213,7 +216,7 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
         activations = layers * kept * h * residual + kept * per_block_token  # block inputs, one block recomputed
     else:
         activations = layers * kept * per_block_token
-    logits = logit_bytes * micro * completion_length * shape.vocab_size
+    logits = logit_bytes * micro * min(logit_chunk or completion_length, completion_length) * shape.vocab_size
     update = activations + logits
 
     allocated = weights + trainable + max(sampling, update)
@@ -231,7 +234,8 @@ def check_fits(estimate: Plan, memory_bytes: int, *, what: str = "this run", gpu
     biggest = max(("sampling", estimate.sampling), ("the update", estimate.update), key=lambda kv: kv[1])[0]
     advice = {"sampling": "sample fewer completions at once (--prompts-per-step or --num-generations) or shorten "
                           "--max-completion-length",
-              "the update": "lower --micro-batch-size (completions per forward/backward pass)"}[biggest]
+              "the update": "lower --micro-batch-size (completions per forward/backward pass) or set "
+                            "--logit-chunk-size (e.g. 64)"}[biggest]
     raise ValueError(f"{what} needs about {estimate.peak / GIB:.2f} GiB at its peak ({biggest} is the largest "
                      f"part: {max(estimate.sampling, estimate.update) / GIB:.2f} GiB) and {gpu} has "
                      f"{memory_bytes / GIB:.2f} GiB: {advice}"

@@ -79,14 +79,31 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+def _chunked_head_logps(model, hidden, targets, temperature: float, chunk: int):
+    """log-probs of ``targets`` (N, T) from the final hidden states (N, T, h), ``chunk`` positions at a time, each
+    chunk's logits recomputed in the backward pass instead of kept: the head's memory is one chunk's logits."""
+    from torch.utils.checkpoint import checkpoint
+
+    head = model.get_output_embeddings()
+
+    def logps(h, t):  # (N, c, h), (N, c) -> (N, c)
+        return selective_log_softmax(head(h).float() / temperature, t)
+
+    parts = [checkpoint(logps, hidden[:, a:a + chunk], targets[:, a:a + chunk], use_reentrant=False)
+             for a in range(0, targets.shape[1], chunk)]
+    return torch.cat(parts, dim=1)
+
+
 def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *, temperature: float = 1.0,
-                    share_prompts: bool = True):
+                    share_prompts: bool = True, logit_chunk: int = 0):
     """log π(o_t | q, o_<t) of each completion token under ``model``, with gradient: (N, T).
 
     Logits are divided by ``temperature`` so the log-probs are those of the distribution that was sampled.
     With ``share_prompts``, consecutive rows that continue the same prompt (the G completions of a group) run
     that prompt through the model once and share its KV cache, gradients included: the same numbers as one
     forward over every (prompt, completion) row, up to float rounding, for G times less work on the prompt.
+    With ``logit_chunk`` > 0 the head runs on that many completion positions at a time and their logits are
+    recomputed in the backward pass (the same numbers): a large vocabulary's logits are never all held at once.
     """
     if not share_prompts:
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
@@ -94,6 +111,10 @@ def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_m
         T = completion_ids.shape[1]
         # Position ids follow the real tokens so left padding does not shift the positions the model sees.
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        if logit_chunk:
+            hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                         position_ids=position_ids, use_cache=False).last_hidden_state
+            return _chunked_head_logps(model, hidden[:, -(T + 1):-1], completion_ids, temperature, logit_chunk)
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                        logits_to_keep=T + 1, use_cache=False).logits  # (N, T+1, V)
         logits = logits[:, :-1, :] / temperature  # the logit at position t predicts token t+1
@@ -118,10 +139,15 @@ def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_m
     T = completion_ids.shape[1]
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # (N, P+T)
     positions = prompt_mask.sum(dim=1, keepdim=True) + torch.arange(T, device=prompt_mask.device)  # (N, T)
-    rest = model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=positions,
-                 past_key_values=cache, use_cache=True, logits_to_keep=T).logits  # (N, T, V)
     first_logps = selective_log_softmax(first.repeat_interleave(repeats, dim=0).float() / temperature,
                                         completion_ids[:, 0])  # (N,)
+    if logit_chunk:
+        hidden = model.get_decoder()(input_ids=completion_ids, attention_mask=attention_mask, position_ids=positions,
+                                     past_key_values=cache, use_cache=True).last_hidden_state  # (N, T, h)
+        rest_logps = _chunked_head_logps(model, hidden[:, :-1], completion_ids[:, 1:], temperature, logit_chunk)
+        return torch.cat([first_logps.unsqueeze(1), rest_logps], dim=1)
+    rest = model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=positions,
+                 past_key_values=cache, use_cache=True, logits_to_keep=T).logits  # (N, T, V)
     rest_logps = selective_log_softmax(rest[:, :-1, :].float() / temperature, completion_ids[:, 1:])  # (N, T-1)
     return torch.cat([first_logps.unsqueeze(1), rest_logps], dim=1)
 

@@ -128,6 +128,9 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata={"help": "updates of linear warmup from 0"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient to this global norm"})
     micro_batch_size: int = field(default=0, metadata={"help": "completions per forward/backward pass; lower it to fit GPU memory (0 = all)"})
+    logit_chunk_size: int = field(default=0, metadata={
+        "help": "completion tokens whose logits the update holds at once, the rest recomputed in the backward pass "
+                "(the same update, less GPU memory with a large vocabulary; 0 = all)"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute each block's activations in the backward pass instead of keeping them: less GPU memory "
                 "for about a third more compute (each completion then runs its prompt again: transformers drops "
@@ -174,6 +177,7 @@ class TrainConfig:
         need(0 <= self.warmup_steps < self.total_updates,
              f"warmup_steps must be in [0, steps * num_iterations = {self.total_updates}), got {self.warmup_steps}")
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        need(self.logit_chunk_size >= 0, f"logit_chunk_size must be >= 0 (0 = all at once), got {self.logit_chunk_size}")
         need(self.micro_batch_size >= 0, f"micro_batch_size must be >= 0 (0 = the whole batch), got {self.micro_batch_size}")
         need(self.train_problems >= self.prompts_per_step,
              f"train_problems ({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})")
@@ -377,7 +381,8 @@ def memory_plan(config: TrainConfig, model_config, prompt_length: int):
                 num_generations=config.num_generations, prompt_length=prompt_length,
                 completion_length=config.max_completion_length, micro_batch_size=config.micro_batch_size,
                 load_in_4bit=config.load_in_4bit, lora_r=config.lora_r if config.lora else None,
-                gradient_checkpointing=config.gradient_checkpointing, dtype_bytes=2)
+                gradient_checkpointing=config.gradient_checkpointing, dtype_bytes=2,
+                logit_chunk=config.logit_chunk_size)
 
 
 def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GPU") -> None:
@@ -593,11 +598,11 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
             for i, chunk in enumerate(chunks):
                 if reference is not None:
                     refs[i] = per_token_logps(reference, *inputs(chunk), temperature=config.temperature,
-                                              share_prompts=share)
+                                              share_prompts=share, logit_chunk=config.logit_chunk_size)
                 elif is_lora(model):
                     with model.disable_adapter():
                         refs[i] = per_token_logps(model, *inputs(chunk), temperature=config.temperature,
-                                                  share_prompts=share)
+                                                  share_prompts=share, logit_chunk=config.logit_chunk_size)
         timing["time_reference"] = time.perf_counter() - t
 
     olds = [None] * len(chunks)  # π_old: the first iteration's log-probs, detached (the policy that sampled)
@@ -613,7 +618,7 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
         for i, chunk in enumerate(chunks):
             t = time.perf_counter()
             logps = per_token_logps(model, *inputs(chunk), temperature=config.temperature,
-                                    share_prompts=share)  # (n, T)
+                                    share_prompts=share, logit_chunk=config.logit_chunk_size)  # (n, T)
             if iteration == 0 and config.num_iterations > 1:
                 olds[i] = logps.detach()
             loss, stats = policy_loss(logps, olds[i] if iteration else None, weights[chunk], mask[chunk],

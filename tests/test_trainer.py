@@ -176,6 +176,34 @@ def test_gradient_checkpointing_and_chunked_logits_change_memory_not_the_update(
     assert saved.model.is_gradient_checkpointing
 
 
+def test_a_run_started_before_a_config_field_existed_resumes(tiny_policy_dir, tmp_path, seven_reward):
+    config = _run_config(tmp_path, steps=2, save_every=1, model=str(tiny_policy_dir), device="cpu")
+    train(config, until_step=1, progress=False)
+    saved = tmp_path / "run" / "config.json"
+    older = {k: v for k, v in json.loads(saved.read_text()).items() if k not in ("dtype", "logit_chunk_size")}
+    saved.write_text(json.dumps(older))  # as an earlier version wrote it
+    assert [r["step"] for r in train(config, resume=True, progress=False).metrics] == [1, 2]
+    saved.write_text(json.dumps({**older, "learning_rate": 1.0}))  # a real difference is still refused
+    with pytest.raises(RunError, match="learning_rate"):
+        train(config, resume=True, progress=False)
+
+
+def test_a_dtype_the_device_cannot_take_is_refused_before_loading(monkeypatch):
+    from companion import models
+
+    assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    with pytest.raises(ValueError, match="on a CPU the package computes in float32"):
+        models.resolve_dtype("bfloat16", torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    with pytest.raises(ValueError, match=r"Tesla T4\) has no bfloat16.*--dtype float16"):
+        models.resolve_dtype("bfloat16", torch.device("cuda"))
+    assert models.resolve_dtype("float16", torch.device("cuda")) == torch.float16
+    assert models.resolve_dtype("auto", torch.device("cuda")) == torch.float16  # what a T4 gets
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        TrainConfig(dtype="fp8")
+
+
 def test_resume_drops_records_written_after_the_checkpoint(tiny_policy_dir, tmp_path, seven_reward):
     config = _run_config(tmp_path, steps=3, save_every=2, model=str(tiny_policy_dir), device="cpu")
     train(config, until_step=2, progress=False)

@@ -440,7 +440,9 @@ def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool =
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither (then config.model is loaded)")
     out, resuming = open_run_dir(config.out, dataclasses.asdict(config), (CONFIG_FILE, MODEL_FILE, ROWS_FILE,
-                                 SUMMARY_FILE), overwrite=config.overwrite, may_differ=RESUMABLE_FIELDS)
+                                 SUMMARY_FILE), overwrite=config.overwrite, may_differ=RESUMABLE_FIELDS,
+                                 defaults={f.name: f.default for f in dataclasses.fields(EvalConfig)
+                                           if f.default is not dataclasses.MISSING})
     save_config(config, out / CONFIG_FILE)
     task = get_task(config.task)
     problems = _load_problems(config, task)

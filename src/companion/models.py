@@ -81,6 +81,30 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""The compute dtypes a run may ask for (``--dtype``); ``auto`` is :func:`default_dtype`."""
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype ``--dtype name`` means on ``device``, or a ValueError that says what to ask for instead.
+
+    >>> resolve_dtype("auto", torch.device("cpu"))
+    torch.float32
+    """
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    if name == "auto":
+        return default_dtype(device)
+    dtype = getattr(torch, name)
+    if device.type != "cuda" and dtype != torch.float32:
+        raise ValueError(f"--dtype {name} is for GPUs: on a CPU the package computes in float32 (half-precision "
+                         "matmuls are slow there and untested); use --dtype float32 or auto")
+    if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16 (a T4 has none): use "
+                         "--dtype float16, float32, or auto (which picks float16 there)")
+    return dtype
+
+
 def _load_pretrained(source: str, *, local_only: bool, quantization_config, dtype: torch.dtype, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

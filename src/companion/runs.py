@@ -40,14 +40,14 @@ class RunError(ValueError):
 
 def open_run_dir(out: str | os.PathLike, config: dict, files: Iterable[str], *, overwrite: bool = False,
                  may_differ: Iterable[str] = (), resume: bool | None = None,
-                 config_file: str = CONFIG_FILE) -> tuple[Path, bool]:
+                 config_file: str = CONFIG_FILE, defaults: dict | None = None) -> tuple[Path, bool]:
     """Claim ``out`` for a run whose resolved config is ``config``; returns ``(directory, resuming)``.
 
     ``files`` are the names the run writes there (``config_file``, its saved config, among them); only they are
     ever deleted.
     With ``overwrite`` they are deleted and the run starts afresh. Otherwise a directory holding a run is
     resumed when its saved config equals ``config`` in every field but ``may_differ``, and refused when it
-    differs. ``resume=True`` demands a run to resume; ``resume=False`` refuses any run already there.
+    differs; a field the saved config lacks (written before the field existed) reads as its value in ``defaults``. ``resume=True`` demands a run to resume; ``resume=False`` refuses any run already there.
 
     >>> import tempfile
     >>> out = Path(tempfile.mkdtemp()) / "run"
@@ -83,7 +83,8 @@ def open_run_dir(out: str | os.PathLike, config: dict, files: Iterable[str], *, 
     if config_file not in present:
         raise RunError(f"{out} holds {', '.join(present)} but no {config_file}, so it cannot be resumed safely: use "
                        "another --out, or --overwrite to replace it")
-    differences = config_differences(json.loads((out / config_file).read_text()), config, ignore=may_differ)
+    saved = {**(defaults or {}), **json.loads((out / config_file).read_text())}
+    differences = config_differences(saved, config, ignore=may_differ)
     if differences:
         raise RunError(f"{out} holds a run with a different config ({'; '.join(differences)}): use another --out, or "
                        "--overwrite to replace it")

@@ -63,6 +63,7 @@ from companion.config import (MAX_COMPLETION_LENGTH, add_dataclass_arguments, co
 from companion.objectives import (ALGORITHMS, NORMALIZERS, STD_KINDS, policy_loss, resolve_normalizer, sample_weights,
                                   zero_spread_groups)
 from companion.decode import check_prompts_fit
+from companion.models import DTYPES
 from companion.rollout import Rollout, generate, per_token_logps, teacher_rollout
 from companion.runs import (BAD_INPUT, RunError, append_jsonl, open_run_dir, read_jsonl, torch_threads,
                             write_atomically)
@@ -93,6 +94,9 @@ class TrainConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)"})
     load_in_4bit: bool = field(default=False, metadata={"help": "quantise the base to 4-bit nf4 (needs --lora)"})
     device: str = field(default="auto", metadata={"help": "'auto' (a GPU if there is one), 'cpu' or 'cuda'"})
+    dtype: str = field(default="auto", metadata={
+        "help": "weights' and 4-bit layers' compute dtype: 'auto' is float32 on a CPU, bfloat16 on a GPU that has "
+                "it and float16 on one that does not (a T4)", "choices": DTYPES})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads during the run (0 = leave as is); a tiny "
                                                           "model on a busy machine is fastest with 1"})
     # the run
@@ -187,6 +191,7 @@ class TrainConfig:
              "eval_problems and eval_num_generations must be >= 1")
         need(self.lora_r >= 1 and self.lora_alpha > 0, f"need lora_r >= 1 and lora_alpha > 0, got {self.lora_r}, {self.lora_alpha}")
         need(not self.load_in_4bit or self.lora, "4-bit weights cannot be trained: add --lora to --load-in-4bit")
+        need(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         need(self.num_threads >= 0, f"num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
@@ -367,7 +372,9 @@ def _prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> P
     snapshots = tuple(p.name for p in Path(config.out).glob("policy-step*"))  # --policy-every's, replaced too
     out, _ = open_run_dir(config.out, dataclasses.asdict(config), RUN_FILES + snapshots, overwrite=overwrite,
                           resume=resume,
-                          may_differ=("steps", "out"))  # the same directory, however its path is spelled
+                          may_differ=("steps", "out"),  # the same directory, however its path is spelled
+                          defaults={f.name: f.default for f in dataclasses.fields(TrainConfig)
+                                    if f.default is not dataclasses.MISSING})
     if resume and not (out / "checkpoint.pt").exists():
         raise RunError(f"nothing to resume in {out}: it has no checkpoint.pt (start a new run there with --overwrite)")
     return out
@@ -419,15 +426,16 @@ def _tiny_source():
 
 def _policy(config: TrainConfig, model, tokenizer):
     """The model to train: the one passed in, or the one ``config.model`` names."""
-    from companion.models import LoraSettings, load_policy, resolve_device
+    from companion.models import LoraSettings, load_policy, resolve_device, resolve_dtype
 
     if model is None:
         device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)  # refused here, before anything loads
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             check_gpu_memory(config, free, gpu=f"{torch.cuda.get_device_name(device)} (free memory)")
         lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
-        return load_policy(config.model, load_in_4bit=config.load_in_4bit, lora=lora, device=config.device)
+        return load_policy(config.model, load_in_4bit=config.load_in_4bit, lora=lora, device=device, dtype=dtype)
     if tokenizer is None:
         raise ValueError("train(model=...) needs its tokenizer too")
     if config.device != "auto":

@@ -20,6 +20,7 @@ from companion.passk import (
     mean_perplexity,
     pass_at_k,
     pass_at_k_curve,
+    paired_difference,
     pass_at_k_per_problem,
     perplexity,
 )
@@ -433,3 +434,22 @@ def test_crossover_refuses_curves_that_do_not_compare(trained, base, n, ks, mess
 
     with pytest.raises((ValueError, TypeError), match=message):
         crossover(trained, base, n, ks, n_bootstrap=0)
+
+
+def test_paired_difference_is_the_difference_of_the_curves_with_a_tighter_paired_interval():
+    rng = np.random.default_rng(3)
+    rates = rng.uniform(0, 1, 300)
+    a = {i: int(rng.binomial(32, p)) for i, p in enumerate(rates)}
+    b = {i: min(32, c + int(rng.integers(0, 3))) for i, c in a.items()}  # b a little better on every problem
+    diff = paired_difference(a, b, 32, [1, 8, 32], n_bootstrap=500)
+    curves = [pass_at_k_curve(x, 32, [1, 8, 32], n_bootstrap=500) for x in (a, b)]
+    for k, d in diff.items():
+        assert d.difference == pytest.approx(curves[1][k].estimate - curves[0][k].estimate)
+        assert d.low <= d.difference <= d.high
+    # the separate bands overlap at k = 1, the paired interval excludes 0
+    assert curves[1][1].low < curves[0][1].high and diff[1].low > 0
+    assert paired_difference(a, b, 32, [1], n_bootstrap=0)[1].low is None
+    with pytest.raises(ValueError, match="different problems"):
+        paired_difference(a, {0: 1}, 32)
+    with pytest.raises(TypeError, match="map problem ids"):
+        paired_difference([1, 2], [1, 2], 32)

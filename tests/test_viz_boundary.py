@@ -75,6 +75,20 @@ def test_training_length_rows_follow_the_steps_and_refuse_mixed_n(records):
         viz.training_length_rows({0: records["base"], 1: dict(records["grpo"], num_generations=32)})
 
 
+def test_training_length_changes_are_paired_over_the_same_problems(records):
+    by_step = {0: records["base"], 100: records["grpo"]}
+    (row,) = viz.training_length_changes(by_step, [(0, 100)], n_bootstrap=200)
+    assert (row["from"], row["to"], row["n"]) == (0, 100, 64)
+    # grpo solves 41 problems nearly always, the base 80 now and then: pass@1 up, pass@64 down, both clear of 0
+    assert 0 < row["pass1_low"] <= row["pass1"] <= row["pass1_high"]
+    assert row["pass_n_low"] <= row["pass_n"] <= row["pass_n_high"] < 0
+    assert row["only_to"] == 1 and row["only_from"] >= 35
+    (same,) = viz.training_length_changes({0: records["base"], 1: records["base"]}, [(0, 1)], n_bootstrap=50)
+    assert same["pass1"] == same["pass_n"] == 0 and same["only_from"] == same["only_to"] == 0
+    with pytest.raises(ValueError, match=r"no policy for step\(s\) \[50\]"):
+        viz.training_length_changes(by_step, [(0, 50)])
+
+
 def test_perplexity_rows_and_figure():
     scored = {"base": [{"perplexity": [2.0, 4.0, 8.0], "correct": [True, False, False]}],
               "grpo": [{"perplexity": [1.5, 1.5], "correct": [True, True]}, {"perplexity": [3.0], "correct": [False]}]}

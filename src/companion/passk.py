@@ -338,6 +338,55 @@ def crossover(trained: Mapping[Hashable, int], base: Mapping[Hashable, int], n: 
                      float(np.mean(replicates == len(ks))))
 
 
+class PairedDifference(NamedTuple):
+    """Mean pass@k of model b minus model a over the same problems, with its paired bootstrap interval."""
+
+    k: int
+    difference: float
+    low: float | None
+    high: float | None
+
+
+def paired_difference(a: Mapping[Hashable, int], b: Mapping[Hashable, int], n: int, ks: Sequence[int] | None = None,
+                      *, n_bootstrap: int = 1000, confidence: float = 0.95,
+                      seed: int | None = 0) -> dict[int, PairedDifference]:
+    """pass@k of ``b`` minus pass@k of ``a`` for each k, with a paired percentile bootstrap: each replicate redraws
+    the problems, the same for both. Two models' separate bands can overlap while the paired interval excludes 0,
+    since most of a band's width is which problems were drawn, and that is shared.
+
+    >>> early = {p: c for p, c in enumerate([2] * 50 + [0] * 50)}   # n = 4: half the problems, half the time
+    >>> late = {p: c for p, c in enumerate([4] * 40 + [0] * 60)}    # fewer problems, always
+    >>> d = paired_difference(early, late, 4, [1, 4], seed=0)
+    >>> round(d[1].difference, 3), round(d[4].difference, 3)        # pass@1 up, pass@4 down
+    (0.15, -0.1)
+    >>> d[4].high < 0
+    True
+    """
+    for name, counts in (("a", a), ("b", b)):
+        if not isinstance(counts, Mapping):
+            raise TypeError(f"{name} must map problem ids to correct-sample counts, so that the problems can be "
+                            f"matched; got {type(counts).__name__}")
+    if set(a) != set(b):
+        only = sorted(map(repr, set(a) ^ set(b)))[:5]
+        raise ValueError(f"the two models were evaluated on different problems ({len(a)} vs {len(b)}; in one "
+                         f"only: {', '.join(only)}): evaluate both on the same problems")
+    ids = list(a)
+    ks = sorted(set(default_ks(n) if ks is None else _check_ks(ks, _integer("n", n))))
+    gap = (pass_at_k_per_problem([b[i] for i in ids], n, ks)
+           - pass_at_k_per_problem([a[i] for i in ids], n, ks))  # (P, K)
+    estimates = gap.mean(axis=0)
+    n_bootstrap = _integer("n_bootstrap", n_bootstrap)
+    if n_bootstrap <= 0:
+        return {k: PairedDifference(k, float(e), None, None) for k, e in zip(ks, estimates)}
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be strictly between 0 and 1 (e.g. 0.95), got {confidence}")
+    means = _bootstrap_means(gap, n_bootstrap, np.random.default_rng(seed))
+    tail = (1 - confidence) / 2
+    lows, highs = np.quantile(means, [tail, 1 - tail], axis=0)
+    return {k: PairedDifference(k, float(e), float(lo), float(hi))
+            for k, e, lo, hi in zip(ks, estimates, lows, highs)}
+
+
 # --- coverage ------------------------------------------------------------------------------------------------
 
 

@@ -153,6 +153,27 @@ def training_length_figure(rows: list[dict], *, title: str = "") -> go.Figure:
     return _layout(fig, title or "Training longer", 380)
 
 
+def training_length_changes(by_step: dict[int, dict], pairs: list[tuple[int, int]], *,
+                            n_bootstrap: int = 1000) -> list[dict]:
+    """For each ``(earlier, later)`` pair of steps, the change in pass@1 and in pass@n from the earlier policy to
+    the later one, each with its paired 95% bootstrap interval over problems (:func:`companion.passk.paired_difference`),
+    and how many problems only one of the two ever solves."""
+    n = _same_problems(by_step)
+    missing = sorted({s for pair in pairs for s in pair} - set(by_step))
+    if missing:
+        raise ValueError(f"no policy for step(s) {missing}: the steps evaluated are {sorted(by_step)}")
+    rows = []
+    for earlier, later in pairs:
+        a, b = counts(by_step[earlier]), counts(by_step[later])
+        change = passk.paired_difference(a, b, n, [1, n], n_bootstrap=n_bootstrap)
+        overlap = passk.compare_coverage(a, b)
+        rows.append({"from": earlier, "to": later, "n": n,
+                     **{f"{key}{part}": getattr(change[k], attr) for key, k in (("pass1", 1), ("pass_n", n))
+                        for part, attr in (("", "difference"), ("_low", "low"), ("_high", "high"))},
+                     "only_from": overlap["n_only_a"], "only_to": overlap["n_only_b"]})
+    return rows
+
+
 def perplexity_rows(by_model: dict[str, list[dict]]) -> list[dict]:
     """Per model, the perplexity under the scorer of its samples (rows of
     :func:`companion.evaluate.perplexity_under`): median and quartiles of all samples, and the medians of the right

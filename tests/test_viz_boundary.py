@@ -98,3 +98,4 @@ def test_perplexity_rows_and_figure():
     assert rows["grpo"]["samples"] == 3 and rows["grpo"]["median"] == 1.5 and rows["grpo"]["median_wrong"] == 3.0
     fig = viz.perplexity_figure(scored)
     assert [t.name for t in fig.data] == ["base model", "GRPO"] and fig.layout.yaxis.type == "log"
+    assert all(t.boxpoints == "outliers" for t in fig.data)  # whiskers at 1.5 IQR, as the chapter says

@@ -197,7 +197,7 @@ def perplexity_figure(by_model: dict[str, list[dict]], *, title: str = "") -> go
     for model, scored in by_model.items():
         values = [p for r in scored for p in r["perplexity"]]
         color, name = MODEL_COLORS.get(model, "#333333"), MODEL_NAMES.get(model, model)
-        fig.add_trace(go.Box(y=values, name=name, marker_color=color, boxpoints=False))
+        fig.add_trace(go.Box(y=values, name=name, marker_color=color, boxpoints="outliers"))  # whiskers: 1.5 IQR
     fig.update_yaxes(title="perplexity under the base model", type="log")
     return _layout(fig.update_layout(showlegend=False), title or "How likely the base finds each model's samples",
                    380)

@@ -37,6 +37,9 @@ Decisions, and why:
   and gradient are those of the full batch (:func:`batch_share`). The same rescaling makes ``micro_batch_size`` (for GPU
   memory) change nothing but memory. The G completions of a prompt share one forward pass of the prompt
   (:func:`companion.rollout.per_token_logps`).
+* **Data parallel is one sum.** Under ``accelerate launch`` each process samples its share of the step's prompts
+  and the gradients are summed once per optimizer step (:class:`Processes`), with the whole batch's loss
+  denominators: the update of the same batch in one process (``tests/test_data_parallel.py``).
 * **Resume is exact.** N steps straight and N/2 + resume + N/2 give the same ``metrics.jsonl``, bit for bit
   on a CPU, timings aside (``tests/test_trainer.py``): the checkpoint holds every RNG state and the data
   position, evaluation samples with its own seed, and the problem order is a pure function of the seed.
@@ -48,6 +51,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -99,6 +103,10 @@ class TrainConfig:
                 "it and float16 on one that does not (a T4)", "choices": DTYPES})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads during the run (0 = leave as is); a tiny "
                                                           "model on a busy machine is fastest with 1"})
+    num_processes: int = field(default=1, metadata={
+        "help": "data-parallel processes, each sampling its share of a step's prompts: set by the launch "
+                "(accelerate launch --multi_gpu --num_processes N -m companion.cli train ...); a run resumes only "
+                "with the count it started with"})
     # the run
     out: str = field(default="runs/train", metadata={"help": "run directory: config, metrics.jsonl, checkpoint, policy"})
     steps: int = field(default=50, metadata={"help": "training steps (each samples one batch)"})
@@ -195,6 +203,7 @@ class TrainConfig:
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         need(self.num_threads >= 0, f"num_threads must be >= 0 (0 = torch's default), got {self.num_threads}")
+        need(self.num_processes >= 1, f"num_processes must be >= 1, got {self.num_processes}")
         need(bool(self.out), "out must name a run directory")
 
     @property
@@ -277,12 +286,14 @@ def lr_factor(update: int, *, total: int, warmup: int, kind: str) -> float:
     return 1.0
 
 
-def batch_share(normalizer: str, completion_mask: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor) -> float:
+def batch_share(normalizer: str, completion_mask: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor,
+                total: float | None = None) -> float:
     """The part of the full batch's loss denominator that ``rows`` carry.
 
     :func:`companion.objectives.policy_loss` averages over the rows it is given; multiplied by this share, the
     losses of disjoint row subsets add up to the loss of the whole batch (rows left out must add 0, i.e. have
-    weight 0 and no KL term). (N, T), (N,), (n,) -> float.
+    weight 0 and no KL term). (N, T), (N,), (n,) -> float. ``total``: the denominator of a batch larger than
+    this one (:func:`share_denominator` summed over data-parallel processes); by default, this batch's own.
 
     >>> mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]])
     >>> w = torch.tensor([1., 0., -1., 0.])
@@ -290,11 +301,121 @@ def batch_share(normalizer: str, completion_mask: torch.Tensor, weights: torch.T
     [0.5, 0.7143, 0.5, 1.0]
     """
     if normalizer in ("sequence", "constant"):
-        return len(rows) / completion_mask.shape[0]
-    if normalizer == "token":
-        return (completion_mask[rows].sum() / completion_mask.sum().clamp(min=1)).item()
-    kept = completion_mask * (weights != 0).unsqueeze(1)  # kept_token
-    return (kept[rows].sum() / kept.sum().clamp(min=1)).item()
+        return len(rows) / (completion_mask.shape[0] if total is None else total)
+    counted = _counted(normalizer, completion_mask, weights)
+    denominator = counted.sum() if total is None else torch.tensor(int(total), dtype=counted.dtype)
+    return (counted[rows].sum() / denominator.clamp(min=1)).item()
+
+
+def share_denominator(normalizer: str, completion_mask: torch.Tensor, weights: torch.Tensor) -> int:
+    """The whole batch's loss denominator under ``normalizer``: its rows, its tokens, or the tokens of its weighted
+    rows. Over data-parallel processes, the sum of theirs is the denominator of the batch they sample together."""
+    if normalizer in ("sequence", "constant"):
+        return completion_mask.shape[0]
+    return int(_counted(normalizer, completion_mask, weights).sum().item())
+
+
+def _counted(normalizer: str, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return mask if normalizer == "token" else mask * (weights != 0).unsqueeze(1).to(mask.dtype)  # kept_token
+
+
+class Processes:
+    """The processes that train one run together: this one alone, or the data-parallel ones that ``accelerate
+    launch`` (or ``torchrun``) started, one per GPU (gloo processes on a CPU).
+
+    Each process samples its own share of a step's prompts and runs its share of the update; the gradients are
+    summed over processes before clipping and the optimizer step, which every process then takes alike, so the
+    weights stay the same everywhere. The communication is accelerate's (``reduce``, ``gather``, ``broadcast``).
+    Why not DDP (``accelerator.prepare(model)``): the update runs only the rows with a weight (:func:`rows_in_update`),
+    so processes run different numbers of micro-batches, and DDP's per-backward all-reduce would wait forever for
+    the process with fewer; one sum of the gradients per optimizer step does not.
+    """
+
+    def __init__(self, world: int = 1, rank: int = 0, state=None):
+        self.world, self.rank, self.state = world, rank, state
+
+    @classmethod
+    def launched(cls, device: torch.device) -> "Processes":
+        """The processes of this launch: one, unless a launcher set ``WORLD_SIZE`` above 1."""
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from accelerate import PartialState
+
+        state = PartialState(cpu=device.type == "cpu")
+        return cls(state.num_processes, state.process_index, state)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device | None:
+        """This process's GPU under a multi-GPU launch (each process its own), else None."""
+        if self.state is None or self.state.device.type != "cuda":
+            return None
+        return self.state.device
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum over processes (``values`` itself for one)."""
+        if self.world == 1:
+            return values
+        from accelerate.utils import reduce
+
+        return reduce(values, reduction="sum")
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Every process's ``values`` (the same shape on each), concatenated along dim 0 in process order."""
+        if self.world == 1:
+            return values
+        from accelerate.utils import gather
+
+        return gather(values)
+
+    def gather_object(self, value) -> list:
+        if self.world == 1:
+            return [value]
+        from accelerate.utils import gather_object
+
+        return gather_object([value])
+
+    def broadcast_(self, tensors) -> None:
+        """Overwrite each tensor with the main process's (in place)."""
+        if self.world == 1:
+            return
+        from accelerate.utils import broadcast
+
+        for t in tensors:
+            t.data.copy_(broadcast(t.data.contiguous(), from_process=0))
+
+    def sum_gradients_(self, params: list) -> None:
+        """Replace each parameter's gradient by its sum over processes: one all-reduce of all of them."""
+        if self.world == 1:
+            return
+        flat = self.sum(torch.cat([p.grad.reshape(-1) for p in params]))
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
+            offset += p.grad.numel()
+
+    def wait(self) -> None:
+        if self.world > 1:
+            self.state.wait_for_everyone()
+
+
+SINGLE = Processes()
+
+
+def check_processes(config: "TrainConfig", processes: Processes) -> "TrainConfig":
+    """The config with the launch's process count, after checking that a step's prompts split evenly."""
+    need(config.num_processes in (1, processes.world),
+         f"the run is set for {config.num_processes} data-parallel processes (--num-processes, or the config.json "
+         f"of a run being resumed) but this launch started {processes.world}: launch {config.num_processes} "
+         f"(accelerate launch --multi_gpu --num_processes {config.num_processes} -m companion.cli train ...), or "
+         f"leave --num-processes out of a new run (the launch sets it)")
+    need(config.prompts_per_step % processes.world == 0,
+         f"prompts_per_step ({config.prompts_per_step}) must split evenly over the {processes.world} processes, "
+         f"each sampling its own prompts: use a multiple of {processes.world}")
+    return dataclasses.replace(config, num_processes=processes.world)
 
 
 def _mean(values: torch.Tensor) -> float | None:
@@ -336,20 +457,31 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, *, model, optimizer, scheduler, step: int, data_position: int) -> None:
-    """Everything exact resume needs, written atomically (a crash mid-write leaves the previous checkpoint)."""
+def save_checkpoint(path: Path, *, model, optimizer, scheduler, step: int, data_position: int,
+                    processes: Processes = SINGLE) -> None:
+    """Everything exact resume needs, written atomically (a crash mid-write leaves the previous checkpoint).
+    Over several processes, every one must call it (each adds its RNG states); the main process writes."""
     from companion.models import trainable_state_dict
 
+    rng = _rng_state()
+    if processes.world > 1:
+        rng = {"by_process": processes.gather_object(rng)}
+    if not processes.is_main:
+        return
     state = dict(step=step, data_position=data_position, model=trainable_state_dict(model),
-                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=_rng_state())
+                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng)
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)
     partial.replace(path)
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, processes: Processes = SINGLE) -> dict:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns ``{"step", "data_position"}``."""
     state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are pickled
+    saved = len(state["rng"]["by_process"]) if "by_process" in state["rng"] else 1
+    if saved != processes.world:
+        raise RunError(f"{path} was saved by {saved} process(es) and this launch has {processes.world}: each "
+                       f"process resumes its own sampling stream, so resume with {saved}")
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     if set(state["model"]) != trainable:
         raise RunError(f"{path} holds weights for other parameters than this model trains "
@@ -361,7 +493,7 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
             params[name].copy_(value.to(device))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
+    _set_rng_state(state["rng"]["by_process"][processes.rank] if saved > 1 else state["rng"])
     return {"step": state["step"], "data_position": state["data_position"]}
 
 
@@ -424,12 +556,12 @@ def _tiny_source():
     return tiny_dir()
 
 
-def _policy(config: TrainConfig, model, tokenizer):
-    """The model to train: the one passed in, or the one ``config.model`` names."""
+def _policy(config: TrainConfig, model, tokenizer, device: torch.device | None = None):
+    """The model to train: the one passed in, or the one ``config.model`` names (on ``device``, or the config's)."""
     from companion.models import LoraSettings, load_policy, resolve_device, resolve_dtype
 
     if model is None:
-        device = resolve_device(config.device)
+        device = device or resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)  # refused here, before anything loads
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
@@ -470,13 +602,20 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
     from companion.models import is_lora
     from companion.tasks import get_task
 
-    out = _prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    from companion.models import resolve_device
+
+    processes = Processes.launched(resolve_device(config.device) if model is None else next(model.parameters()).device)
+    config = check_processes(config, processes)
+    if processes.is_main:
+        out = _prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    processes.wait()
+    out = Path(config.out)
     metrics_path, checkpoint_path = out / "metrics.jsonl", out / "checkpoint.pt"
 
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model, tokenizer = _policy(config, model, tokenizer)
+    model, tokenizer = _policy(config, model, tokenizer, processes.device)
     if config.gradient_checkpointing:
         # Active only in train mode, so sampling (which decodes in eval mode, with its cache) is untouched.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -497,38 +636,49 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
                       config.max_completion_length)
 
     params = [p for p in model.parameters() if p.requires_grad]
+    processes.broadcast_(params)  # the same start everywhere, whatever each process's initialisation did
+    if processes.world > 1:  # each process samples with its own stream (one process keeps the run's seed alone)
+        torch.manual_seed(config.seed * processes.world + processes.rank)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: lr_factor(
         u, total=config.total_updates, warmup=config.warmup_steps, kind=config.lr_scheduler))
 
-    save_config(config, out / "config.json")  # only now: a run that failed to start leaves nothing to clobber
+    if processes.is_main:
+        save_config(config, out / "config.json")  # only now: a run that failed to start leaves nothing to clobber
     start = 0
     if resume:
-        state = load_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler)
+        state = load_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler,
+                                processes=processes)
         start, stream.position = state["step"], state["data_position"]
-        # Records after the checkpoint belong to the interrupted attempt; the resumed run writes them again.
-        kept = [r for r in read_jsonl(metrics_path) if r["step"] <= start]
-        write_atomically(metrics_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
-    elif config.eval_every:
+        if processes.is_main:
+            # Records after the checkpoint belong to the interrupted attempt; the resumed run writes them again.
+            kept = [r for r in read_jsonl(metrics_path) if r["step"] <= start]
+            write_atomically(metrics_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
+    elif config.eval_every and processes.is_main:
         _write_record(metrics_path, {"step": 0, **_evaluate(config, model, tokenizer, task, eval_set, step=0)})
+    processes.wait()
     last_saved = start if resume else None
 
     G, normalizer = config.num_generations, config.loss_normalizer
     stop = config.steps if until_step is None else min(until_step, config.steps)
-    bar = tqdm(total=config.steps, initial=start, desc=f"{config.algo} on {config.task}", disable=not progress)
+    bar = tqdm(total=config.steps, initial=start, desc=f"{config.algo} on {config.task}",
+               disable=not (progress and processes.is_main))
+    share = config.prompts_per_step // processes.world  # this process's prompts of each step
     model.train()
     for step in range(start + 1, stop + 1):
         t_step = time.perf_counter()
         timing = dict.fromkeys(("time_reference", "time_forward", "time_backward", "time_eval"), 0.0)
 
         # 1. sample: G completions for each of this step's problems, with the current policy (or the teacher's)
-        problems = stream.take(config.prompts_per_step)
+        #    (over several processes, every one draws the step's problems and samples its own share of them)
+        problems = stream.take(config.prompts_per_step)[processes.rank * share:(processes.rank + 1) * share]
         prompts = [task.prompt(p) for p in problems]
         t = time.perf_counter()
         if config.source == "teacher":
             rollout = teacher_rollout(tokenizer, config.task, problems, prompts, num_generations=G,
                                       max_completion_length=config.max_completion_length,
-                                      seed=config.seed * 1_000_003 + step, device=device)
+                                      seed=(config.seed * 1_000_003 + step) * processes.world + processes.rank,
+                                      device=device)
         else:
             rollout = generate(model, tokenizer, prompts, num_generations=G,
                                max_completion_length=config.max_completion_length, temperature=config.temperature,
@@ -547,50 +697,58 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
         # 4. update: μ optimizer steps on the weighted log-likelihood of the batch (clipped, maybe KL-penalised)
         lr = scheduler.get_last_lr()[0]
         update = _update(config, model, reference, optimizer, scheduler, params, rollout, weights, normalizer,
-                         timing, step=step, last_saved=last_saved, out=out)
+                         timing, step=step, last_saved=last_saved, out=out, processes=processes)
 
         timing["step_time"] = time.perf_counter() - t_step  # sample to update; evaluation is timed apart
-        tokens = rollout.completion_mask.sum().item()
+        tokens = processes.sum(rollout.completion_mask.sum().reshape(1)).item()  # every process's
         timing["gen_tokens_per_s"] = tokens / timing["time_generate"]
         timing["tokens_per_s"] = tokens / timing["step_time"]
-        record = {"step": step, **_rollout_metrics(rollout, rewards, G), **update, "lr": lr}
-        if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
+        record = {"step": step, **_rollout_metrics(rollout, rewards, G, processes), **update, "lr": lr}
+        if config.eval_every and (step % config.eval_every == 0 or step == config.steps) and processes.is_main:
             t = time.perf_counter()
             record.update(_evaluate(config, model, tokenizer, task, eval_set, step=step))
             timing["time_eval"] = time.perf_counter() - t
         record.update(timing)
-        _write_record(metrics_path, record)
-        if config.policy_every and step % config.policy_every == 0 and step < config.steps:
+        if processes.is_main:
+            _write_record(metrics_path, record)
+        if config.policy_every and step % config.policy_every == 0 and step < config.steps and processes.is_main:
             from companion.models import save_policy
 
             save_policy(model, tokenizer, out / f"policy-step{step}", base=config.model,
                         load_in_4bit=config.load_in_4bit)
         if (config.save_every and step % config.save_every == 0) or step == stop:
             save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                            data_position=stream.position)
+                            data_position=stream.position, processes=processes)
             last_saved = step
+        processes.wait()
         bar.update(1)
         bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
                         zero_spread=f"{record['frac_zero_spread']:.2f}")
     bar.close()
 
-    if stop == config.steps:
+    if stop == config.steps and processes.is_main:
         from companion.models import save_policy
 
         save_policy(model, tokenizer, out / "policy", base=config.model, load_in_4bit=config.load_in_4bit)
+    processes.wait()
     return TrainResult(out=out, metrics=read_jsonl(metrics_path), model=model, tokenizer=tokenizer)
 
 
 def _update(config, model, reference, optimizer, scheduler, params, rollout: Rollout, weights, normalizer, timing,
-            *, step: int, last_saved: int | None, out: Path) -> dict:
-    """Phase 4: ``num_iterations`` optimizer steps on one sampled batch. Returns the update's metrics."""
+            *, step: int, last_saved: int | None, out: Path, processes: Processes = SINGLE) -> dict:
+    """Phase 4: ``num_iterations`` optimizer steps on one sampled batch (over several processes, each one's share
+    of it: the shares and the gradients are those of the whole batch). Returns the update's metrics."""
     from companion.models import is_lora
 
     mask = rollout.completion_mask  # (N, T)
     rows = rows_in_update(weights, config.beta)
     size = config.micro_batch_size or max(len(rows), 1)
     chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
-    shares = [batch_share(normalizer, mask, weights, chunk) for chunk in chunks]
+    total = None
+    if processes.world > 1:  # the loss denominator of the batch all processes sampled together
+        total = processes.sum(torch.tensor([share_denominator(normalizer, mask, weights)],
+                                           dtype=torch.float64, device=mask.device)).item()
+    shares = [batch_share(normalizer, mask, weights, chunk, total) for chunk in chunks]
 
     def inputs(chunk):
         return (rollout.prompt_ids[chunk], rollout.prompt_mask[chunk], rollout.completion_ids[chunk], mask[chunk])
@@ -643,6 +801,8 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
             for key, value in stats.items():
                 stats_sum[key] = stats_sum.get(key, 0.0) + value * token_share
         t = time.perf_counter()
+        processes.sum_gradients_(params)  # every process's share of the batch: the whole batch's gradient
+        loss_value, stats_sum = _across(processes, loss_value, stats_sum, mask[rows].sum().item())
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             _diverged(f"the gradient norm is {grad_norm.item()}", step=step, last_saved=last_saved, out=out, config=config)
@@ -651,7 +811,24 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
         timing["time_backward"] += time.perf_counter() - t
         for key, value in {"loss": loss_value, **stats_sum}.items():
             totals[key] = (totals[key] or 0.0) + value / config.num_iterations
-    return {**totals, "grad_norm": grad_norm.item(), "frac_weighted": (weights != 0).float().mean().item()}
+    frac_weighted = (weights != 0).float().mean().item()
+    if processes.world > 1:  # every process has as many completions
+        frac_weighted = processes.sum(torch.tensor([frac_weighted], device=weights.device)).item() / processes.world
+    return {**totals, "grad_norm": grad_norm.item(), "frac_weighted": frac_weighted}
+
+
+def _across(processes: Processes, loss_value: float, stats_sum: dict, tokens: float) -> tuple[float, dict]:
+    """One iteration's loss and token-weighted diagnostics of the whole batch, from each process's share: the loss
+    shares add up, the diagnostics average weighted by the tokens each process ran (absent where none ran)."""
+    if processes.world == 1:
+        return loss_value, stats_sum
+    keys = LOSS_STATS
+    local = [loss_value, tokens] + [stats_sum.get(k, 0.0) * tokens for k in keys] + [float(k in stats_sum) for k in keys]
+    summed = processes.sum(torch.tensor(local, dtype=torch.float64)).tolist()
+    loss, tokens_all = summed[0], summed[1]
+    weighted, present = summed[2:2 + len(keys)], summed[2 + len(keys):]
+    stats = {k: w / tokens_all for k, w, n in zip(keys, weighted, present) if n > 0 and tokens_all > 0}
+    return loss, stats
 
 
 def rows_in_update(weights: torch.Tensor, beta: float) -> torch.Tensor:
@@ -673,11 +850,28 @@ def _diverged(what: str, *, step: int, last_saved: int | None, out: Path, config
         f"(now {config.learning_rate}) or --max-grad-norm (now {config.max_grad_norm}).")
 
 
-def _rollout_metrics(rollout: Rollout, rewards: torch.Tensor, num_generations: int) -> dict:
-    """What the sampled batch says about the policy: reward, accuracy, lengths of right and wrong answers."""
-    correct = torch.tensor([is_correct(r) for r in rewards.tolist()])  # (N,)
-    lengths = rollout.lengths.cpu().float()  # (N,)
+def _rollout_metrics(rollout: Rollout, rewards: torch.Tensor, num_generations: int,
+                     processes: Processes = SINGLE) -> dict:
+    """What the sampled batch says about the policy: reward, accuracy, lengths of right and wrong answers (over
+    several processes, of every process's samples)."""
     mask = rollout.completion_mask
+    if processes.world > 1:
+        device = mask.device
+        rewards = processes.gather(rewards.to(device)).cpu()
+        lengths = processes.gather(rollout.lengths.float()).cpu()
+        truncated = processes.gather(rollout.truncated.to(device).float()).cpu()  # gloo gathers no bools
+        entropy = None
+        if rollout.entropies is not None:
+            sums = processes.sum(torch.stack([(rollout.entropies * mask).sum().double(), mask.sum().double()]))
+            entropy = (sums[0] / sums[1].clamp(min=1)).item()
+        return _batch_metrics(rewards, lengths, truncated, entropy, num_generations)
+    entropy = None if rollout.entropies is None else (  # the teacher's traces: no sampling distribution
+        (rollout.entropies * mask).sum() / mask.sum().clamp(min=1)).item()
+    return _batch_metrics(rewards, rollout.lengths.cpu().float(), rollout.truncated, entropy, num_generations)
+
+
+def _batch_metrics(rewards, lengths, truncated, entropy, num_generations: int) -> dict:
+    correct = torch.tensor([is_correct(r) for r in rewards.tolist()])  # (N,)
     return {
         "reward": rewards.mean().item(),
         "reward_std": rewards.std().item(),
@@ -686,9 +880,8 @@ def _rollout_metrics(rollout: Rollout, rewards: torch.Tensor, num_generations: i
         "length": lengths.mean().item(),
         "length_correct": _mean(lengths[correct]),
         "length_wrong": _mean(lengths[~correct]),
-        "frac_truncated": rollout.truncated.float().mean().item(),
-        "entropy": None if rollout.entropies is None else  # the teacher's traces: no sampling distribution
-        ((rollout.entropies * mask).sum() / mask.sum().clamp(min=1)).item(),
+        "frac_truncated": truncated.float().mean().item(),
+        "entropy": entropy,
     }
 
 
@@ -758,7 +951,8 @@ def main(argv: list[str] | None = None) -> int:
     last = result.metrics[-1] if result.metrics else {}
     summary = ", ".join(f"{k}={last[k]:.3f}" for k in ("reward", "accuracy", "eval_accuracy_greedy")
                         if last.get(k) is not None)
-    print(f"run in {result.out} (step {last.get('step', 0)} of {config.steps}{': ' + summary if summary else ''})")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per data-parallel process
+        print(f"run in {result.out} (step {last.get('step', 0)} of {config.steps}{': ' + summary if summary else ''})")
     return 0
 
 

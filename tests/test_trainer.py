@@ -11,6 +11,7 @@ import torch
 
 from companion.objectives import ALGORITHMS, NORMALIZERS, policy_loss
 from companion.trainer import (
+    GAP_STATS,
     LOSS_STATS,
     TIMING_METRICS,
     RunError,
@@ -391,3 +392,40 @@ def test_a_run_that_does_not_fit_the_gpu_stops_before_loading_and_says_what_to_c
     assert not (tmp_path / "run" / "config.json").exists()
     # A model whose config cannot be read here is left to the loader and its own error.
     trainer.check_gpu_memory(dataclasses.replace(config, model="Org/not-cached"), 2**20)
+
+
+# --- how far an update is from weighted SFT (sft_gap_every) --------------------------------------------------
+
+
+def _without(records, keys):
+    return [{k: v for k, v in r.items() if k not in keys} for r in _comparable(records)]
+
+
+def test_measuring_the_sft_gap_changes_nothing_and_is_zero_on_policy_without_kl(tiny_policy_dir, tmp_path,
+                                                                                 seven_reward):
+    settings = dict(model=str(tiny_policy_dir), steps=3, learning_rate=1e-2, device="cpu")
+    for algo in ("grpo", "fisft_pm"):  # the sequence and the kept-token normaliser... and their own weights
+        measured = train(_run_config(tmp_path, f"{algo}-gap", algo=algo, sft_gap_every=1, **settings),
+                         progress=False).metrics
+        plain = train(_run_config(tmp_path, f"{algo}-plain", algo=algo, **settings), progress=False).metrics
+        assert _without(measured, GAP_STATS) == _comparable(plain)  # the measurement leaves the run as it was
+        assert not any(key in r for r in plain for key in GAP_STATS)
+        gaps = [r for r in measured if r.get("sft_cosine") is not None]
+        assert gaps, "no step had a weighted completion"
+        for r in gaps:  # on-policy, β = 0: the update's gradient is the weighted-SFT gradient (chapter 2)
+            assert r["sft_cosine"] == pytest.approx(1.0, abs=1e-5) and r["sft_rel_diff"] < 1e-3, (algo, r)
+
+
+def test_the_sft_gap_opens_with_a_kl_term_after_the_first_step_and_with_a_second_update(tiny_policy_dir, tmp_path,
+                                                                                         seven_reward):
+    settings = dict(model=str(tiny_policy_dir), steps=3, learning_rate=1e-2, device="cpu", sft_gap_every=1)
+    kl = train(_run_config(tmp_path, "kl", beta=0.5, **settings), progress=False).metrics
+    by_step = {r["step"]: r for r in kl if r["step"] > 0}
+    # at step 1 the policy is its reference: the KL term has no gradient yet; once the weights moved, it has
+    assert by_step[1]["sft_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert by_step[3]["sft_cosine"] < 1 - 1e-4 and by_step[3]["sft_rel_diff"] > 1e-3
+    mu = train(_run_config(tmp_path, "mu", num_iterations=2, epsilon=0.01, **settings), progress=False).metrics
+    # the second update of a batch has ρ ≠ 1 and a clip: its gradient leaves the SFT one (the mean over 2 updates)
+    assert all(r["sft_cosine"] < 1 - 1e-4 for r in mu if r["step"] > 0 and r.get("sft_cosine") is not None)
+    with pytest.raises(ValueError, match="sft_gap_every must be >= 0"):
+        TrainConfig(sft_gap_every=-1)

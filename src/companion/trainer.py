@@ -65,7 +65,7 @@ from tqdm.auto import tqdm
 from companion.config import (MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, explicit_options,
                               load_config, need, save_config)
 from companion.objectives import (ALGORITHMS, NORMALIZERS, STD_KINDS, policy_loss, resolve_normalizer, sample_weights,
-                                  zero_spread_groups)
+                                  weighted_nll, zero_spread_groups)
 from companion.decode import check_prompts_fit
 from companion.models import DTYPES
 from companion.rollout import Rollout, generate, per_token_logps, teacher_rollout
@@ -79,6 +79,12 @@ SOURCES = ("policy", "teacher")
 LOSS_STATS = ("ratio_mean", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "kl")
 """Diagnostics of :func:`companion.objectives.policy_loss` in each record: ``None`` on a step where no completion
 had a weight (nothing ran through the loss), and ``kl`` only with ``beta > 0``."""
+
+GAP_STATS = ("sft_cosine", "sft_rel_diff")
+"""With ``sft_gap_every``, on the steps it measures: the cosine between each update's gradient and the weighted-SFT
+gradient of the same batch at the same weights (:func:`companion.objectives.weighted_nll`), and their relative L2
+distance, each averaged over the step's ``num_iterations`` updates; ``None`` on a step where no completion had a
+weight (the SFT gradient is zero). On-policy with β = 0 they are 1 and 0: chapter 2's collapse."""
 
 TIMING_METRICS = ("step_time", "time_generate", "time_verify", "time_reference", "time_forward", "time_backward",
                   "time_eval", "gen_tokens_per_s", "tokens_per_s")
@@ -155,6 +161,10 @@ class TrainConfig:
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
     policy_every: int = field(default=0, metadata={"help": "also keep the policy every N steps, as policy-step<N> "
                                                            "(0 = only the final policy); chapter 7 evaluates them"})
+    sft_gap_every: int = field(default=0, metadata={
+        "help": "every N steps, also measure how far each update's gradient is from the weighted-SFT gradient of "
+                "the same batch (chapter 2's collapse; one more forward and backward per update): sft_cosine and "
+                "sft_rel_diff in the record (0 = never)"})
 
     def __post_init__(self):
         from companion.tasks import get_task
@@ -193,8 +203,9 @@ class TrainConfig:
         need(self.micro_batch_size >= 0, f"micro_batch_size must be >= 0 (0 = the whole batch), got {self.micro_batch_size}")
         need(self.train_problems >= self.prompts_per_step,
              f"train_problems ({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})")
-        need(self.eval_every >= 0 and self.save_every >= 0 and self.policy_every >= 0,
-             "eval_every, save_every and policy_every must be >= 0 (0 turns them off)")
+        negative = [f"{name} must be >= 0 (0 turns it off), got {getattr(self, name)}"
+                    for name in ("eval_every", "save_every", "policy_every", "sft_gap_every") if getattr(self, name) < 0]
+        need(not negative, "; ".join(negative))
         need(self.eval_problems >= 1 and self.eval_num_generations >= 1,
              "eval_problems and eval_num_generations must be >= 1")
         need(self.lora_r >= 1 and self.lora_alpha > 0, f"need lora_r >= 1 and lora_alpha > 0, got {self.lora_r}, {self.lora_alpha}")
@@ -774,6 +785,8 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
     olds = [None] * len(chunks)  # π_old: the first iteration's log-probs, detached (the policy that sampled)
     # policy_loss's diagnostics, token-weighted over chunks and averaged over iterations; None when no token ran
     totals: dict[str, float | None] = {"loss": 0.0, **dict.fromkeys(LOSS_STATS)}
+    measure_gap = bool(config.sft_gap_every) and step % config.sft_gap_every == 0
+    gaps = []
     grad_norm = torch.tensor(0.0)
     for iteration in range(config.num_iterations):
         # Zeros, not None: a batch where nothing has weight still steps AdamW (with a zero gradient), as the
@@ -803,6 +816,14 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
         t = time.perf_counter()
         processes.sum_gradients_(params)  # every process's share of the batch: the whole batch's gradient
         loss_value, stats_sum = _across(processes, loss_value, stats_sum, mask[rows].sum().item())
+        if measure_gap:
+            def sft_loss(i, chunk):
+                logps = per_token_logps(model, *inputs(chunk), temperature=config.temperature, share_prompts=share,
+                                        logit_chunk=config.logit_chunk_size)
+                return weighted_nll(logps, weights[chunk], mask[chunk], normalizer=normalizer,
+                                    max_completion_length=config.max_completion_length) * shares[i]
+
+            gaps.append(sft_gap(params, [lambda i=i, c=c: sft_loss(i, c) for i, c in enumerate(chunks)], processes))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         if not torch.isfinite(grad_norm):
             _diverged(f"the gradient norm is {grad_norm.item()}", step=step, last_saved=last_saved, out=out, config=config)
@@ -811,10 +832,38 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
         timing["time_backward"] += time.perf_counter() - t
         for key, value in {"loss": loss_value, **stats_sum}.items():
             totals[key] = (totals[key] or 0.0) + value / config.num_iterations
+    if measure_gap:
+        measured = [g for g in gaps if g is not None]
+        totals.update({key: (sum(g[j] for g in measured) / len(measured) if measured else None)
+                       for j, key in enumerate(GAP_STATS)})
     frac_weighted = (weights != 0).float().mean().item()
     if processes.world > 1:  # every process has as many completions
         frac_weighted = processes.sum(torch.tensor([frac_weighted], device=weights.device)).item() / processes.world
     return {**totals, "grad_norm": grad_norm.item(), "frac_weighted": frac_weighted}
+
+
+def sft_gap(params: list, losses: list, processes: Processes = SINGLE) -> tuple[float, float] | None:
+    """How far the gradient now in ``params``' ``.grad`` (an update's, of the whole batch) is from the gradient of
+    ``losses`` (callables, one per micro-batch, each returning its scaled weighted-SFT loss) at the same weights:
+    ``(cosine, relative L2 distance)``, or None when the SFT loss has no gradient (no completion has a weight). The update's gradient is put back."""
+    update = torch.cat([p.grad.reshape(-1) for p in params])  # a copy
+    for p in params:
+        p.grad.zero_()
+    for loss in losses:
+        loss().backward()
+    processes.sum_gradients_(params)
+    sft = torch.cat([p.grad.reshape(-1) for p in params]).double()
+    offset = 0
+    for p in params:
+        p.grad.copy_(update[offset:offset + p.grad.numel()].view_as(p.grad))
+        offset += p.grad.numel()
+    update = update.double()
+    if not sft.any():
+        return None  # no completion has a weight: the SFT gradient is zero, there is nothing to compare with
+    if not update.any():
+        return 0.0, 1.0
+    cosine = torch.nn.functional.cosine_similarity(update, sft, dim=0).item()
+    return cosine, ((update - sft).norm() / sft.norm()).item()
 
 
 def _across(processes: Processes, loss_value: float, stats_sum: dict, tokens: float) -> tuple[float, dict]:

@@ -209,8 +209,48 @@ def policy_for(model: str, runs: Path = RUNS, data: Path = DATA) -> str:
     return str(reproduced) if reproduced.exists() or not committed.exists() else str(committed)
 
 
+OBJECTIONS_TASK = "tinygsm"
+"""Chapter 9's experiments run on the word problems: a run there costs about half a Countdown run."""
+KL_BETAS = (0.01, 0.04)
+"""Chapter 9's KL strengths: a small one, and TRL's old default (0.04). β = 0 is the comparison's own runs."""
+KL_ALGOS = ("grpo", "fisft_pm")
+ITERATIONS = (2, 4)
+"""Chapter 9's updates per sampled batch (μ): with μ > 1 the ratio leaves 1 and the clip acts. μ = 1 is the
+comparison's."""
+GAP_EVERY = 5
+"""Steps between measurements of each update's distance to the weighted-SFT update (``sft_gap_every``)."""
+
+
+def kl_configs() -> dict[str, tuple[dict, dict]]:
+    """Run name -> configs of chapter 9's KL objection: GRPO and F-ISFT± with a KL penalty toward the base (the
+    reference), β in :data:`KL_BETAS`, 3 seeds, on the word problems; the comparison's recipe otherwise, measuring
+    every :data:`GAP_EVERY` steps how far each update is from weighted SFT. The β = 0 rows are the comparison's runs:
+    measuring the gap does not change a run (tested), and there the gap is 0 (chapter 2)."""
+    runs = {}
+    for algo in KL_ALGOS:
+        for beta in KL_BETAS:
+            for seed in SEEDS:
+                train = dict(COMPARISON, algo=algo, task=OBJECTIONS_TASK, seed=seed, beta=beta, sft_gap_every=GAP_EVERY)
+                runs[f"{OBJECTIONS_TASK}-{algo}-beta{beta:g}-seed{seed}"] = (train, dict(FINAL_EVAL, task=OBJECTIONS_TASK))
+    return runs
+
+
+def iterations_configs() -> dict[str, tuple[dict, dict]]:
+    """Run name -> configs of chapter 9's μ > 1 objection: GRPO taking :data:`ITERATIONS` optimizer steps on each
+    sampled batch, 3 seeds, on the word problems, the comparison's recipe otherwise (the same learning rate per
+    update), measuring the gap to weighted SFT every :data:`GAP_EVERY` steps. μ = 1 is the comparison's runs."""
+    runs = {}
+    for mu in ITERATIONS:
+        for seed in SEEDS:
+            train = dict(COMPARISON, algo="grpo", task=OBJECTIONS_TASK, seed=seed, num_iterations=mu,
+                         sft_gap_every=GAP_EVERY)
+            runs[f"{OBJECTIONS_TASK}-grpo-mu{mu}-seed{seed}"] = (train, dict(FINAL_EVAL, task=OBJECTIONS_TASK))
+    return runs
+
+
 GENERATED = {"compare": comparison_configs, "stability": stability_configs, "distill": distill_configs,
-             "boundary": boundary_configs, "length": length_configs}
+             "boundary": boundary_configs, "length": length_configs, "kl": kl_configs,
+             "iterations": iterations_configs}
 """Experiments whose configs the package generates (``--init``)."""
 
 
@@ -770,6 +810,7 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
     """The committed runs of ``experiment`` that have results, as records for the book's figures.
 
     Each record: ``name``, ``algo``, ``task``, ``seed``, ``learning_rate``, ``normalizer`` (the one in use),
+    ``beta`` and ``num_iterations`` (None for an evaluation-only run),
     ``steps`` (trained: the run's, or a kept policy's step for an evaluation-only run; 0 for the base),
     ``records`` (``metrics.jsonl``), ``summary`` (the final evaluation's ``summary.json``) and ``rows`` (its
     per-problem rows: ``index``, ``rewards``, ``lengths``).
@@ -790,13 +831,14 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
                   "rows": read_jsonl(run.committed / "eval" / "problems.jsonl")}
         if t is None:  # a model as it is: the base, or (chapter 7) a committed policy evaluated again
             results.append({"name": run.name, "algo": model_key(e["model"]), "task": e["task"], "seed": None,
-                            "learning_rate": None, "normalizer": None,
+                            "learning_rate": None, "normalizer": None, "beta": None, "num_iterations": None,
                             "steps": policy_step(e["model"]) or trained.get(e["model"], 0),
                             "records": [], **scored})
             continue
         results.append({"name": run.name, "algo": "distill" if t.get("source") == "teacher" else t["algo"],
                         "task": t["task"], "seed": t["seed"], "learning_rate": t["learning_rate"],
                         "normalizer": resolve_normalizer(t["algo"], t["normalizer"]), "steps": t["steps"],
+                        "beta": t.get("beta", 0.0), "num_iterations": t.get("num_iterations", 1),
                         "records": read_jsonl(run.committed / "metrics.jsonl"), **scored})
     return results
 

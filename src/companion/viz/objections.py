@@ -113,8 +113,7 @@ def gap_figure(runs: list[dict], task: str, algos: tuple[str, ...] | None = None
         ys = [[dict(seq)[s] for s in steps] for seq in series]
         color, dash = style[key]
         _band(fig, steps, ys, color, label(key), dash=dash, markers=True)
-    fig.add_hline(y=1.0, line_dash="dot", line_color="#6c757d",
-                  annotation_text="on-policy, β = 0: 1 (chapter 2)", annotation_position="bottom right")
+    fig.add_hline(y=1.0, line_dash="dot", line_color="#6c757d")  # on-policy with β = 0 it is 1 (chapter 2)
     fig.update_xaxes(title="training step")
     fig.update_yaxes(title="cosine(update, weighted-SFT update)")
     return _layout(fig, title or "How far each update is from weighted SFT", 400)

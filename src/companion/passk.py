@@ -288,6 +288,22 @@ class Crossover(NamedTuple):
     never: float  # share of bootstrap replicates in which the curves do not cross up to the largest k
 
 
+def _paired(first: tuple[str, Mapping], second: tuple[str, Mapping], n: int,
+            ks: Sequence[int] | None) -> tuple[list, list[int]]:
+    """The problem ids two models share (in the second's order) and the sorted ks, after checking that both are mappings over the same
+    problems (else a TypeError / ValueError that says what to change)."""
+    for name, counts in (first, second):
+        if not isinstance(counts, Mapping):
+            raise TypeError(f"{name} must map problem ids to correct-sample counts, so that the problems can be "
+                            f"matched; got {type(counts).__name__}")
+    (_, a), (_, b) = first, second
+    if set(a) != set(b):
+        only = sorted(map(repr, set(a) ^ set(b)))[:5]
+        raise ValueError(f"the two curves are over different problems ({len(a)} vs {len(b)}; in one "
+                         f"only: {', '.join(only)}): evaluate both models on the same problems")
+    return list(b), sorted(set(default_ks(n) if ks is None else _check_ks(ks, _integer("n", n))))
+
+
 def crossover(trained: Mapping[Hashable, int], base: Mapping[Hashable, int], n: int, ks: Sequence[int] | None = None,
               *, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int | None = 0) -> Crossover:
     """The k at which the base model's pass@k overtakes a trained model's (Yue et al., arXiv 2504.13837), with a
@@ -307,16 +323,7 @@ def crossover(trained: Mapping[Hashable, int], base: Mapping[Hashable, int], n: 
     >>> crossover(sharp, {p: 0 for p in sharp}, 16, n_bootstrap=0)   # a base that solves nothing never catches up
     Crossover(k=None, low=None, high=None, never=1.0)
     """
-    for name, counts in (("trained", trained), ("base", base)):
-        if not isinstance(counts, Mapping):
-            raise TypeError(f"{name} must map problem ids to correct-sample counts, so that the problems can be "
-                            f"matched; got {type(counts).__name__}")
-    if set(trained) != set(base):
-        only = sorted(map(repr, set(trained) ^ set(base)))[:5]
-        raise ValueError(f"the two curves are over different problems ({len(trained)} vs {len(base)}; in one "
-                         f"only: {', '.join(only)}): evaluate both models on the same problems")
-    ids = list(base)
-    ks = sorted(set(default_ks(n) if ks is None else _check_ks(ks, _integer("n", n))))
+    ids, ks = _paired(("trained", trained), ("base", base), n, ks)
     rows = [pass_at_k_per_problem([counts[i] for i in ids], n, ks) for counts in (trained, base)]
     gap = rows[1] - rows[0]  # (P, K) base minus trained, per problem
 
@@ -362,16 +369,7 @@ def paired_difference(a: Mapping[Hashable, int], b: Mapping[Hashable, int], n: i
     >>> d[4].high < 0
     True
     """
-    for name, counts in (("a", a), ("b", b)):
-        if not isinstance(counts, Mapping):
-            raise TypeError(f"{name} must map problem ids to correct-sample counts, so that the problems can be "
-                            f"matched; got {type(counts).__name__}")
-    if set(a) != set(b):
-        only = sorted(map(repr, set(a) ^ set(b)))[:5]
-        raise ValueError(f"the two models were evaluated on different problems ({len(a)} vs {len(b)}; in one "
-                         f"only: {', '.join(only)}): evaluate both on the same problems")
-    ids = list(a)
-    ks = sorted(set(default_ks(n) if ks is None else _check_ks(ks, _integer("n", n))))
+    ids, ks = _paired(("b", b), ("a", a), n, ks)  # the ids in a's order
     gap = (pass_at_k_per_problem([b[i] for i in ids], n, ks)
            - pass_at_k_per_problem([a[i] for i in ids], n, ks))  # (P, K)
     estimates = gap.mean(axis=0)

@@ -4,6 +4,7 @@
 1. One update, split over the two processes, against the same update of the whole batch in one process, for every
    length normaliser, with micro-batches, two iterations (SGD, so that the weights move by the gradient), and once
    with no weighted row on the second process.
+   And one ppo update (its value head, GAE advantages whitened over both processes' tokens, the critic's loss).
 2. Training runs: the weights stay the same in both processes, and a run interrupted and resumed (each process
    its own sampling stream) writes the same records as one run straight through.
 
@@ -22,9 +23,9 @@ import torch
 
 from companion.models import load_policy
 from companion.objectives import NORMALIZERS
-from companion.rollout import Rollout, generate
+from companion.rollout import Rollout, ValueHead, generate
 from companion.tasks import get_task
-from companion.trainer import SINGLE, TIMING_METRICS, Processes, TrainConfig, _update, train
+from companion.trainer import SINGLE, TIMING_METRICS, Processes, TrainConfig, _advantages, _update, train
 
 
 def rows_of(rollout: Rollout, rows: slice) -> Rollout:
@@ -42,6 +43,20 @@ def one_update(config, model, rollout, weights, processes):
     timing = dict.fromkeys(("time_reference", "time_forward", "time_backward"), 0.0)
     metrics = _update(config, model, None, optimizer, scheduler, params, rollout, weights, config.loss_normalizer,
                       timing, step=1, last_saved=None, out=Path(config.out), processes=processes)
+    return metrics, torch.cat([p.detach().reshape(-1) for p in params])
+
+
+def one_ppo_update(config, model, rollout, rewards, processes):
+    head = ValueHead(model.config.hidden_size)
+    torch.nn.init.normal_(head.linear.weight, std=0.5, generator=torch.Generator().manual_seed(4))  # V != 0
+    params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+    optimizer = torch.optim.SGD(params, lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: 1.0)
+    timing = dict.fromkeys(("time_reference", "time_forward", "time_backward"), 0.0)
+    weights, returns, critic = _advantages(config, model, head, rollout, rewards, processes, timing)
+    metrics = _update(config, model, None, optimizer, scheduler, params, rollout, weights, config.loss_normalizer,
+                      timing, step=1, last_saved=None, out=Path(config.out), processes=processes, value_head=head,
+                      returns=returns)
     return metrics, torch.cat([p.detach().reshape(-1) for p in params])
 
 
@@ -80,6 +95,17 @@ def main(model_dir: str, out: str) -> None:
                 "moved": (whole_params - torch.cat([p.detach().reshape(-1) for p in model.parameters()
                                                     if p.requires_grad])).abs().max().item(),
                 "checksums": same_everywhere})
+
+    rewards = (torch.rand(16, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    config = TrainConfig(model=model_dir, algo="ppo", micro_batch_size=3, num_iterations=2, learning_rate=1e-2,
+                         max_completion_length=24, out=out)
+    whole, whole_params = one_ppo_update(config, copy.deepcopy(model), rollout, rewards, SINGLE)
+    split, split_params = one_ppo_update(config, copy.deepcopy(model), rows_of(rollout, half), rewards[half],
+                                         processes)
+    result["ppo"] = {"whole": whole, "split": split, "max_param_diff": (whole_params - split_params).abs().max().item(),
+                     "moved": (whole_params[:-(model.config.hidden_size + 1)] - torch.cat([p.detach().reshape(-1) for p in model.parameters()
+                                                                if p.requires_grad])).abs().max().item(),
+                     "checksums": processes.gather_object(float(split_params.double().sum()))}
 
     # 2. training: straight, and interrupted after step 1 then resumed. A reward the random policy can earn (a
     #    completion holding a '7'), so that groups have a spread and the weights move.

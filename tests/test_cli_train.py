@@ -63,7 +63,7 @@ def test_resume_finds_the_run_however_its_path_is_spelled(tiny_policy_dir, tmp_p
 @pytest.mark.parametrize("args, code, message", [
     (["--num-generations", "1"], 2, "num_generations must be >= 2"),
     (["--task", "chess"], 2, "unknown task 'chess'"),
-    (["--algo", "ppo"], 2, "invalid choice: 'ppo'"),
+    (["--algo", "reinforce"], 2, "invalid choice: 'reinforce'"),
     (["--resume", "{tmp}/nowhere"], 2, "nothing to resume"),
     (["--resume", "{tmp}/nowhere", "--out", "{tmp}/elsewhere"], 2, "drop --out"),
 ])

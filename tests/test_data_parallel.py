@@ -51,6 +51,14 @@ def test_an_update_split_over_two_processes_is_the_update_of_the_whole_batch(two
         assert u["checksums"][0] == u["checksums"][1]  # both processes took the same step
 
 
+def test_a_ppo_update_split_over_two_processes_is_the_update_of_the_whole_batch(two_processes):
+    u = two_processes[1]["ppo"]
+    assert u["moved"] > 1e-4 and u["max_param_diff"] < 1e-6, u["max_param_diff"]  # advantages whitened over both
+    assert u["split"]["loss"] == pytest.approx(u["whole"]["loss"], rel=1e-5, abs=1e-7)
+    assert u["split"]["value_loss"] == pytest.approx(u["whole"]["value_loss"], rel=1e-5)
+    assert u["checksums"][0] == u["checksums"][1]
+
+
 def test_training_keeps_the_weights_equal_and_resumes_exactly(two_processes):
     out, result = two_processes
     assert result["train_checksums"][0] == result["train_checksums"][1]

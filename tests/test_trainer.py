@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from companion.objectives import ALGORITHMS, NORMALIZERS, policy_loss
+from companion.objectives import ALGORITHMS, NORMALIZERS, TRAINABLE, policy_loss
 from companion.trainer import (
     GAP_STATS,
     LOSS_STATS,
@@ -41,7 +41,7 @@ def _assert_finite_metrics(records):
     for record in records:
         for key, value in record.items():
             if value is None:  # a batch without a correct (or a wrong) answer has no length for it; see LOSS_STATS
-                assert key in ("length_correct", "length_wrong", *LOSS_STATS), key
+                assert key in ("length_correct", "length_wrong", "frac_wrong_up", *LOSS_STATS), key
             else:
                 assert math.isfinite(value), (key, value)
 
@@ -61,7 +61,7 @@ def seven_reward(monkeypatch):
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (dict(algo="ppo"), "unknown algo 'ppo'"),
+    (dict(algo="reinforce"), "unknown algo 'reinforce'"),
     (dict(task="chess"), "unknown task 'chess'"),
     (dict(num_generations=1), "num_generations must be >= 2"),
     (dict(temperature=0.0), "temperature must be > 0"),
@@ -79,6 +79,11 @@ def seven_reward(monkeypatch):
     (dict(source="teacher", algo="fisft_plus", task="gsm8k"), "needs a task with an exact solver"),
     (dict(policy_every=-1), "policy_every must be >= 0"),
     (dict(logit_chunk_size=-1), "logit_chunk_size must be >= 0"),
+    (dict(refresh_every=0), "refresh_every must be >= 1"),
+    (dict(refresh_every=5), "Use --algo fisft_plus or --refresh-every 1"),
+    (dict(refresh_every=5, algo="fisft_plus", source="teacher"), "do not depend on the policy"),
+    (dict(task="tinygsm", reward="graded"), "task 'tinygsm' has no 'graded' reward; its rewards: binary"),
+    (dict(reward="shaped"), "its rewards: format, binary, graded"),
 ])
 def test_invalid_configs_are_refused_with_a_message_saying_what_to_change(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -355,13 +360,13 @@ def _reward_gain(tmp_path, tiny_policy, algo: str) -> float:
     return (rewards[-1] + rewards[-2]) / 2 - (rewards[0] + rewards[1]) / 2
 
 
-@pytest.mark.parametrize("algo", list(ALGORITHMS))
+@pytest.mark.parametrize("algo", list(TRAINABLE))
 def test_every_algorithm_learns_a_reward_it_can_earn(tmp_path, tiny_policy, seven_reward, algo):
     gain = _reward_gain(tmp_path, tiny_policy, algo)
     assert gain >= LEARN_MARGIN, f"{algo}: mean reward rose by {gain:.3f} in {LEARN['steps']} steps"
 
 
-@pytest.mark.parametrize("algo", ["grpo", "fisft_plus"])
+@pytest.mark.parametrize("algo", ["grpo", "fisft_plus", "ppo"])
 def test_the_learning_check_fails_when_the_loss_has_the_wrong_sign(tmp_path, tiny_policy, seven_reward, monkeypatch,
                                                                    algo):
     import companion.trainer
@@ -429,3 +434,69 @@ def test_the_sft_gap_opens_with_a_kl_term_after_the_first_step_and_with_a_second
     assert all(r["sft_cosine"] < 1 - 1e-4 for r in mu if r["step"] > 0 and r.get("sft_cosine") is not None)
     with pytest.raises(ValueError, match="sft_gap_every must be >= 0"):
         TrainConfig(sft_gap_every=-1)
+
+
+# --- samples refreshed every K steps (refresh_every), reward shapes ----------------------------------------------
+
+
+def _recording_generate(monkeypatch):
+    """Wrap the trainer's sampler to record, per call, a fingerprint of the weights that sampled."""
+    import companion.trainer
+
+    calls, real = [], companion.trainer.generate
+
+    def recording(model, *args, **kwargs):
+        calls.append(sum(p.double().sum().item() for p in model.parameters() if p.requires_grad))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(companion.trainer, "generate", recording)
+    return calls
+
+
+def test_refreshing_every_k_steps_samples_k_batches_with_the_policy_of_that_moment(tiny_policy_dir, tmp_path,
+                                                                                   seven_reward, monkeypatch):
+    calls = _recording_generate(monkeypatch)
+    settings = dict(model=str(tiny_policy_dir), algo="fisft_plus", steps=5, learning_rate=1e-2, device="cpu")
+    records = [r for r in train(_run_config(tmp_path, "k2", refresh_every=2, **settings), progress=False).metrics
+               if r["step"] > 0]
+    assert len(calls) == 5  # every batch sampled once: steps 1-2 at step 1, 3-4 at step 3, 5 at step 5
+    assert [r["sampled_at"] for r in records] == [1, 1, 3, 3, 5]
+    assert calls[0] == calls[1] and calls[2] == calls[3] and calls[1] != calls[2]  # the weights of the moment
+    assert [r["gen_tokens_per_s"] is None for r in records] == [False, True, False, True, False]
+    _assert_finite_metrics([{k: v for k, v in r.items() if k != "gen_tokens_per_s"} for r in records])
+    calls.clear()
+    static = [r for r in train(_run_config(tmp_path, "static", refresh_every=5, **settings), progress=False).metrics]
+    assert len(set(calls)) == 1 and len(calls) == 5  # one pool, by the initial policy: a static dataset
+    assert {r["sampled_at"] for r in static} == {1} and any(r["frac_weighted"] > 0 for r in static)
+    calls.clear()
+    on_policy = train(_run_config(tmp_path, "k1", **settings), progress=False).metrics
+    assert "sampled_at" not in on_policy[-1] and len(set(calls)) == 5  # every step its own policy
+
+
+def test_a_run_refreshing_every_k_steps_resumes_exactly_mid_pool(tiny_policy_dir, tmp_path, seven_reward):
+    config = dict(model=str(tiny_policy_dir), algo="fisft_plus", refresh_every=3, steps=5, save_every=1,
+                  learning_rate=1e-2, device="cpu")
+    straight = train(_run_config(tmp_path, "straight", **config), progress=False)
+    halves = _run_config(tmp_path, "halves", **config)
+    train(halves, until_step=2, progress=False)  # two batches of the first pool trained, one still to come
+    resumed = train(halves, resume=True, progress=False)
+    assert _comparable(resumed.metrics) == _comparable(straight.metrics)
+    assert [r["sampled_at"] for r in resumed.metrics] == [1, 1, 1, 4, 4]
+
+
+def test_a_graded_reward_pushes_up_wrong_answers_that_binary_and_fisft_leave_alone(tiny_policy_dir, tmp_path,
+                                                                                     monkeypatch):
+    from companion.tasks import CountdownTask
+
+    def closeness(self, completion, problem):  # a graded stand-in the random policy earns: 1, or 0.5 per '7'
+        return 1.0 if "77" in completion else min(0.5 * completion.count("7"), 0.9) if self.graded else 0.0
+
+    monkeypatch.setattr(CountdownTask, "reward", closeness)
+    settings = dict(model=str(tiny_policy_dir), steps=2, device="cpu")
+    graded = train(_run_config(tmp_path, "graded", reward="graded", **settings), progress=False).metrics
+    assert any(r["frac_wrong_up"] > 0 for r in graded)  # GRPO weighs a closer wrong answer above the mean
+    fisft = train(_run_config(tmp_path, "fisft", algo="fisft_pm", reward="graded", **settings), progress=False).metrics
+    assert all(r["frac_wrong_up"] in (0.0, None) for r in fisft)  # F-ISFT± reads right or wrong only
+    binary = train(_run_config(tmp_path, "binary", reward="binary", **settings), progress=False).metrics
+    assert all(r["frac_wrong_up"] in (0.0, None) for r in binary)  # every wrong answer earns 0: none above the mean
+    assert json.loads((tmp_path / "graded" / "config.json").read_text())["reward"] == "graded"

@@ -248,9 +248,66 @@ def iterations_configs() -> dict[str, tuple[dict, dict]]:
     return runs
 
 
+REFRESH = (10, COMPARISON["steps"])
+"""Chapter 9's refresh intervals for F-ISFT+ (``refresh_every``): every 10 steps, and never (one pool the base
+samples at step 1: rejection sampling, then SFT on a static dataset). 1 (on-policy) is the comparison's run."""
+REWARD_TASK = "countdown"
+"""Chapter 9's reward shapes run on Countdown, the task with more than two reward values."""
+REWARD_SHAPES = ("binary", "graded")
+"""GRPO under binary and graded Countdown rewards; the comparison's runs have the task's own (format: 1 / 0.1 / 0).
+F-ISFT± reads only right or wrong, so under every shape its runs are the comparison's."""
+
+
+def refresh_configs() -> dict[str, tuple[dict, dict]]:
+    """Run name -> configs of chapter 9's static-vs-on-policy objection: F-ISFT+ sampling its completions every
+    K steps of :data:`REFRESH` (the last: once, by the base), 3 seeds, on the word problems; the comparison's recipe
+    otherwise, so each step trains on the correct ones of as many sampled completions. K = 1 is the comparison's."""
+    runs = {}
+    for k in REFRESH:
+        for seed in SEEDS:
+            train = dict(COMPARISON, algo="fisft_plus", task=OBJECTIONS_TASK, seed=seed, refresh_every=k)
+            name = "static" if k >= COMPARISON["steps"] else f"refresh{k}"
+            runs[f"{OBJECTIONS_TASK}-fisft_plus-{name}-seed{seed}"] = (train, dict(FINAL_EVAL, task=OBJECTIONS_TASK))
+    return runs
+
+
+def rewards_configs() -> dict[str, tuple[dict, dict]]:
+    """Run name -> configs of chapter 9's non-binary-reward objection: GRPO on Countdown under each reward shape of
+    :data:`REWARD_SHAPES`, 3 seeds, the comparison's recipe otherwise. The final evaluation counts solves only."""
+    runs = {}
+    for shape in REWARD_SHAPES:
+        for seed in SEEDS:
+            train = dict(COMPARISON, algo="grpo", task=REWARD_TASK, seed=seed, reward=shape)
+            runs[f"{REWARD_TASK}-grpo-{shape}-seed{seed}"] = (train, dict(FINAL_EVAL, task=REWARD_TASK))
+    return runs
+
+
+PPO_TASK = "countdown"
+"""Chapter 9's per-token credit runs on Countdown, where chapter 6's wrong answers grew longest."""
+
+
+PPO_LAMBDAS = (0.95, 1.0)
+"""GAE's λ of chapter 9's PPO runs: the trainer's default, and 1, where every token's advantage is the reward minus
+the value (the terminal reward reaches every token undiminished; chapter 9 says why the second was added)."""
+
+
+def ppo_configs() -> dict[str, tuple[dict, dict]]:
+    """Run name -> configs of chapter 9's per-token-credit objection: PPO with a value head and GAE (γ = 1,
+    value_coef = 0.1, the token-mean normaliser) at each λ of :data:`PPO_LAMBDAS`, 3 seeds, on Countdown, the
+    comparison's recipe otherwise (its learning rate, chosen for GRPO, not retuned)."""
+    runs = {}
+    for lam in PPO_LAMBDAS:
+        for seed in SEEDS:
+            name = f"{PPO_TASK}-ppo-seed{seed}" if lam == 0.95 else f"{PPO_TASK}-ppo-lambda{lam:g}-seed{seed}"
+            runs[name] = (dict(COMPARISON, algo="ppo", task=PPO_TASK, seed=seed, gae_lambda=lam),
+                          dict(FINAL_EVAL, task=PPO_TASK))
+    return runs
+
+
 GENERATED = {"compare": comparison_configs, "stability": stability_configs, "distill": distill_configs,
              "boundary": boundary_configs, "length": length_configs, "kl": kl_configs,
-             "iterations": iterations_configs}
+             "iterations": iterations_configs, "refresh": refresh_configs, "rewards": rewards_configs,
+             "ppo": ppo_configs}
 """Experiments whose configs the package generates (``--init``)."""
 
 
@@ -437,7 +494,9 @@ def compare(run: Run, runs: Path = RUNS) -> dict:
 
     committed, again = first(run.committed), first(run.out(runs))
     records = [read_jsonl(d / "metrics.jsonl") for d in (run.committed, run.out(runs))]  # none: evaluation only
-    strip = [[{k: v for k, v in r.items() if k not in TIMING_METRICS} for r in rs] for rs in records]
+    # Only what the committed records hold: a diagnostic added to the trainer later is not a difference.
+    keys = {k for r in records[0] for k in r} - set(TIMING_METRICS)
+    strip = [[{k: v for k, v in r.items() if k in keys} for r in rs] for rs in records]
     differs_at = next((a["step"] for a, b in zip(*strip) if a != b), None)
     if differs_at is None and len(strip[0]) != len(strip[1]):
         differs_at = min(len(strip[0]), len(strip[1]))
@@ -810,7 +869,8 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
     """The committed runs of ``experiment`` that have results, as records for the book's figures.
 
     Each record: ``name``, ``algo``, ``task``, ``seed``, ``learning_rate``, ``normalizer`` (the one in use),
-    ``beta`` and ``num_iterations`` (None for an evaluation-only run),
+    ``beta``, ``num_iterations``, ``refresh_every``, ``reward`` (the shape in use) and ``gae_lambda`` (ppo's, else
+    None; all None for an evaluation-only run),
     ``steps`` (trained: the run's, or a kept policy's step for an evaluation-only run; 0 for the base),
     ``records`` (``metrics.jsonl``), ``summary`` (the final evaluation's ``summary.json``) and ``rows`` (its
     per-problem rows: ``index``, ``rewards``, ``lengths``).
@@ -832,6 +892,7 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
         if t is None:  # a model as it is: the base, or (chapter 7) a committed policy evaluated again
             results.append({"name": run.name, "algo": model_key(e["model"]), "task": e["task"], "seed": None,
                             "learning_rate": None, "normalizer": None, "beta": None, "num_iterations": None,
+                            "refresh_every": None, "reward": None, "gae_lambda": None,
                             "steps": policy_step(e["model"]) or trained.get(e["model"], 0),
                             "records": [], **scored})
             continue
@@ -839,8 +900,17 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
                         "task": t["task"], "seed": t["seed"], "learning_rate": t["learning_rate"],
                         "normalizer": resolve_normalizer(t["algo"], t["normalizer"]), "steps": t["steps"],
                         "beta": t.get("beta", 0.0), "num_iterations": t.get("num_iterations", 1),
+                        "refresh_every": t.get("refresh_every", 1), "reward": _reward_shape(t),
+                        "gae_lambda": t.get("gae_lambda", 0.95) if t["algo"] == "ppo" else None,
                         "records": read_jsonl(run.committed / "metrics.jsonl"), **scored})
     return results
+
+
+def _reward_shape(train: dict) -> str:
+    """The reward shape a run trained with: its ``reward``, or its task's own."""
+    from companion.tasks import REWARDS
+
+    return train.get("reward") or next(iter(REWARDS[train["task"]]))
 
 
 def model_key(model: str) -> str:

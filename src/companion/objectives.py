@@ -175,6 +175,21 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
+PPO = Algorithm(
+    "ppo", None, (), "token",
+    rule="Â_t per token: GAE(γ, λ) of the terminal reward on a learned value, whitened",
+    groups="every completion (no groups)",
+    source="Schulman et al. 2017 (PPO), GAE (Schulman et al. 2016); TRL's PPOTrainer",
+)
+"""PPO with a value head: the one rule here that breaks assumption A2 (the reward split uniformly over the tokens).
+Its weights are per token (:func:`gae` on the value head's estimates, then :func:`whiten`), so it is not in
+:data:`ALGORITHMS` (whose rules turn a group's rewards into one weight per completion, what chapters 2-3 study); the
+trainer knows it (:data:`TRAINABLE`). Its default normaliser is the token mean, as in TRL's PPOTrainer."""
+
+TRAINABLE: dict[str, Algorithm] = {**ALGORITHMS, PPO.name: PPO}
+"""Every algorithm the trainer runs: the weight rules of :data:`ALGORITHMS`, and :data:`PPO`."""
+
+
 def get_algorithm(algo: str) -> Algorithm:
     """The :data:`ALGORITHMS` entry for ``algo``, or a ValueError naming the known ones."""
     if algo not in ALGORITHMS:
@@ -191,7 +206,9 @@ def resolve_normalizer(algo: str, normalizer: str = "") -> str:
     if normalizer not in ("",) + NORMALIZERS:
         raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)} (or '' for the algorithm's own), got "
                          f"{normalizer!r}")
-    return normalizer or get_algorithm(algo).normalizer
+    if algo not in TRAINABLE:
+        raise ValueError(f"unknown algo {algo!r}; known: {', '.join(TRAINABLE)}")
+    return normalizer or TRAINABLE[algo].normalizer
 
 
 def algorithm_table() -> list[dict[str, str]]:
@@ -292,7 +309,7 @@ def aggregate(
         return (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
     if normalizer == "constant":
         return (per_token_loss * mask).sum() / (mask.shape[0] * max_completion_length)
-    kept = mask * (weights != 0).to(mask.dtype).unsqueeze(1)  # (N, T): kept_token
+    kept = mask * _weighted_rows(weights).to(mask.dtype).unsqueeze(1)  # (N, T): kept_token
     return (per_token_loss * kept).sum() / kept.sum().clamp(min=1.0)
 
 
@@ -318,6 +335,16 @@ def _check_aggregate_inputs(per_token_loss, completion_mask, normalizer, weights
         raise ValueError("normalizer='kept_token' keeps rows with non-zero weight: pass weights (B*G,)")
 
 
+def _weighted_rows(weights: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: rows with a non-zero weight, for one weight per row (N,) or per token (N, T)."""
+    return weights != 0 if weights.dim() == 1 else (weights != 0).any(dim=1)
+
+
+def _token_weights(weights: torch.Tensor, dtype) -> torch.Tensor:
+    """Weights broadcastable over (N, T): a row's weight on every token (A2), or per-token weights as they are."""
+    return weights.to(dtype).unsqueeze(1) if weights.dim() == 1 else weights.to(dtype)
+
+
 def policy_loss(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor | None,
@@ -337,7 +364,8 @@ def policy_loss(
     Args:
         per_token_logps: (B*G, T) log π_θ of the completion tokens, with gradient.
         old_per_token_logps: (B*G, T) log π_old of the sampler; ``None``: on-policy (ρ = 1 in value, not in gradient).
-        weights: (B*G,) w_i from :func:`sample_weights` (GRPO's advantages Â_i, F-ISFT's 1/0 or +1/−λ).
+        weights: (B*G,) w_i from :func:`sample_weights` (GRPO's advantages Â_i, F-ISFT's 1/0 or +1/−λ), or
+            (B*G, T) per-token weights (PPO's advantages Â_t, :func:`gae`).
         completion_mask: (B*G, T) 1 on real completion tokens.
         epsilon, epsilon_high: the clip range [1 − epsilon, 1 + epsilon_high]; epsilon_high defaults to epsilon.
         beta, ref_per_token_logps: KL penalty weight and (B*G, T) log π_ref (the KL is measured whenever given).
@@ -353,7 +381,7 @@ def policy_loss(
     if old_per_token_logps is None:
         old_per_token_logps = per_token_logps.detach()
     eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
-    w = weights.to(per_token_logps.dtype).unsqueeze(1)  # (B*G, 1): A2, every token gets its sample's weight
+    w = _token_weights(weights, per_token_logps.dtype)  # (B*G, 1): A2, every token its sample's weight; or (B*G, T)
 
     # 1. importance ratio ρ = π_θ / π_old per token
     ratio = torch.exp(per_token_logps - old_per_token_logps.detach())  # (B*G, T)
@@ -380,16 +408,18 @@ def policy_loss(
 
 
 def _check_rows(per_token_logps: torch.Tensor, weights: torch.Tensor, completion_mask: torch.Tensor):
-    """One weight per completion and one mask entry per token, as :func:`policy_loss` and :func:`weighted_nll` need."""
+    """One weight per completion (or per token) and one mask entry per token, as :func:`policy_loss` and
+    :func:`weighted_nll` need."""
     if per_token_logps.dim() != 2:
         raise ValueError(f"per_token_logps must be (B*G, T); got shape {tuple(per_token_logps.shape)}")
     if completion_mask.shape != per_token_logps.shape:
         raise ValueError(
             f"completion_mask {tuple(completion_mask.shape)} must match per_token_logps {tuple(per_token_logps.shape)}"
         )
-    if weights.shape != per_token_logps.shape[:1]:
+    if weights.shape != per_token_logps.shape[:1] and weights.shape != per_token_logps.shape:
         raise ValueError(
-            f"weights must be one per completion, shape ({per_token_logps.shape[0]},); got {tuple(weights.shape)}"
+            f"weights must be one per completion, shape ({per_token_logps.shape[0]},), or one per token, shape "
+            f"{tuple(per_token_logps.shape)}; got {tuple(weights.shape)}"
         )
 
 
@@ -452,6 +482,92 @@ def weighted_nll(
     0.3466
     """
     _check_rows(per_token_logps, weights, completion_mask)
-    per_token_loss = -weights.to(per_token_logps.dtype).unsqueeze(1) * per_token_logps  # (B*G, T)
+    per_token_loss = -_token_weights(weights, per_token_logps.dtype) * per_token_logps  # (B*G, T)
     return aggregate(per_token_loss, completion_mask, normalizer=normalizer, weights=weights,
                      max_completion_length=max_completion_length)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-token credit (PPO): the terminal reward spread over the tokens by a learned value, not uniformly
+# --------------------------------------------------------------------------------------------------
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, completion_mask: torch.Tensor, *, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) for completions with one terminal reward.
+
+    The MDP of chapter 1: state s_t = prompt + o_<t, the reward R_i comes after the last real token (EOS, or the
+    cut at ``max_completion_length``, which ends the episode too) and is 0 before it; V(s) = 0 after the end. With
+    δ_t = r_t + γ V(s_{t+1}) − V(s_t), the advantage is Â_t = Σ_l (γλ)^l δ_{t+l} and the value target
+    Â_t + V(s_t). λ = 1, γ = 1 gives Â_t = R − V(s_t) (Monte Carlo); λ = 0 gives δ_t (one-step TD).
+
+    Args: ``rewards`` (N,), ``values`` (N, T) V(s_t) at each completion token (detached: the sampler's value),
+    ``completion_mask`` (N, T), right padded. Returns ``(advantages, returns)``, both (N, T) and 0 on padding.
+
+    >>> adv, ret = gae(torch.tensor([1.0]), torch.tensor([[0.5, 0.25, 0.0]]), torch.tensor([[1, 1, 0]]), lam=1.0)
+    >>> adv.tolist(), ret.tolist()
+    ([[0.5, 0.75, 0.0]], [[1.0, 1.0, 0.0]])
+    """
+    if values.dim() != 2 or completion_mask.shape != values.shape:
+        raise ValueError(f"values and completion_mask must both be (N, T); got {tuple(values.shape)} and "
+                         f"{tuple(completion_mask.shape)}")
+    rewards = torch.as_tensor(rewards, dtype=values.dtype, device=values.device)
+    if rewards.shape != values.shape[:1]:
+        raise ValueError(f"rewards must be one per completion, shape ({values.shape[0]},); got {tuple(rewards.shape)}")
+    if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
+        raise ValueError(f"gamma and lam must be in [0, 1]; got gamma={gamma}, lam={lam}")
+    mask = completion_mask.to(values.dtype)  # (N, T)
+    lengths = mask.sum(dim=1).long()  # (N,)
+    if (lengths == 0).any():
+        raise ValueError("every completion needs at least one token (its EOS) to carry its reward")
+    values = values.detach() * mask
+    N, T = values.shape
+    per_token_reward = torch.zeros_like(values)
+    per_token_reward[torch.arange(N, device=values.device), lengths - 1] = rewards  # R after the last token
+    next_values = torch.cat([values[:, 1:], values.new_zeros(N, 1)], dim=1)  # V(s_{t+1}); 0 after the end
+    delta = (per_token_reward + gamma * next_values - values) * mask  # (N, T)
+    advantages = torch.zeros_like(values)
+    running = values.new_zeros(N)
+    for t in reversed(range(T)):  # Â_t = δ_t + γλ Â_{t+1}; padding has δ = 0 and lies after the end
+        running = delta[:, t] + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def whiten(values: torch.Tensor, completion_mask: torch.Tensor, *, total: tuple[float, float, float] | None = None,
+           eps: float = 1e-8) -> torch.Tensor:
+    """``values`` shifted and scaled to mean 0, standard deviation 1 over the real tokens (Bessel-corrected, as
+    TRL's ``masked_whiten``), 0 on padding. ``total``: (count, sum, sum of squares) of a larger batch (all
+    data-parallel processes' tokens) to whiten with instead of this one's.
+
+    >>> whiten(torch.tensor([[1., 3., 9.]]), torch.tensor([[1, 1, 0]])).tolist()
+    [[-0.7071067690849304, 0.7071067690849304, 0.0]]
+    """
+    mask = completion_mask.to(values.dtype)
+    count, total_sum, total_sq = total if total is not None else whiten_sums(values, completion_mask)
+    mean = total_sum / max(count, 1.0)
+    var = (total_sq - count * mean**2) / max(count - 1.0, 1.0)
+    return (values - mean) / (max(var, 0.0) ** 0.5 + eps) * mask
+
+
+def whiten_sums(values: torch.Tensor, completion_mask: torch.Tensor) -> tuple[float, float, float]:
+    """(count, sum, sum of squares) of ``values`` over the real tokens: what :func:`whiten` needs of a batch."""
+    mask = completion_mask.to(torch.float64)
+    x = values.to(torch.float64) * mask
+    return mask.sum().item(), x.sum().item(), (x * x).sum().item()
+
+
+def value_loss(values: torch.Tensor, returns: torch.Tensor, completion_mask: torch.Tensor, *,
+               normalizer: str = "token", max_completion_length: int | None = None) -> torch.Tensor:
+    """½ (V(s_t) − target_t)², averaged over the real tokens with a length normaliser (:func:`aggregate`; the
+    policy loss's, so that micro-batch shares apply to both).
+
+    >>> value_loss(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[1, 1]])).item()
+    0.25
+    """
+    if values.shape != returns.shape:
+        raise ValueError(f"values {tuple(values.shape)} and returns {tuple(returns.shape)} must match")
+    per_token = 0.5 * (values - returns.detach()) ** 2
+    return aggregate(per_token, completion_mask, normalizer=normalizer,
+                     weights=completion_mask.any(dim=1).to(values.dtype), max_completion_length=max_completion_length)

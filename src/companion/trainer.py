@@ -22,9 +22,11 @@ Each line of ``metrics.jsonl`` is one step: ``reward``, ``accuracy`` (share of c
 (mean tokens, EOS included; ``None`` when there is none), ``frac_truncated`` (cut by
 ``max_completion_length``), ``entropy`` (of the sampling distribution, per token; ``None`` for the teacher's
 traces, ``--source teacher``), ``loss``, ``grad_norm``
-(before clipping), ``lr`` and :data:`LOSS_STATS` (``kl`` among them), the wall-clock :data:`TIMING_METRICS`,
+(before clipping), ``lr`` and :data:`LOSS_STATS` (``kl`` among them), ``frac_wrong_up`` (wrong completions with
+a positive weight: a format or graded reward above the group's mean), the wall-clock :data:`TIMING_METRICS`,
 and, every ``eval_every`` steps (and at step 0), ``eval_accuracy_greedy`` / ``eval_accuracy_sampled`` on
-held-out problems.
+held-out problems. With ``refresh_every > 1``, ``sampled_at`` (the step whose policy sampled the batch); with
+``--algo ppo``, ``value_loss``, ``value_mean`` and ``explained_variance`` (its value head's).
 
 Decisions, and why:
 
@@ -40,6 +42,10 @@ Decisions, and why:
 * **Data parallel is one sum.** Under ``accelerate launch`` each process samples its share of the step's prompts
   and the gradients are summed once per optimizer step (:class:`Processes`), with the whole batch's loss
   denominators: the update of the same batch in one process (``tests/test_data_parallel.py``).
+* **PPO is the same loop with a weight per token.** ``--algo ppo`` adds a value head on the policy's trunk
+  (:class:`companion.rollout.ValueHead`); phase 3 turns each terminal reward into per-token advantages by GAE on the
+  sampler's values (:func:`companion.objectives.gae`), and phase 4 adds the head's squared error to the same
+  clipped loss. It is chapter 9's one algorithm that breaks the uniform split of the reward (assumption A2).
 * **Resume is exact.** N steps straight and N/2 + resume + N/2 give the same ``metrics.jsonl``, bit for bit
   on a CPU, timings aside (``tests/test_trainer.py``): the checkpoint holds every RNG state and the data
   position, evaluation samples with its own seed, and the problem order is a pure function of the seed.
@@ -64,11 +70,11 @@ from tqdm.auto import tqdm
 
 from companion.config import (MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, explicit_options,
                               load_config, need, save_config)
-from companion.objectives import (ALGORITHMS, NORMALIZERS, STD_KINDS, policy_loss, resolve_normalizer, sample_weights,
-                                  weighted_nll, zero_spread_groups)
+from companion.objectives import (NORMALIZERS, STD_KINDS, TRAINABLE, gae, policy_loss, resolve_normalizer,
+                                  sample_weights, value_loss, weighted_nll, whiten, whiten_sums, zero_spread_groups)
 from companion.decode import check_prompts_fit
 from companion.models import DTYPES
-from companion.rollout import Rollout, generate, per_token_logps, teacher_rollout
+from companion.rollout import Rollout, ValueHead, generate, per_token_logps, per_token_values, teacher_rollout
 from companion.runs import (BAD_INPUT, RunError, append_jsonl, open_run_dir, read_jsonl, torch_threads,
                             write_atomically)
 from companion.verify import CORRECT_REWARD, is_correct
@@ -96,7 +102,9 @@ class TrainConfig:
     """Everything that defines a training run. Defaults are the CPU world: the tiny model on Countdown."""
 
     # what to train
-    algo: str = field(default="grpo", metadata={"help": "weighting rule: " + ", ".join(ALGORITHMS), "choices": tuple(ALGORITHMS)})
+    algo: str = field(default="grpo", metadata={"help": "weighting rule: " + ", ".join(TRAINABLE) + " (ppo: a learned "
+                                                         "value head gives each token its own advantage)",
+                                                 "choices": tuple(TRAINABLE)})
     task: str = field(default="countdown", metadata={"help": "task to train on: countdown, tinygsm or gsm8k"})
     model: str = field(default="tiny", metadata={"help": "'tiny', a local model directory, or a hub name like Qwen/Qwen2.5-0.5B"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters instead of every parameter"})
@@ -128,12 +136,27 @@ class TrainConfig:
     max_completion_length: int = field(default=MAX_COMPLETION_LENGTH, metadata={"help": "longest completion, in tokens"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (1 = off)"})
+    refresh_every: int = field(default=1, metadata={
+        "help": "sample the completions of the next K steps at once, with the policy of that moment, and train on "
+                "them over those K steps: 1 is on-policy (every step samples its own), K >= steps one pool sampled "
+                "by the initial policy (rejection sampling, then SFT on a static dataset; chapter 9). K > 1 needs an "
+                "SFT rule (fisft_plus, fisft_pm)"})
+    # 2. verify
+    reward: str = field(default="", metadata={
+        "help": "reward shape: '' is the task's own; countdown has format (1 / 0.1 well-formed / 0, TinyZero's, its "
+                "own), binary (1 / 0) and graded (format plus credit for closeness to the target); the word "
+                "problems have binary"})
     # 3. weight
     lam: float = field(default=1.0, metadata={"help": "fisft_pm: weight magnitude of a wrong completion"})
     threshold: float = field(default=CORRECT_REWARD, metadata={
         "help": "fisft_plus, fisft_pm: a completion counts as right for the weighting when its reward >= threshold "
                 "(accuracy always counts reward 1.0)"})
     std: str = field(default="sample", metadata={"help": "grpo: group std with G-1 (sample, TRL) or G (population)", "choices": STD_KINDS})
+    gamma: float = field(default=1.0, metadata={"help": "ppo: discount per token in the advantage estimate"})
+    gae_lambda: float = field(default=0.95, metadata={
+        "help": "ppo: GAE's lambda (1: the reward minus the value, Monte Carlo; 0: one-step temporal differences)"})
+    value_coef: float = field(default=0.1, metadata={
+        "help": "ppo: weight of the value head's squared error in the loss (it shares the policy's trunk)"})
     # 4. update
     normalizer: str = field(default="", metadata={"help": "length normaliser ('': the algorithm's own)",
                                                   "choices": ("",) + NORMALIZERS})
@@ -170,7 +193,16 @@ class TrainConfig:
         from companion.tasks import get_task
 
         get_task(self.task)  # raises with the list of known tasks
-        need(self.algo in ALGORITHMS, f"unknown algo {self.algo!r}; choose one of {', '.join(ALGORITHMS)}")
+        need(self.algo in TRAINABLE, f"unknown algo {self.algo!r}; choose one of {', '.join(TRAINABLE)}")
+        if self.algo == "ppo":
+            need(0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1,
+                 f"gamma and gae_lambda must be in [0, 1], got {self.gamma} and {self.gae_lambda}")
+            need(self.value_coef > 0, f"value_coef must be > 0 (ppo's value head learns from it), got {self.value_coef}")
+        else:
+            changed = [f"--{name.replace('_', '-')}" for name in ("gamma", "gae_lambda", "value_coef")
+                       if getattr(self, name) != TrainConfig.__dataclass_fields__[name].default]
+            need(not changed, f"{', '.join(changed)} set the value head of --algo ppo; {self.algo} has none (its "
+                              f"weights come from the group's rewards): drop them, or use --algo ppo")
         need(self.source in SOURCES, f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.source == "teacher":
             from companion.traces import TASKS as TEACHER_TASKS
@@ -187,6 +219,18 @@ class TrainConfig:
         need(self.temperature > 0, f"temperature must be > 0 (greedy completions of a prompt are identical, so every "
                                    f"group would have zero spread), got {self.temperature}")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        from companion.tasks import reward_options
+
+        reward_options(self.task, self.reward)  # raises with the task's reward shapes
+        need(self.refresh_every >= 1, f"refresh_every must be >= 1 (1 = on-policy; K >= steps = one static pool), "
+                                      f"got {self.refresh_every}")
+        if self.refresh_every > 1:
+            need(self.algo in ("fisft_plus", "fisft_pm"),
+                 f"refresh_every > 1 trains on samples of an earlier policy, which only the SFT rules weight as they "
+                 f"are (fisft_plus, fisft_pm): {self.algo}'s ratio and clip would need that policy's probabilities. "
+                 f"Use --algo fisft_plus or --refresh-every 1")
+            need(self.source == "policy", "refresh_every > 1 refreshes the policy's samples; the teacher's traces "
+                                          "do not depend on the policy: leave --refresh-every at 1 with --source teacher")
         need(self.lam >= 0, f"lam must be >= 0, got {self.lam}")
         need(self.std in STD_KINDS, f"std must be one of {STD_KINDS}, got {self.std!r}")
         resolve_normalizer(self.algo, self.normalizer)  # raises with the known normalisers
@@ -327,7 +371,12 @@ def share_denominator(normalizer: str, completion_mask: torch.Tensor, weights: t
 
 
 def _counted(normalizer: str, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return mask if normalizer == "token" else mask * (weights != 0).unsqueeze(1).to(mask.dtype)  # kept_token
+    return mask if normalizer == "token" else mask * _weighted(weights).unsqueeze(1).to(mask.dtype)  # kept_token
+
+
+def _weighted(weights: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: completions with a weight, for one weight per completion (N,) or per token (N, T)."""
+    return weights != 0 if weights.dim() == 1 else (weights != 0).any(dim=1)
 
 
 class Processes:
@@ -423,6 +472,9 @@ def check_processes(config: "TrainConfig", processes: Processes) -> "TrainConfig
          f"of a run being resumed) but this launch started {processes.world}: launch {config.num_processes} "
          f"(accelerate launch --multi_gpu --num_processes {config.num_processes} -m companion.cli train ...), or "
          f"leave --num-processes out of a new run (the launch sets it)")
+    need(config.refresh_every == 1 or processes.world == 1,
+         f"refresh_every > 1 runs in one process (its pool of samples is not split over processes): launch one "
+         f"process, or use --refresh-every 1 across {processes.world}")
     need(config.prompts_per_step % processes.world == 0,
          f"prompts_per_step ({config.prompts_per_step}) must split evenly over the {processes.world} processes, "
          f"each sampling its own prompts: use a multiple of {processes.world}")
@@ -469,9 +521,10 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, *, model, optimizer, scheduler, step: int, data_position: int,
-                    processes: Processes = SINGLE) -> None:
+                    processes: Processes = SINGLE, pool: list | None = None, value_head=None) -> None:
     """Everything exact resume needs, written atomically (a crash mid-write leaves the previous checkpoint).
-    Over several processes, every one must call it (each adds its RNG states); the main process writes."""
+    Over several processes, every one must call it (each adds its RNG states); the main process writes.
+    ``pool``: with ``refresh_every > 1``, the sampled batches not trained on yet; ``value_head``: ppo's."""
     from companion.models import trainable_state_dict
 
     rng = _rng_state()
@@ -481,13 +534,18 @@ def save_checkpoint(path: Path, *, model, optimizer, scheduler, step: int, data_
         return
     state = dict(step=step, data_position=data_position, model=trainable_state_dict(model),
                  optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng)
+    if pool is not None:
+        state["pool"] = pool
+    if value_head is not None:
+        state["value_head"] = {k: v.detach().clone() for k, v in value_head.state_dict().items()}
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)
     partial.replace(path)
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, processes: Processes = SINGLE) -> dict:
-    """Restore a checkpoint written by :func:`save_checkpoint`; returns ``{"step", "data_position"}``."""
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, processes: Processes = SINGLE,
+                    value_head=None) -> dict:
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns ``{"step", "data_position", "pool"}``."""
     state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are pickled
     saved = len(state["rng"]["by_process"]) if "by_process" in state["rng"] else 1
     if saved != processes.world:
@@ -497,15 +555,20 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, processes: Proce
     if set(state["model"]) != trainable:
         raise RunError(f"{path} holds weights for other parameters than this model trains "
                        "(full-parameter vs LoRA, or another model): resume with the run's own config")
+    if (value_head is None) != ("value_head" not in state):
+        raise RunError(f"{path} was saved by a run {'with' if 'value_head' in state else 'without'} a value head "
+                       "(--algo ppo): resume with the run's own config")
     device = next(model.parameters()).device
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, value in state["model"].items():
             params[name].copy_(value.to(device))
+    if value_head is not None:
+        value_head.load_state_dict(state["value_head"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"]["by_process"][processes.rank] if saved > 1 else state["rng"])
-    return {"step": state["step"], "data_position": state["data_position"]}
+    return {"step": state["step"], "data_position": state["data_position"], "pool": state.get("pool", [])}
 
 
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "policy")
@@ -640,13 +703,19 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
 
         reference = copy.deepcopy(model).eval().requires_grad_(False)
 
-    task = get_task(config.task)
+    from companion.tasks import reward_options
+
+    task = get_task(config.task, **reward_options(config.task, config.reward))
     stream = ProblemStream(task.generate(config.train_problems, seed=config.seed, split="train"), seed=config.seed)
     eval_set = task.generate(config.eval_problems, seed=0, split="test") if config.eval_every else []
     check_prompts_fit(model, tokenizer, [task.prompt(p) for p in stream.problems + eval_set],
                       config.max_completion_length)
 
+    value_head = None
+    if config.algo == "ppo":  # its critic, on the policy's trunk (float32, like the LoRA weights)
+        value_head = ValueHead(model.config.hidden_size).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
+    params += [] if value_head is None else list(value_head.parameters())
     processes.broadcast_(params)  # the same start everywhere, whatever each process's initialisation did
     if processes.world > 1:  # each process samples with its own stream (one process keeps the run's seed alone)
         torch.manual_seed(config.seed * processes.world + processes.rank)
@@ -657,10 +726,13 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
     if processes.is_main:
         save_config(config, out / "config.json")  # only now: a run that failed to start leaves nothing to clobber
     start = 0
+    pool: list[dict] = []  # refresh_every > 1: batches sampled ahead, each {"problems", "rollout", ..., "sampled_at"}
     if resume:
         state = load_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler,
-                                processes=processes)
+                                processes=processes, value_head=value_head)
         start, stream.position = state["step"], state["data_position"]
+        pool = [dict(b, rollout=_rollout_to(b["rollout"], device), weights=b["weights"].to(device))
+                for b in state["pool"]]
         if processes.is_main:
             # Records after the checkpoint belong to the interrupted attempt; the resumed run writes them again.
             kept = [r for r in read_jsonl(metrics_path) if r["step"] <= start]
@@ -674,47 +746,44 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
     stop = config.steps if until_step is None else min(until_step, config.steps)
     bar = tqdm(total=config.steps, initial=start, desc=f"{config.algo} on {config.task}",
                disable=not (progress and processes.is_main))
-    share = config.prompts_per_step // processes.world  # this process's prompts of each step
     model.train()
     for step in range(start + 1, stop + 1):
         t_step = time.perf_counter()
         timing = dict.fromkeys(("time_reference", "time_forward", "time_backward", "time_eval"), 0.0)
 
-        # 1. sample: G completions for each of this step's problems, with the current policy (or the teacher's)
-        #    (over several processes, every one draws the step's problems and samples its own share of them)
-        problems = stream.take(config.prompts_per_step)[processes.rank * share:(processes.rank + 1) * share]
-        prompts = [task.prompt(p) for p in problems]
-        t = time.perf_counter()
-        if config.source == "teacher":
-            rollout = teacher_rollout(tokenizer, config.task, problems, prompts, num_generations=G,
-                                      max_completion_length=config.max_completion_length,
-                                      seed=(config.seed * 1_000_003 + step) * processes.world + processes.rank,
-                                      device=device)
+        # 1-3. sample, verify, weight: this step's batch (with refresh_every > 1, taken from a pool sampled ahead)
+        timing["time_generate"] = timing["time_verify"] = 0.0
+        if config.refresh_every == 1:
+            batch = _sample(config, model, tokenizer, task, stream, processes, device, timing, step=step)
+            generated = batch["rollout"].completion_mask.sum()
         else:
-            rollout = generate(model, tokenizer, prompts, num_generations=G,
-                               max_completion_length=config.max_completion_length, temperature=config.temperature,
-                               top_p=config.top_p)
-        timing["time_generate"] = time.perf_counter() - t
-
-        # 2. verify: one reward per completion, from the task's verifier
-        t = time.perf_counter()
-        rewards = torch.tensor([task.reward(text, problems[i // G]) for i, text in enumerate(rollout.texts)])
-        timing["time_verify"] = time.perf_counter() - t
-
-        # 3. weight: the algorithm turns each group's rewards into per-completion weights
-        weights = sample_weights(rewards, G, algo=config.algo, lam=config.lam, threshold=config.threshold,
-                                 std=config.std).to(device)  # (B*G,)
+            if not pool:  # sample the next K steps' batches with the policy of now
+                pool = [_sample(config, model, tokenizer, task, stream, processes, device, timing, step=step)
+                        for _ in range(min(config.refresh_every, config.steps - step + 1))]
+                generated = sum(b["rollout"].completion_mask.sum() for b in pool)
+            else:
+                generated = None
+            batch = pool.pop(0)
+        rollout, rewards, weights = batch["rollout"], batch["rewards"], batch["weights"]
+        returns, critic = None, {}
+        if value_head is not None:  # 3'. ppo: per-token advantages from the sampler's values (GAE), whitened
+            weights, returns, critic = _advantages(config, model, value_head, rollout, rewards, processes, timing)
 
         # 4. update: μ optimizer steps on the weighted log-likelihood of the batch (clipped, maybe KL-penalised)
         lr = scheduler.get_last_lr()[0]
         update = _update(config, model, reference, optimizer, scheduler, params, rollout, weights, normalizer,
-                         timing, step=step, last_saved=last_saved, out=out, processes=processes)
+                         timing, step=step, last_saved=last_saved, out=out, processes=processes,
+                         value_head=value_head, returns=returns)
 
         timing["step_time"] = time.perf_counter() - t_step  # sample to update; evaluation is timed apart
         tokens = processes.sum(rollout.completion_mask.sum().reshape(1)).item()  # every process's
-        timing["gen_tokens_per_s"] = tokens / timing["time_generate"]
+        timing["gen_tokens_per_s"] = (None if generated is None else
+                                      processes.sum(generated.reshape(1)).item() / timing["time_generate"])
         timing["tokens_per_s"] = tokens / timing["step_time"]
-        record = {"step": step, **_rollout_metrics(rollout, rewards, G, processes), **update, "lr": lr}
+        record = {"step": step, **_rollout_metrics(rollout, rewards, G, processes),
+                  "frac_wrong_up": _wrong_up(rewards, weights, processes), **update, **critic, "lr": lr}
+        if config.refresh_every > 1:
+            record["sampled_at"] = batch["sampled_at"]
         if config.eval_every and (step % config.eval_every == 0 or step == config.steps) and processes.is_main:
             t = time.perf_counter()
             record.update(_evaluate(config, model, tokenizer, task, eval_set, step=step))
@@ -729,7 +798,8 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
                         load_in_4bit=config.load_in_4bit)
         if (config.save_every and step % config.save_every == 0) or step == stop:
             save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                            data_position=stream.position, processes=processes)
+                            data_position=stream.position, processes=processes,
+                            pool=pool if config.refresh_every > 1 else None, value_head=value_head)
             last_saved = step
         processes.wait()
         bar.update(1)
@@ -745,14 +815,100 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
     return TrainResult(out=out, metrics=read_jsonl(metrics_path), model=model, tokenizer=tokenizer)
 
 
+def _sample(config: TrainConfig, model, tokenizer, task, stream: ProblemStream, processes: Processes, device,
+            timing: dict, *, step: int) -> dict:
+    """Phases 1-3 for one step's prompts: G completions of each of this process's problems, with the current policy
+    (or the teacher's), their rewards and weights. Adds to ``timing``'s ``time_generate`` and ``time_verify``."""
+    G = config.num_generations
+    share = config.prompts_per_step // processes.world  # this process's prompts of each step
+
+    # 1. sample: G completions for each of this step's problems, with the current policy (or the teacher's)
+    #    (over several processes, every one draws the step's problems and samples its own share of them)
+    problems = stream.take(config.prompts_per_step)[processes.rank * share:(processes.rank + 1) * share]
+    prompts = [task.prompt(p) for p in problems]
+    t = time.perf_counter()
+    if config.source == "teacher":
+        rollout = teacher_rollout(tokenizer, config.task, problems, prompts, num_generations=G,
+                                  max_completion_length=config.max_completion_length,
+                                  seed=(config.seed * 1_000_003 + step) * processes.world + processes.rank,
+                                  device=device)
+    else:
+        rollout = generate(model, tokenizer, prompts, num_generations=G,
+                           max_completion_length=config.max_completion_length, temperature=config.temperature,
+                           top_p=config.top_p)
+    timing["time_generate"] += time.perf_counter() - t
+
+    # 2. verify: one reward per completion, from the task's verifier
+    t = time.perf_counter()
+    rewards = torch.tensor([task.reward(text, problems[i // G]) for i, text in enumerate(rollout.texts)])
+    timing["time_verify"] += time.perf_counter() - t
+
+    # 3. weight: the algorithm turns each group's rewards into per-completion weights (ppo: the rewards themselves,
+    #    which the value head then spreads over the tokens, :func:`_advantages`)
+    if config.algo == "ppo":
+        weights = rewards.float().to(device)
+    else:
+        weights = sample_weights(rewards, G, algo=config.algo, lam=config.lam, threshold=config.threshold,
+                                 std=config.std).to(device)  # (B*G,)
+    return {"problems": problems, "rollout": rollout, "rewards": rewards, "weights": weights, "sampled_at": step}
+
+
+def _rollout_to(rollout: Rollout, device) -> Rollout:
+    """A rollout (from a checkpoint's pool) with its tensors on ``device``."""
+    return dataclasses.replace(rollout, **{f.name: getattr(rollout, f.name).to(device)
+                                           for f in dataclasses.fields(rollout)
+                                           if isinstance(getattr(rollout, f.name), torch.Tensor)})
+
+
+def _wrong_up(rewards: torch.Tensor, weights: torch.Tensor, processes: Processes = SINGLE) -> float | None:
+    """Share of the wrong completions whose weight is positive (per-token weights: whose weights sum to more than
+    0): answers the update makes more likely although they are wrong (a graded or format reward above the group's
+    mean; 0 under F-ISFT's rules and binary rewards). None when no completion was wrong."""
+    wrong = torch.tensor([not is_correct(r) for r in rewards.tolist()], device=weights.device)
+    up = weights > 0 if weights.dim() == 1 else weights.sum(dim=1) > 0  # per token (ppo): pushed up on the whole
+    counts = torch.stack([(wrong & up).sum(), wrong.sum()]).double()
+    up, total = processes.sum(counts).tolist() if processes.world > 1 else counts.tolist()
+    return up / total if total else None
+
+
+def _advantages(config: TrainConfig, model, value_head, rollout: Rollout, rewards: torch.Tensor,
+                processes: Processes, timing: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Phase 3 of ppo: the sampler's values V(s_t) (one forward, no gradient), GAE advantages and value targets
+    (:func:`companion.objectives.gae`), the advantages whitened over every process's tokens. Returns the per-token
+    weights (N, T), the targets (N, T), and ``value_mean`` and ``explained_variance`` (of the targets by the values,
+    over this process's tokens) for the record."""
+    mask = rollout.completion_mask
+    size = config.micro_batch_size or mask.shape[0]
+    t = time.perf_counter()
+    with torch.no_grad():
+        values = torch.cat([per_token_values(model, value_head, rollout.prompt_ids[i:i + size],
+                                             rollout.prompt_mask[i:i + size], rollout.completion_ids[i:i + size],
+                                             mask[i:i + size]).float() for i in range(0, mask.shape[0], size)])
+    timing["time_reference"] += time.perf_counter() - t
+    advantages, returns = gae(rewards.to(values.device), values, mask, gamma=config.gamma, lam=config.gae_lambda)
+    sums = whiten_sums(advantages, mask)
+    if processes.world > 1:
+        sums = tuple(processes.sum(torch.tensor(sums, dtype=torch.float64, device=mask.device)).tolist())
+    real = mask.bool()
+    target, predicted = returns[real], values[real]
+    residual = (target - predicted).var(correction=0) if target.numel() > 1 else torch.tensor(0.0)
+    spread = target.var(correction=0) if target.numel() > 1 else torch.tensor(0.0)
+    stats = {"value_mean": predicted.mean().item(),
+             "explained_variance": (1 - residual / spread).item() if spread > 0 else None}
+    return whiten(advantages, mask, total=sums), returns, stats
+
+
 def _update(config, model, reference, optimizer, scheduler, params, rollout: Rollout, weights, normalizer, timing,
-            *, step: int, last_saved: int | None, out: Path, processes: Processes = SINGLE) -> dict:
+            *, step: int, last_saved: int | None, out: Path, processes: Processes = SINGLE, value_head=None,
+            returns: torch.Tensor | None = None) -> dict:
     """Phase 4: ``num_iterations`` optimizer steps on one sampled batch (over several processes, each one's share
-    of it: the shares and the gradients are those of the whole batch). Returns the update's metrics."""
+    of it: the shares and the gradients are those of the whole batch). With ppo's ``value_head``, its loss toward
+    ``returns`` (N, T) is added, scaled by ``value_coef``. Returns the update's metrics."""
     from companion.models import is_lora
 
     mask = rollout.completion_mask  # (N, T)
-    rows = rows_in_update(weights, config.beta)
+    rows = (rows_in_update(weights, config.beta) if value_head is None  # ppo's critic learns on every row
+            else torch.arange(mask.shape[0], device=mask.device))
     size = config.micro_batch_size or max(len(rows), 1)
     chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
     total = None
@@ -780,11 +936,13 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
                     with model.disable_adapter():
                         refs[i] = per_token_logps(model, *inputs(chunk), temperature=config.temperature,
                                                   share_prompts=share, logit_chunk=config.logit_chunk_size)
-        timing["time_reference"] = time.perf_counter() - t
+        timing["time_reference"] += time.perf_counter() - t
 
     olds = [None] * len(chunks)  # π_old: the first iteration's log-probs, detached (the policy that sampled)
     # policy_loss's diagnostics, token-weighted over chunks and averaged over iterations; None when no token ran
     totals: dict[str, float | None] = {"loss": 0.0, **dict.fromkeys(LOSS_STATS)}
+    if value_head is not None:
+        totals["value_loss"] = 0.0
     measure_gap = bool(config.sft_gap_every) and step % config.sft_gap_every == 0
     gaps = []
     grad_norm = torch.tensor(0.0)
@@ -803,6 +961,11 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
             loss, stats = policy_loss(logps, olds[i] if iteration else None, weights[chunk], mask[chunk],
                                       epsilon=config.epsilon, beta=config.beta, ref_per_token_logps=refs[i],
                                       normalizer=normalizer, max_completion_length=config.max_completion_length)
+            if value_head is not None:
+                critic = value_loss(per_token_values(model, value_head, *inputs(chunk)), returns[chunk], mask[chunk],
+                                    normalizer=normalizer, max_completion_length=config.max_completion_length)
+                loss = loss + config.value_coef * critic
+                stats = {**stats, "value_loss": critic.item()}
             timing["time_forward"] += time.perf_counter() - t
             if not torch.isfinite(loss):
                 _diverged(f"the loss is {loss.item()}", step=step, last_saved=last_saved, out=out, config=config)
@@ -836,7 +999,7 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
         measured = [g for g in gaps if g is not None]
         totals.update({key: (sum(g[j] for g in measured) / len(measured) if measured else None)
                        for j, key in enumerate(GAP_STATS)})
-    frac_weighted = (weights != 0).float().mean().item()
+    frac_weighted = _weighted(weights).float().mean().item()
     if processes.world > 1:  # every process has as many completions
         frac_weighted = processes.sum(torch.tensor([frac_weighted], device=weights.device)).item() / processes.world
     return {**totals, "grad_norm": grad_norm.item(), "frac_weighted": frac_weighted}
@@ -871,7 +1034,7 @@ def _across(processes: Processes, loss_value: float, stats_sum: dict, tokens: fl
     shares add up, the diagnostics average weighted by the tokens each process ran (absent where none ran)."""
     if processes.world == 1:
         return loss_value, stats_sum
-    keys = LOSS_STATS
+    keys = LOSS_STATS + ("value_loss",)
     local = [loss_value, tokens] + [stats_sum.get(k, 0.0) * tokens for k in keys] + [float(k in stats_sum) for k in keys]
     summed = processes.sum(torch.tensor(local, dtype=torch.float64)).tolist()
     loss, tokens_all = summed[0], summed[1]
@@ -882,13 +1045,13 @@ def _across(processes: Processes, loss_value: float, stats_sum: dict, tokens: fl
 
 def rows_in_update(weights: torch.Tensor, beta: float) -> torch.Tensor:
     """The rows the update runs: without a KL term (β = 0) a zero-weight completion adds exactly 0 to the loss and
-    its gradient, so only the others; every row when β > 0. (N,) -> (n,) row indices.
+    its gradient, so only the others; every row when β > 0. (N,) or (N, T) per-token -> (n,) row indices.
 
     >>> rows_in_update(torch.tensor([0.5, 0.0, -1.0]), beta=0.0).tolist(), rows_in_update(torch.zeros(2), 0.1).tolist()
     ([0, 2], [0, 1])
     """
     rows = torch.arange(len(weights), device=weights.device)
-    return rows if beta > 0 else rows[weights != 0]
+    return rows if beta > 0 else rows[_weighted(weights)]
 
 
 def _diverged(what: str, *, step: int, last_saved: int | None, out: Path, config: TrainConfig):

@@ -185,8 +185,19 @@ def _check_format_score(format_score: float) -> None:
         raise ValueError(f"format_score must be in [0, 1) so a wrong answer earns less than a right one, got {format_score}")
 
 
-def countdown_reward(completion: str, numbers: list[int], target: int, *, format_score: float = 0.1) -> float:
+GRADED_MAX = 0.9
+"""The most a wrong Countdown answer can earn under the graded reward (:func:`countdown_reward` with ``graded``):
+well below a solve's 1.0, so the best wrong answer of a group still ranks under every right one."""
+
+
+def countdown_reward(completion: str, numbers: list[int], target: int, *, format_score: float = 0.1,
+                     graded: bool = False) -> float:
     """1.0 for a correct Countdown answer, ``format_score`` for a well-formed wrong one, else 0.0.
+
+    ``graded`` adds credit for closeness (chapter 9's non-binary reward): a wrong answer that uses exactly
+    ``numbers`` and has a value v earns ``format_score + (GRADED_MAX - format_score) * max(0, 1 - |v - target| /
+    target)``, so from ``format_score`` (far off, or other numbers than the given ones) up to just under
+    :data:`GRADED_MAX`; a right answer still earns 1.0 and a malformed one 0.0.
 
     Correct: the last ``<answer>`` holds an expression (optionally ``expr = target``) whose
     integer literals are exactly ``numbers`` (as a multiset, any order) and whose exact value is
@@ -202,10 +213,17 @@ def countdown_reward(completion: str, numbers: list[int], target: int, *, format
     0.1
     >>> countdown_reward("<answer>2**4</answer>", [3, 5, 2], 16), countdown_reward("16", [3, 5, 2], 16)
     (0.0, 0.0)
+    >>> round(countdown_reward("<answer>3*5+2</answer>", [3, 5, 2], 16, graded=True), 4)  # 17: off by 1/16
+    0.85
+    >>> countdown_reward("<answer>8*2</answer>", [3, 5, 2], 16, graded=True)  # other numbers: the format score
+    0.1
     """
     if not isinstance(completion, str):
         raise TypeError(f"completion must be a str, got {type(completion).__name__}")
     _check_format_score(format_score)
+    if graded and format_score > GRADED_MAX:
+        raise ValueError(f"the graded reward runs from format_score up to {GRADED_MAX}: format_score must be <= "
+                         f"{GRADED_MAX}, got {format_score}")
     if len(completion) > MAX_COMPLETION_CHARS:
         return 0.0
     answer = extract_answer(completion)
@@ -225,7 +243,12 @@ def countdown_reward(completion: str, numbers: list[int], target: int, *, format
         and sorted(evaluation.numbers) == sorted(numbers)
         and (not eq or int(claimed) == target)
     )
-    return 1.0 if correct else format_score
+    if correct:
+        return 1.0
+    if not graded or evaluation.value is None or sorted(evaluation.numbers) != sorted(numbers):
+        return format_score
+    closeness = max(0.0, 1.0 - float(abs(evaluation.value - target) / max(abs(target), 1)))
+    return format_score + (GRADED_MAX - format_score) * closeness
 
 
 def _to_fraction(sign: str | None, digits: str, frac: str | None) -> Fraction | None:

@@ -31,6 +31,8 @@ class CountdownTask:
 
     format_score: float = 0.1
     """Reward for a well-formed but wrong answer (0 turns the format bonus off)."""
+    graded: bool = False
+    """Add credit for a wrong answer's closeness to the target (:func:`companion.verify.countdown_reward`)."""
 
     name = "countdown"
 
@@ -44,7 +46,8 @@ class CountdownTask:
 
     def reward(self, completion: str, problem: dict) -> float:
         """The verifier's reward for one completion of ``problem``."""
-        return verify.countdown_reward(completion, problem["numbers"], problem["target"], format_score=self.format_score)
+        return verify.countdown_reward(completion, problem["numbers"], problem["target"], format_score=self.format_score,
+                                       graded=self.graded)
 
     def reference(self, problem: dict) -> str:
         """A correct answer (the exact solver's expression), as it goes inside ``<answer>``."""
@@ -98,6 +101,33 @@ class GSM8KTask(_WordProblemTask):
 
 _TASKS = {"countdown": CountdownTask, "tinygsm": TinyGSMTask, "gsm8k": GSM8KTask}
 
+REWARDS = {
+    "countdown": {"format": {}, "binary": {"format_score": 0.0}, "graded": {"graded": True}},
+    "tinygsm": {"binary": {}},
+    "gsm8k": {"binary": {}},
+}
+"""Per task, the reward shapes a trainer can ask for (``--reward``) and the task options that make each; the first
+is the task's own. ``format`` is TinyZero's three values (1 right, 0.1 well-formed wrong, 0 malformed), ``binary``
+right or not, ``graded`` the format values plus credit for a wrong answer's closeness to the target."""
+
+
+def reward_options(task: str, reward: str = "") -> dict:
+    """The :func:`get_task` options of reward shape ``reward`` on ``task`` ('' is the task's own).
+
+    >>> reward_options("countdown", "binary"), reward_options("tinygsm")
+    ({'format_score': 0.0}, {})
+    >>> reward_options("tinygsm", "graded")
+    Traceback (most recent call last):
+    ...
+    ValueError: task 'tinygsm' has no 'graded' reward; its rewards: binary
+    """
+    if task not in REWARDS:
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(_TASKS)}")
+    shapes = REWARDS[task]
+    if reward and reward not in shapes:
+        raise ValueError(f"task {task!r} has no {reward!r} reward; its rewards: {', '.join(shapes)}")
+    return dict(shapes[reward or next(iter(shapes))])
+
 
 def get_task(name: str, **options):
     """The task called ``name``; ``options`` set its fields (``format_score``, ``strict``).
@@ -114,4 +144,5 @@ def get_task(name: str, **options):
     return _TASKS[name](**options)
 
 
-__all__ = ["CountdownTask", "GSM8KTask", "TinyGSMTask", "countdown", "get_task", "gsm8k", "prompts", "tinygsm"]
+__all__ = ["REWARDS", "CountdownTask", "GSM8KTask", "TinyGSMTask", "countdown", "get_task", "gsm8k", "prompts",
+           "reward_options", "tinygsm"]

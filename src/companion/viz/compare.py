@@ -17,10 +17,11 @@ from companion.viz.base_model import RIGHT, WRONG, TASK_TITLES, _layout
 
 ALGO_ORDER = ("grpo", "dr_grpo", "fisft_plus", "fisft_pm", "distill")
 ALGO_NAMES = {"grpo": "GRPO", "dr_grpo": "Dr. GRPO", "fisft_plus": "F-ISFT+", "fisft_pm": "F-ISFT±",
-              "distill": "distilled"}
+              "distill": "distilled", "ppo": "PPO"}
 ALGO_COLORS = {"grpo": "#264653", "dr_grpo": "#8ab17d", "fisft_plus": "#e9c46a", "fisft_pm": "#e76f51",
-               "distill": "#7b2cbf"}
-"""The training rules, in the book's order; ``distill`` is chapter 7's stronger teacher (``--source teacher``)."""
+               "distill": "#7b2cbf", "ppo": "#2a9df4"}
+"""The training rules, in the book's order; ``distill`` is chapter 7's stronger teacher (``--source teacher``),
+``ppo`` chapter 9's PPO with a value head."""
 SMOOTH = 10
 """Steps in the trailing window that smooths per-step training curves (one step is only 128 completions)."""
 

@@ -1,14 +1,16 @@
 """Figures and tables for chapter 9: the reviewers' objections to the collapse, tested with the same loop.
 
 Every function takes records of :func:`companion.experiments.load_results`: chapter 6's comparison (β = 0, μ = 1,
-the baseline) together with chapter 9's ``kl`` and ``iterations`` experiments. A *condition* is one algorithm with
-one KL weight β and one number of updates per batch μ; its runs are its seeds. Nothing here trains or samples.
+on-policy, the task's own reward: the baseline) together with chapter 9's experiments. A *condition*
+(:class:`Condition`) is one algorithm with one KL weight β, one number of updates per batch μ, one refresh interval
+K and one reward shape; its runs are its seeds. Nothing here trains or samples.
 """
 
 from __future__ import annotations
 
 import math
 from statistics import mean, stdev
+from typing import NamedTuple
 
 import plotly.graph_objects as go
 
@@ -18,19 +20,51 @@ from companion.viz.compare import ALGO_COLORS, ALGO_NAMES, _band, distinguishabl
 DASHES = (None, "dash", "dot", "dashdot")
 
 
-def condition(run: dict) -> tuple[str, float, int]:
-    """``(algo, beta, num_iterations)`` of a run."""
-    return run["algo"], float(run.get("beta") or 0.0), int(run.get("num_iterations") or 1)
+class Condition(NamedTuple):
+    """What a run's seeds share. ``refresh`` is ``refresh_every`` (0: never, one static pool); ``reward`` the reward
+    shape, '' for the task's own; ``gae_lambda`` ppo's λ where it is not the trainer's default (else None)."""
+
+    algo: str
+    beta: float = 0.0
+    mu: int = 1
+    refresh: int = 1
+    reward: str = ""
+    gae_lambda: float | None = None
+
+    @property
+    def baseline(self) -> "Condition":
+        """The same algorithm as chapter 6 trains it."""
+        return Condition(self.algo)
 
 
-def label(key: tuple[str, float, int]) -> str:
-    """A condition's name in the book: ``GRPO, β = 0.04`` or ``GRPO, μ = 2`` (the baseline: ``GRPO``)."""
-    algo, beta, mu = key
-    parts = [ALGO_NAMES.get(algo, algo)] + ([f"β = {beta:g}"] if beta else []) + ([f"μ = {mu}"] if mu > 1 else [])
+def condition(run: dict) -> Condition:
+    """The :class:`Condition` of a run (a refresh interval of at least the run's steps is ``refresh = 0``: the
+    samples are never refreshed)."""
+    from companion.tasks import REWARDS
+    from companion.trainer import TrainConfig
+
+    lam = run.get("gae_lambda")
+    lam = None if lam is None or lam == TrainConfig.gae_lambda else float(lam)
+    refresh = int(run.get("refresh_every") or 1)
+    reward = run.get("reward") or ""
+    return Condition(run["algo"], float(run.get("beta") or 0.0), int(run.get("num_iterations") or 1),
+                     0 if refresh > 1 and refresh >= (run.get("steps") or math.inf) else refresh,
+                     "" if reward == next(iter(REWARDS.get(run["task"], {"": None}))) else reward, lam)
+
+
+def label(key: Condition | tuple) -> str:
+    """A condition's name in the book: ``GRPO, β = 0.04``, ``GRPO, μ = 2``, ``F-ISFT+, refreshed every 10 steps``,
+    ``F-ISFT+, static``, ``GRPO, graded reward`` (the baseline: ``GRPO``)."""
+    key = Condition(*key)
+    parts = [ALGO_NAMES.get(key.algo, key.algo)] + ([f"β = {key.beta:g}"] if key.beta else [])
+    parts += [f"μ = {key.mu}"] if key.mu > 1 else []
+    parts += ["static"] if key.refresh == 0 else [f"refreshed every {key.refresh} steps"] if key.refresh > 1 else []
+    parts += [f"{key.reward} reward"] if key.reward else []
+    parts += [f"λ = {key.gae_lambda:g}"] if key.gae_lambda is not None else []
     return ", ".join(parts)
 
 
-def conditions(runs: list[dict], task: str, algos: tuple[str, ...] | None = None) -> dict[tuple, list[dict]]:
+def conditions(runs: list[dict], task: str, algos: tuple[str, ...] | None = None) -> dict[Condition, list[dict]]:
     """The trained runs of ``task`` by condition (seeds sorted), the baselines first; only ``algos`` if given."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
@@ -39,7 +73,8 @@ def conditions(runs: list[dict], task: str, algos: tuple[str, ...] | None = None
         if algos is not None and run["algo"] not in algos:
             continue
         groups.setdefault(condition(run), []).append(run)
-    order = sorted(groups, key=lambda k: (k[0], k[1], k[2]))
+    order = sorted(groups, key=lambda k: (k.algo, k != k.baseline, k.beta, k.mu, k.refresh or math.inf, k.reward,
+                                          k.gae_lambda or 0.0))
     return {k: sorted(groups[k], key=lambda r: r["seed"]) for k in order}
 
 
@@ -61,15 +96,18 @@ def condition_rows(runs: list[dict], task: str, algos: tuple[str, ...] | None = 
     standard deviation over seeds and each seed's; the final evaluation's mean lengths of right and wrong answers;
     over the training records, the mean cosine between each update and the weighted-SFT update (``sft_cosine``,
     None where it was not measured) and its mean over the last ``last`` measurements, the share of tokens the clip
-    removed and the KL to the reference over the last ``last`` steps; and whether pass@1 is distinguishable from
-    the same algorithm's baseline (β = 0, μ = 1) by :func:`companion.viz.compare.distinguishable`."""
+    removed and the KL to the reference over the last ``last`` steps; over all steps, the share of completions
+    with a weight (``frac_weighted``: those an SFT rule trains on) and of wrong ones pushed up (``wrong_up``, None
+    where not recorded); and whether pass@1 is distinguishable from the same algorithm's baseline
+    (:attr:`Condition.baseline`) by :func:`companion.viz.compare.distinguishable`."""
     groups = conditions(runs, task, algos)
     rows = []
     for key, group in groups.items():
         values = [_pass1(r) for r in group]
         cosines = [_measured(r, "sft_cosine") for r in group]
         steps = [[r for r in run["records"] if r["step"] >= 1] for run in group]
-        row = {"key": key, "algo": key[0], "beta": key[1], "num_iterations": key[2], "label": label(key),
+        row = {"key": key, "algo": key.algo, "beta": key.beta, "num_iterations": key.mu, "refresh": key.refresh,
+               "reward": key.reward, "label": label(key),
                "seeds": len(group), "pass1": mean(values), "sd": stdev(values) if len(values) > 1 else math.nan,
                "per_seed": values,
                "length_right": _mean_or_none(r["summary"]["length_correct"].get("mean") for r in group),
@@ -77,9 +115,11 @@ def condition_rows(runs: list[dict], task: str, algos: tuple[str, ...] | None = 
                "sft_cosine": _mean_or_none(mean(c) for c in cosines if c),
                "sft_cosine_late": _mean_or_none(mean(c[-last:]) for c in cosines if c),
                "clip": _mean_or_none(_mean_or_none(r.get("clip_ratio/region_mean") for r in s[-last:]) for s in steps),
-               "kl": _mean_or_none(_mean_or_none(r.get("kl") for r in s[-last:]) for s in steps)}
-        baseline = groups.get((key[0], 0.0, 1))
-        if baseline is not None and key != (key[0], 0.0, 1):
+               "kl": _mean_or_none(_mean_or_none(r.get("kl") for r in s[-last:]) for s in steps),
+               "frac_weighted": _mean_or_none(_mean_or_none(r.get("frac_weighted") for r in s) for s in steps),
+               "wrong_up": _mean_or_none(_mean_or_none(r.get("frac_wrong_up") for r in s) for s in steps)}
+        baseline = groups.get(key.baseline)
+        if baseline is not None and key != key.baseline:
             base_values = [_pass1(r) for r in baseline]
             row["vs_baseline"] = mean(values) - mean(base_values)
             row["distinguishable"] = distinguishable(values, base_values)
@@ -87,14 +127,14 @@ def condition_rows(runs: list[dict], task: str, algos: tuple[str, ...] | None = 
     return rows
 
 
-def _colors(keys) -> dict[tuple, tuple[str, str | None]]:
+def _colors(keys) -> dict[Condition, tuple[str, str | None]]:
     """Each condition's colour (its algorithm's) and dash (by its place among that algorithm's conditions)."""
     seen: dict[str, int] = {}
     out = {}
     for key in keys:
-        i = seen.get(key[0], 0)
-        seen[key[0]] = i + 1
-        out[key] = (ALGO_COLORS.get(key[0], "#333333"), DASHES[i % len(DASHES)])
+        i = seen.get(key.algo, 0)
+        seen[key.algo] = i + 1
+        out[key] = (ALGO_COLORS.get(key.algo, "#333333"), DASHES[i % len(DASHES)])
     return out
 
 
@@ -132,3 +172,41 @@ def training_figure(runs: list[dict], task: str, key: str, algos: tuple[str, ...
     fig.update_xaxes(title="training step")
     fig.update_yaxes(title=y_title or key, rangemode="tozero")
     return _layout(fig, title or key, 380)
+
+
+def trained_on(records: list[dict], completions_per_step: int) -> list[tuple[int, float]]:
+    """``(step, completions trained on so far)`` after each training step: the running sum of ``frac_weighted`` x
+    ``completions_per_step`` (for F-ISFT+, the right answers), with step 0 at 0.
+
+    >>> trained_on([{"step": 0}, {"step": 1, "frac_weighted": 0.5}, {"step": 2, "frac_weighted": 0.25}], 8)
+    [(0, 0.0), (1, 4.0), (2, 6.0)]
+    """
+    total, out = 0.0, [(0, 0.0)]
+    for r in records:
+        if r["step"] >= 1:
+            total += r["frac_weighted"] * completions_per_step
+            out.append((r["step"], total))
+    return out
+
+
+def heldout_figure(runs: list[dict], task: str, algos: tuple[str, ...] | None = None, *, completions_per_step: int,
+                   key: str = "eval_accuracy_sampled", title: str = "") -> go.Figure:
+    """The in-training held-out accuracy (``key``, recorded every ``eval_every`` steps) of each condition against the
+    completions trained on so far (:func:`trained_on`): one line per seed, so that conditions that train on more
+    or fewer completions per step are compared at an equal number."""
+    groups = conditions(runs, task, algos)
+    style = _colors(groups)
+    fig = go.Figure()
+    for cond, group in groups.items():
+        color, dash = style[cond]
+        for i, run in enumerate(group):
+            count = dict(trained_on(run["records"], completions_per_step))
+            points = [(count[r["step"]], r[key]) for r in run["records"] if r.get(key) is not None]
+            fig.add_trace(go.Scatter(x=[x for x, _ in points], y=[y for _, y in points], mode="lines+markers",
+                                     name=label(cond), legendgroup=label(cond), showlegend=i == 0,
+                                     line=dict(color=color, dash=dash, width=1.5), marker=dict(size=5),
+                                     hovertemplate=f"{label(cond)}, seed {run['seed']}<br>%{{x:.0f}} completions "
+                                                   f"trained on<br>accuracy %{{y:.3f}}<extra></extra>"))
+    fig.update_xaxes(title="completions trained on so far")
+    fig.update_yaxes(title="held-out accuracy (sampled, T = 1)")
+    return _layout(fig, title or "Held-out accuracy against the completions trained on", 400)

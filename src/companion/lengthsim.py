@@ -94,7 +94,9 @@ class LengthSimConfig:
     seed: int = field(default=0, metadata={"help": "seed of the run's random generator"})
 
     def __post_init__(self):
-        resolve_normalizer(self.algo, self.normalizer)  # raises on an unknown algo or normaliser
+        if self.algo not in ALGORITHMS:  # the weight rules; ppo's per-token credit has no place in this model
+            raise ValueError(f"unknown algo {self.algo!r} for the length simulator; known: {', '.join(ALGORITHMS)}")
+        resolve_normalizer(self.algo, self.normalizer)  # raises on an unknown normaliser
         if self.num_generations < 2 or self.samples_per_step % self.num_generations:
             raise ValueError(f"samples_per_step ({self.samples_per_step}) must be a multiple of num_generations "
                              f"({self.num_generations}), which must be at least 2")

@@ -309,7 +309,7 @@ def aggregate(
         return (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
     if normalizer == "constant":
         return (per_token_loss * mask).sum() / (mask.shape[0] * max_completion_length)
-    kept = mask * _weighted_rows(weights).to(mask.dtype).unsqueeze(1)  # (N, T): kept_token
+    kept = mask * weighted_rows(weights).to(mask.dtype).unsqueeze(1)  # (N, T): kept_token
     return (per_token_loss * kept).sum() / kept.sum().clamp(min=1.0)
 
 
@@ -335,7 +335,7 @@ def _check_aggregate_inputs(per_token_loss, completion_mask, normalizer, weights
         raise ValueError("normalizer='kept_token' keeps rows with non-zero weight: pass weights (B*G,)")
 
 
-def _weighted_rows(weights: torch.Tensor) -> torch.Tensor:
+def weighted_rows(weights: torch.Tensor) -> torch.Tensor:
     """(N,) bool: rows with a non-zero weight, for one weight per row (N,) or per token (N, T)."""
     return weights != 0 if weights.dim() == 1 else (weights != 0).any(dim=1)
 

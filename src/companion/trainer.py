@@ -71,7 +71,8 @@ from tqdm.auto import tqdm
 from companion.config import (MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, explicit_options,
                               load_config, need, save_config)
 from companion.objectives import (NORMALIZERS, STD_KINDS, TRAINABLE, gae, policy_loss, resolve_normalizer,
-                                  sample_weights, value_loss, weighted_nll, whiten, whiten_sums, zero_spread_groups)
+                                  sample_weights, value_loss, weighted_nll, weighted_rows, whiten, whiten_sums,
+                                  zero_spread_groups)
 from companion.decode import check_prompts_fit
 from companion.models import DTYPES
 from companion.rollout import Rollout, ValueHead, generate, per_token_logps, per_token_values, teacher_rollout
@@ -371,12 +372,8 @@ def share_denominator(normalizer: str, completion_mask: torch.Tensor, weights: t
 
 
 def _counted(normalizer: str, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return mask if normalizer == "token" else mask * _weighted(weights).unsqueeze(1).to(mask.dtype)  # kept_token
+    return mask if normalizer == "token" else mask * weighted_rows(weights).unsqueeze(1).to(mask.dtype)  # kept_token
 
-
-def _weighted(weights: torch.Tensor) -> torch.Tensor:
-    """(N,) bool: completions with a weight, for one weight per completion (N,) or per token (N, T)."""
-    return weights != 0 if weights.dim() == 1 else (weights != 0).any(dim=1)
 
 
 class Processes:
@@ -999,7 +996,7 @@ def _update(config, model, reference, optimizer, scheduler, params, rollout: Rol
         measured = [g for g in gaps if g is not None]
         totals.update({key: (sum(g[j] for g in measured) / len(measured) if measured else None)
                        for j, key in enumerate(GAP_STATS)})
-    frac_weighted = _weighted(weights).float().mean().item()
+    frac_weighted = weighted_rows(weights).float().mean().item()
     if processes.world > 1:  # every process has as many completions
         frac_weighted = processes.sum(torch.tensor([frac_weighted], device=weights.device)).item() / processes.world
     return {**totals, "grad_norm": grad_norm.item(), "frac_weighted": frac_weighted}
@@ -1051,7 +1048,7 @@ def rows_in_update(weights: torch.Tensor, beta: float) -> torch.Tensor:
     ([0, 2], [0, 1])
     """
     rows = torch.arange(len(weights), device=weights.device)
-    return rows if beta > 0 else rows[_weighted(weights)]
+    return rows if beta > 0 else rows[weighted_rows(weights)]
 
 
 def _diverged(what: str, *, step: int, last_saved: int | None, out: Path, config: TrainConfig):

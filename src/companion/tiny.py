@@ -30,7 +30,7 @@ Each is one token; so is every other byte (a rarer character is its UTF-8 bytes,
 DEFAULT_CONTEXT = 448
 
 
-def build_tokenizer(model_max_length: int = DEFAULT_CONTEXT):
+def build_tokenizer(model_max_length: int = DEFAULT_CONTEXT, *, vocab_size: int | None = None):
     """A byte-level tokenizer with no merges as a ``PreTrainedTokenizerFast``: one token per byte, so one
     token per character of the ASCII the tasks are written in.
 
@@ -50,6 +50,14 @@ def build_tokenizer(model_max_length: int = DEFAULT_CONTEXT):
     (14, '3+5=8\\n<answer>')
     >>> tok.pad_token, tok.eos_token, tok.padding_side, len(tok)
     ('<|pad|>', '<|endoftext|>', 'left', 258)
+
+    ``vocab_size`` pads the vocabulary with tokens ``<258>``, ``<259>``, ... that no text encodes to (there are no
+    merges) but that decode to their name: a tokenizer for a random model with a real model's vocabulary (say
+    Qwen2.5's 151,936 rows, whose logits dominate a step's memory), where every sampled id must decode.
+
+    >>> big = build_tokenizer(vocab_size=300)
+    >>> len(big), big.decode([258, 299]), big("<258>")["input_ids"] == tok("<258>")["input_ids"]
+    (300, '<258><299>', True)
     """
     from tokenizers import normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -57,6 +65,9 @@ def build_tokenizer(model_max_length: int = DEFAULT_CONTEXT):
 
     symbol = bytes_to_unicode()  # byte -> the printable character ByteLevel writes for it (GPT-2's table)
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(symbol[b] for b in range(256)))}
+    if vocab_size is not None and vocab_size < len(vocab):
+        raise ValueError(f"vocab_size must be at least {len(vocab)} (the special tokens and the 256 bytes)")
+    vocab.update({f"<{i}>": i for i in range(len(vocab), vocab_size or 0)})  # '<', '>' and digits: their own bytes
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None, continuing_subword_prefix="",
                                    end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
     backend.normalizer = normalizers.NFC()

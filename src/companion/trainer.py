@@ -595,6 +595,17 @@ def memory_plan(config: TrainConfig, model_config, prompt_length: int):
                 logit_chunk=config.logit_chunk_size)
 
 
+def longest_prompt(config: TrainConfig, tokenizer) -> int:
+    """Tokens in the longest prompt among (the first 200 of) this run's training problems: the prompt length
+    :func:`memory_plan` is asked with."""
+    from companion.tasks import get_task
+
+    task = get_task(config.task)
+    prompts = [task.prompt(p) for p in task.generate(min(config.train_problems, 200), seed=config.seed,
+                                                     split="train")]
+    return max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+
+
 def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GPU") -> None:
     """Stop before the weights load when the planner's estimate of a step does not fit in ``free_bytes``.
 
@@ -604,7 +615,6 @@ def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GP
     from transformers import AutoConfig, AutoTokenizer
 
     from companion.planner import check_fits
-    from companion.tasks import get_task
 
     source = str(_tiny_source()) if config.model == "tiny" else config.model
     try:
@@ -612,11 +622,7 @@ def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GP
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError):
         return
-    task = get_task(config.task)
-    prompts = [task.prompt(p) for p in task.generate(min(config.train_problems, 200), seed=config.seed,
-                                                     split="train")]
-    longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-    check_fits(memory_plan(config, model_config, longest), free_bytes, gpu=gpu, in_4bit=config.load_in_4bit,
+    check_fits(memory_plan(config, model_config, longest_prompt(config, tokenizer)), free_bytes, gpu=gpu, in_4bit=config.load_in_4bit,
                what=f"training {config.model} ({config.prompts_per_step} x {config.num_generations} completions "
                     f"of up to {config.max_completion_length} tokens per step)")
 

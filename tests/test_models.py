@@ -192,3 +192,44 @@ def test_bad_lora_settings_are_refused():
         LoraSettings(r=0)
     with pytest.raises(ValueError, match="dropout"):
         LoraSettings(dropout=1.0)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
+def test_fp16_compute_in_4bit_with_lora_the_t4_policy_matches_float32_on_the_cpu(tiny_policy_dir, checkpointing):
+    """A T4 has no bf16, so there the 4-bit layers dequantise and multiply in fp16 while the adapters, norms and the
+    upcast (tied) embeddings stay float32. Mixing the two is where "expected scalar type Half but found Float" comes
+    from (trl #4634). bitsandbytes has fp16 kernels on the CPU too, so the mix is run here: forward and backward, with
+    and without checkpointing, and its log-probabilities and adapter gradients are float32's up to fp16 rounding."""
+    import bitsandbytes as bnb
+    import torch.nn.functional as F
+
+    from companion.rollout import per_token_logps
+
+    prompt = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]] * 2)
+    completion = torch.tensor([[20, 21, 22, 23, 1, 0], [30, 31, 32, 33, 34, 35]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    seen = {}
+    for dtype in (torch.float32, torch.float16):
+        torch.manual_seed(0)  # the same adapters' initialisation for both
+        model, _ = load_policy(str(tiny_policy_dir), load_in_4bit=True, lora=LoraSettings(r=4, alpha=8), device="cpu",
+                               dtype=dtype)
+        layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        assert layers and all(m.compute_dtype == dtype for m in layers)
+        assert all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
+        generator = torch.Generator().manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # off zero, so the gradients reach the A matrices too
+                p.data = 0.05 * torch.randn(p.shape, generator=generator)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model.train()
+        logps = per_token_logps(model, prompt, torch.ones_like(prompt), completion, mask, share_prompts=not checkpointing)
+        assert logps.dtype == torch.float32  # the loss reads float32 log-probabilities
+        (logps * mask).sum().backward()
+        grads = torch.cat([p.grad.flatten() for n, p in sorted(model.named_parameters()) if p.requires_grad])
+        seen[dtype] = logps.detach(), grads
+    (lp32, g32), (lp16, g16) = seen[torch.float32], seen[torch.float16]
+    assert torch.isfinite(lp16).all() and torch.isfinite(g16).all()
+    assert (lp16 - lp32).abs().max() < 2e-2 and (lp16 - lp32).abs().max() > 0  # fp16 did run, and stayed close
+    assert F.cosine_similarity(g16, g32, dim=0) > 0.999

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -70,3 +71,12 @@ def test_resume_finds_the_run_however_its_path_is_spelled(tiny_policy_dir, tmp_p
 def test_bad_input_exits_with_a_message(tmp_path, args, code, message):
     result = companion(*[a.format(tmp=tmp_path) for a in args], cwd=tmp_path)  # the default --out is relative
     assert result.returncode == code and message in result.stderr, result.stderr
+
+
+def test_gsm8k_without_the_hub_is_a_message_not_a_traceback_and_writes_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "companion.cli", "train", "--task", "gsm8k", "--out",
+                             str(tmp_path / "run")], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr
+    assert "cannot load GSM8K" in result.stderr and "--data-file" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,6 +89,55 @@ def seven_reward(monkeypatch):
 def test_invalid_configs_are_refused_with_a_message_saying_what_to_change(overrides, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**overrides)
+
+
+def test_gsm8k_files_are_checked_before_anything_runs(tmp_path):
+    from companion.shipped import data_dir
+
+    sample = str(data_dir() / "verifier" / "gsm8k_sample.jsonl")
+    other = tmp_path / "test.jsonl"
+    other.write_text(Path(sample).read_text())
+    for overrides, match in [
+        (dict(task="countdown", data_file=sample), "--data-file reads GSM8K's problems from a file; countdown"),
+        (dict(task="gsm8k", data_file=str(tmp_path / "none.jsonl")), "none.jsonl: no such file"),
+        (dict(task="gsm8k", data_file=sample), "add --eval-data-file .* or --eval-every 0"),
+        (dict(task="gsm8k", data_file=sample, eval_data_file=sample), "are the same file"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**overrides)
+    TrainConfig(task="gsm8k", data_file=sample, eval_data_file=str(other))
+    TrainConfig(task="gsm8k", data_file=sample, eval_every=0)
+
+
+def test_gsm8k_from_local_files_trains_on_the_one_and_evaluates_on_the_other(tiny_policy_dir, tmp_path, monkeypatch):
+    from companion.shipped import data_dir
+    from companion.tasks import gsm8k
+
+    lines = (data_dir() / "verifier" / "gsm8k_sample.jsonl").read_text().splitlines()
+    train_file, test_file = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train_file.write_text("\n".join(lines[:6]) + "\n")
+    test_file.write_text("\n".join(lines[6:]) + "\n")
+    monkeypatch.setattr("companion.runs.hub_reachable", lambda *a, **k: pytest.fail("the hub was asked"))
+    seen = []
+    real = gsm8k.generate
+    monkeypatch.setattr(gsm8k, "generate", lambda *a, **k: seen.append(k.get("data_file")) or real(*a, **k))
+    config = TrainConfig(task="gsm8k", model=str(tiny_policy_dir), data_file=str(train_file),
+                         eval_data_file=str(test_file), train_problems=6, eval_problems=len(lines) - 6, eval_every=1,
+                         eval_num_generations=1, prompts_per_step=2, num_generations=2, max_completion_length=8,
+                         steps=1, save_every=0, device="cpu", out=str(tmp_path / "run"))
+    run = train(config, progress=False)
+    assert sorted(seen) == sorted([str(train_file), str(test_file)])
+    assert [r["step"] for r in run.metrics] == [0, 1]
+
+
+def test_without_the_hub_gsm8k_stops_the_run_before_it_writes_or_loads_anything(tmp_path, monkeypatch):
+    from companion.tasks.gsm8k import GSM8KUnavailable
+
+    monkeypatch.setattr("companion.runs.hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("companion.trainer._policy", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(GSM8KUnavailable, match="--data-file"):
+        train(TrainConfig(task="gsm8k", out=str(tmp_path / "run")), progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_every_field_has_a_help_string_and_the_defaults_are_valid():

@@ -127,6 +127,11 @@ class TrainConfig:
     steps: int = field(default=50, metadata={"help": "training steps (each samples one batch)"})
     seed: int = field(default=0, metadata={"help": "seed of the problem order, sampling and initialisation"})
     train_problems: int = field(default=2000, metadata={"help": "size of the training pool, reshuffled every epoch"})
+    data_file: str = field(default="", metadata={
+        "help": "gsm8k only: a local JSONL file (question, answer) of training problems instead of the hub's train "
+                "split (GSM8K's own release has train.jsonl and test.jsonl)"})
+    eval_data_file: str = field(default="", metadata={
+        "help": "gsm8k only: a local JSONL file of held-out problems for --eval-every, instead of the hub's test split"})
     # 1. sample
     source: str = field(default="policy", metadata={
         "help": "who writes the completions: 'policy' samples them (RL and F-ISFT), 'teacher' is the task's exact "
@@ -190,6 +195,20 @@ class TrainConfig:
                 "the same batch (chapter 2's collapse; one more forward and backward per update): sft_cosine and "
                 "sft_rel_diff in the record (0 = never)"})
 
+    def _check_data_files(self):
+        given = [f"--{name.replace('_', '-')}" for name in ("data_file", "eval_data_file") if getattr(self, name)]
+        need(not given or self.task == "gsm8k", f"{' and '.join(given)} {'read' if len(given) > 1 else 'reads'} GSM8K's problems from a file; {self.task} "
+                                                "problems are generated here (drop them, or use --task gsm8k)")
+        for name in ("data_file", "eval_data_file"):
+            path = getattr(self, name)
+            need(not path or Path(path).is_file(), f"--{name.replace('_', '-')} {path}: no such file")
+        need(not self.data_file or self.eval_data_file or self.eval_every == 0,
+             "--data-file replaces the hub's training problems; evaluating during training needs held-out ones too: "
+             "add --eval-data-file (GSM8K's test.jsonl, say), or --eval-every 0")
+        need(not (self.data_file and self.eval_data_file)
+             or Path(self.data_file).resolve() != Path(self.eval_data_file).resolve(),
+             "--data-file and --eval-data-file are the same file: held-out problems must not be the training ones")
+
     def __post_init__(self):
         from companion.tasks import get_task
 
@@ -248,6 +267,7 @@ class TrainConfig:
         need(self.micro_batch_size >= 0, f"micro_batch_size must be >= 0 (0 = the whole batch), got {self.micro_batch_size}")
         need(self.train_problems >= self.prompts_per_step,
              f"train_problems ({self.train_problems}) must be >= prompts_per_step ({self.prompts_per_step})")
+        self._check_data_files()
         negative = [f"{name} must be >= 0 (0 turns it off), got {getattr(self, name)}"
                     for name in ("eval_every", "save_every", "policy_every", "sft_gap_every") if getattr(self, name) < 0]
         need(not negative, "; ".join(negative))
@@ -595,6 +615,22 @@ def memory_plan(config: TrainConfig, model_config, prompt_length: int):
                 logit_chunk=config.logit_chunk_size)
 
 
+def _file_option(path: str) -> dict:
+    return {"data_file": path} if path else {}
+
+
+def run_problems(config: TrainConfig) -> tuple[list[dict], list[dict]]:
+    """The run's training pool and its held-out problems (none without ``eval_every``); GSM8K's come from the hub,
+    or from ``data_file`` and ``eval_data_file``."""
+    from companion.tasks import get_task, reward_options
+
+    task = get_task(config.task, **reward_options(config.task, config.reward))
+    pool = task.generate(config.train_problems, seed=config.seed, split="train", **_file_option(config.data_file))
+    held_out = (task.generate(config.eval_problems, seed=0, split="test", **_file_option(config.eval_data_file))
+                if config.eval_every else [])
+    return pool, held_out
+
+
 def longest_prompt(config: TrainConfig, tokenizer) -> int:
     """Tokens in the longest prompt among (the first 200 of) this run's training problems: the prompt length
     :func:`memory_plan` is asked with."""
@@ -602,7 +638,7 @@ def longest_prompt(config: TrainConfig, tokenizer) -> int:
 
     task = get_task(config.task)
     prompts = [task.prompt(p) for p in task.generate(min(config.train_problems, 200), seed=config.seed,
-                                                     split="train")]
+                                                     split="train", **_file_option(config.data_file))]
     return max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
 
 
@@ -683,6 +719,9 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
 
     processes = Processes.launched(resolve_device(config.device) if model is None else next(model.parameters()).device)
     config = check_processes(config, processes)
+    # First, so that problems that cannot be had (GSM8K with no hub) stop the run before it writes or loads
+    # anything. No task draws from the global generators, so this changes no seeded stream.
+    pool, eval_set = run_problems(config)
     if processes.is_main:
         out = _prepare_run_dir(config, resume=resume, overwrite=overwrite)
     processes.wait()
@@ -709,8 +748,7 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
     from companion.tasks import reward_options
 
     task = get_task(config.task, **reward_options(config.task, config.reward))
-    stream = ProblemStream(task.generate(config.train_problems, seed=config.seed, split="train"), seed=config.seed)
-    eval_set = task.generate(config.eval_problems, seed=0, split="test") if config.eval_every else []
+    stream = ProblemStream(pool, seed=config.seed)
     check_prompts_fit(model, tokenizer, [task.prompt(p) for p in stream.problems + eval_set],
                       config.max_completion_length)
 
@@ -1137,6 +1175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from companion.tasks.gsm8k import GSM8KUnavailable
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
@@ -1157,8 +1197,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--until-step must be >= 1, got {args.until_step}")
         result = train(config, resume=bool(args.resume), overwrite=args.overwrite, until_step=args.until_step,
                        progress=not args.quiet)
-    except (ValueError, OSError) as err:  # RunError among them: options or a run directory that do not fit
-        print(f"companion train: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, GSM8KUnavailable) as err:  # RunError among them: options, a run directory or
+        print(f"companion train: error: {err}", file=sys.stderr)  # problems that cannot be had
         return BAD_INPUT
     except TrainingDiverged as err:
         print(f"companion train: error: {err}", file=sys.stderr)

@@ -32,12 +32,16 @@ def extract_gold(answer_text: str) -> str:
     return gold.strip().replace(",", "")
 
 
+class GSM8KUnavailable(RuntimeError):
+    """GSM8K could not be read: no hub and no local file. The message says what to pass instead."""
+
+
 def load(split: str = "train", *, data_file: str | os.PathLike | None = None):
     """GSM8K's ``split`` as a :class:`datasets.Dataset` with ``question`` and ``answer`` columns.
 
     With ``data_file``, read that JSONL file (one ``{"question", "answer"}`` object per line)
     as the requested split; otherwise download ``openai/gsm8k`` from the hub. When neither
-    works, raise ``RuntimeError`` naming both options.
+    works, raise :class:`GSM8KUnavailable` (a ``RuntimeError``) naming both options.
 
     >>> from companion.shipped import data_dir
     >>> sample = data_dir() / "verifier" / "gsm8k_sample.jsonl"
@@ -58,17 +62,18 @@ def load(split: str = "train", *, data_file: str | os.PathLike | None = None):
     if split not in ("train", "test"):
         raise ValueError(f'GSM8K has splits "train" and "test", got {split!r}')
     offline_help = (
-        "pass data_file= a local JSONL in GSM8K's format ({\"question\": ..., \"answer\": \"... #### 72\"}), "
+        "pass a local JSONL in GSM8K's format ({\"question\": ..., \"answer\": \"... #### 72\"}) as data_file= "
+        "(--data-file; for training, --eval-data-file holds the held-out ones), "
         f"or run where the Hugging Face hub is reachable to download {HUB_DATASET[0]} ({HUB_DATASET[1]!r})"
     )
     from companion.runs import hub_reachable
 
     if not hub_reachable(PROBE_TIMEOUT_S):
-        raise RuntimeError(f"cannot load GSM8K: the Hugging Face hub is unreachable (or offline mode is set); {offline_help}")
+        raise GSM8KUnavailable(f"cannot load GSM8K: the Hugging Face hub is unreachable (or offline mode is set); {offline_help}")
     try:
         return datasets.load_dataset(*HUB_DATASET, split=split)
     except Exception as err:  # the hub answered but the download failed; say what to do instead
-        raise RuntimeError(f"cannot load GSM8K from the hub ({type(err).__name__}: {err}); {offline_help}") from err
+        raise GSM8KUnavailable(f"cannot load GSM8K from the hub ({type(err).__name__}: {err}); {offline_help}") from err
 
 
 def generate(n_problems: int | None = None, *, seed: int = 0, split: str = "train", data_file=None) -> list[dict]:

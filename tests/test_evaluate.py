@@ -347,6 +347,17 @@ def test_eval_loads_a_model_directory_and_refuses_a_too_long_completion(tiny_pol
         evaluate(small_config(tmp_path / "missing", model=str(tmp_path / "no-such-model")), progress=False)
 
 
+def test_a_start_that_fails_leaves_nothing_that_refuses_the_corrected_command(tiny_policy_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(RunError, match="lower --max-completion-length"):
+        evaluate(small_config(out, model=str(tiny_policy_dir), max_completion_length=300), progress=False)
+    with pytest.raises(RunError, match="cannot load the model"):
+        evaluate(small_config(out, model=str(tmp_path / "no-such-model")), progress=False)
+    assert not any(out.iterdir())
+    summary = evaluate(small_config(out, model=str(tiny_policy_dir), problems=2), progress=False)
+    assert summary["samples"] == 8
+
+
 def test_eval_of_saved_lora_adapters_equals_the_model_that_saved_them(tiny_policy_dir, tmp_path):
     """`companion train` saves LoRA adapters with a note of their base; --model on that directory rebuilds the
     policy, and samples through peft's forward exactly as the in-memory model does."""

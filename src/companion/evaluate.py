@@ -443,16 +443,17 @@ def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool =
                                  SUMMARY_FILE), overwrite=config.overwrite, may_differ=RESUMABLE_FIELDS,
                                  defaults={f.name: f.default for f in dataclasses.fields(EvalConfig)
                                            if f.default is not dataclasses.MISSING})
-    save_config(config, out / CONFIG_FILE)
     task = get_task(config.task)
     problems = _load_problems(config, task)
     done = _finished_rows(out / ROWS_FILE, problems)
     todo = [i for i in range(len(problems)) if i not in done]
-    if todo:
-        if model is None:
+    if todo:  # the model and the prompts are checked before anything is written: a failed start leaves no run
+        if model is None:  # behind that would refuse the corrected command as "a different config"
             model, tokenizer = _load_model(config)
-        _claim_model(out, model, config, resuming)
         _check_prompts(model, tokenizer, task, problems, config)
+        _claim_model(out, model, config, resuming)
+    save_config(config, out / CONFIG_FILE)
+    if todo:
         device = next(model.parameters()).device
         size, n = config.problems_per_group(device), config.num_generations
         with torch_threads(config.num_threads), out.joinpath(ROWS_FILE).open("a") as f, sampling_progress(

@@ -13,6 +13,9 @@ recipe runs them: 4-bit nf4 + LoRA r 16, gradient checkpointing, micro-batches o
   shorter): the worst case. Its reward is a coin flip per completion (a hash of its text), so groups have a
   spread and every completion goes through the update, the worst case there too.
 
+Once per model it also times ``companion eval``'s sampler (the fast shared-prompt path, without 4-bit, as
+``companion eval`` loads a model): 8 problems x 16 samples of up to 512 tokens, one batch.
+
 Each (model, dtype) runs in its own process (a fresh CUDA context, so the peaks do not mix); the first step is
 warm-up and is left out of the medians. The JSON is rewritten after each run, so a run cut short keeps what
 finished. An error (a dtype mismatch, say) is recorded with the run, not raised.
@@ -45,6 +48,9 @@ SMOKE = dict(RECIPE, micro_batch_size=2, logit_chunk_size=8, prompts_per_step=2,
 SMOKE_SHAPE = dict(name="smoke", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=True)
 """Widths that are multiples of 64, as bitsandbytes' CPU path needs."""
+EVAL = dict(problems=8, num_generations=16, max_completion_length=512)
+"""``companion eval``'s sampler at chapter 7's temperature and top-p (its defaults): 128 samples, one batch."""
+SMOKE_EVAL = dict(problems=2, num_generations=4, max_completion_length=16)
 DEFAULT_MODELS = ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B")
 DEFAULT_DTYPES = ("bfloat16", "float16")
 
@@ -124,6 +130,29 @@ def measure_one(model_dir: str, dtype: str, steps: int, settings: dict) -> dict:
     }
 
 
+def measure_eval(model_dir: str, settings: dict) -> dict:
+    """``companion eval``'s sampler (the fast, shared-prompt path) on ``settings["problems"]`` Countdown problems x
+    ``num_generations``, loaded as ``companion eval`` loads a model (no 4-bit; bf16 on a GPU that has it, else fp16;
+    float32 on a CPU): samples and tokens per second, and the peak memory."""
+    import torch
+
+    from companion.evaluate import EvalConfig, evaluate
+
+    on_gpu = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory() as out:
+        config = EvalConfig(model=model_dir, task="countdown", out=out, device="cuda" if on_gpu else "cpu", **settings)
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        summary = evaluate(config, progress=False)
+        wall = time.perf_counter() - t0
+    samples = summary["num_problems"] * summary["num_generations"]
+    return {"samples": samples, "wall_s": wall, "samples_per_s": summary["samples_per_s"],
+            "tokens_per_s": summary["samples_per_s"] * summary["tokens"] / samples,
+            "mean_length": summary["tokens"] / samples,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if on_gpu else None}
+
+
 def _adapters_moved(model) -> bool:
     """Whether any LoRA B matrix left its zero initialisation (the update reached the adapters)."""
     return any(p.detach().abs().max().item() > 0 for n, p in model.named_parameters() if "lora_B" in n)
@@ -132,7 +161,10 @@ def _adapters_moved(model) -> bool:
 def _child(args) -> None:
     settings = json.loads(args.settings)
     try:
-        result = measure_one(args.model_dir, args.dtype, args.steps, settings)
+        if args.eval:
+            result = measure_eval(args.model_dir, settings)
+        else:
+            result = measure_one(args.model_dir, args.dtype, args.steps, settings)
     except Exception as err:  # recorded with the run: a dtype mismatch is a finding, not a crash of the bench
         result = {"error": f"{type(err).__name__}: {err}"}
     print("RESULT " + json.dumps(result), flush=True)
@@ -161,7 +193,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="training steps per run (the first is warm-up)")
     parser.add_argument("--timeout", type=float, default=240, help="seconds one run may take before it is stopped")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (float32): the plumbing only")
+    parser.add_argument("--no-eval", dest="with_eval", action="store_false",
+                        help="skip the measurement of companion eval's sampler (once per model, in its default dtype)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--eval", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
@@ -176,7 +211,9 @@ def main(argv=None) -> int:
         parser.error("--steps must be at least 2: the first step is warm-up")
     if args.smoke:
         shapes, dtypes, settings = [ModelShape(**SMOKE_SHAPE)], ["float32"], SMOKE
+        eval_settings = SMOKE_EVAL
     else:
+        eval_settings = EVAL
         unknown = [m for m in args.models if m not in MODELS]
         if unknown:
             parser.error(f"unknown model(s) {unknown}: choose from {sorted(MODELS)}")
@@ -193,12 +230,18 @@ def main(argv=None) -> int:
                 report["runs"].append(entry)
                 out.write_text(json.dumps(report, indent=1) + "\n")
                 print(_summary(entry), flush=True)
+            if args.with_eval:
+                entry = {"model": shape.name, "dtype": "auto",
+                         **_run_child(model_dir, "auto", args, eval_settings, evaluation=True)}
+                report.setdefault("evals", []).append(entry)
+                out.write_text(json.dumps(report, indent=1) + "\n")
+                print(_eval_summary(entry), flush=True)
     return 0
 
 
-def _run_child(model_dir: Path, dtype: str, args, settings: dict) -> dict:
+def _run_child(model_dir: Path, dtype: str, args, settings: dict, *, evaluation: bool = False) -> dict:
     command = [sys.executable, __file__, "--child", "--out", "-", "--model-dir", str(model_dir), "--dtype", dtype,
-               "--steps", str(args.steps), "--settings", json.dumps(settings)]
+               "--steps", str(args.steps), "--settings", json.dumps(settings)] + (["--eval"] if evaluation else [])
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=os.environ.copy())
     except subprocess.TimeoutExpired:
@@ -207,6 +250,15 @@ def _run_child(model_dir: Path, dtype: str, args, settings: dict) -> dict:
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
     return {"error": f"exit {done.returncode}: {done.stderr.strip()[-2000:]}"}
+
+
+def _eval_summary(entry: dict) -> str:
+    head = f"{entry['model']} {entry['dtype']}, companion eval:"
+    if "error" in entry:
+        return f"{head} {entry['error']}"
+    peak = "" if entry["peak_reserved_gib"] is None else f", peak reserved {entry['peak_reserved_gib']:.2f} GiB"
+    return (f"{head} {entry['samples']} samples of {entry['mean_length']:.0f} tokens, {entry['samples_per_s']:.1f} "
+            f"samples/s, {entry['tokens_per_s']:.0f} tokens/s{peak}")
 
 
 def _summary(entry: dict) -> str:

@@ -47,7 +47,7 @@ def test_the_reward_splits_groups_whatever_the_text(bench):
     assert bench.coin_flip_reward(None, "same", None) == bench.coin_flip_reward(None, "same", None)
 
 
-def test_the_smoke_run_measures_every_step_and_writes_the_report(tmp_path):
+def test_the_smoke_run_measures_every_step_and_writes_the_report(bench, tmp_path):
     out = tmp_path / "gpu.json"
     done = subprocess.run([sys.executable, str(BENCH), "--smoke", "--steps", "2", "--out", str(out)],
                           capture_output=True, text=True, timeout=300,
@@ -63,6 +63,11 @@ def test_the_smoke_run_measures_every_step_and_writes_the_report(tmp_path):
     assert run["planned_gib"]["peak"] > 0 and run["peak_reserved_gib"] is None  # no CUDA, no measured peak
     assert run["longest_prompt"] > 20
     assert "smoke float32:" in done.stdout
+    (sampled,) = report["evals"]
+    assert "error" not in sampled, sampled
+    settings = bench.SMOKE_EVAL
+    assert sampled["samples"] == settings["problems"] * settings["num_generations"]
+    assert sampled["samples_per_s"] > 0 and 0 < sampled["mean_length"] <= settings["max_completion_length"]
 
 
 def test_a_failing_run_is_recorded_not_raised(bench, tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -121,7 +122,7 @@ def measure_one(model_dir: str, dtype: str, steps: int, settings: dict) -> dict:
         "median_update_s": statistics.median(r["time_forward"] + r["time_backward"] for r in timed),
         "generated_tokens_per_s": statistics.median(r["gen_tokens_per_s"] for r in timed),
         "wall_s": wall,
-        "finite": all(r["loss"] == r["loss"] and abs(r["loss"]) != float("inf") for r in steps_),
+        "finite": all(math.isfinite(r["loss"]) for r in steps_),
         "adapters_moved": changed,
         "longest_prompt": prompt,
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if on_gpu else None,
@@ -219,7 +220,12 @@ def main(argv=None) -> int:
             parser.error(f"unknown model(s) {unknown}: choose from {sorted(MODELS)}")
         shapes, dtypes, settings = [MODELS[m] for m in args.models], args.dtypes, RECIPE
     out = Path(args.out)
-    report = {"environment": _environment(), "settings": settings, "steps": args.steps, "runs": []}
+    from companion.planner import CONTEXT_BYTES
+
+    report = {"environment": _environment(), "settings": settings, "steps": args.steps,
+              "note": "planned_gib's peak counts the CUDA context (companion.planner.CONTEXT_BYTES, "
+                      f"{CONTEXT_BYTES / 2**30:g} GiB), which torch's max_memory_reserved does not",
+              "runs": []}
     with tempfile.TemporaryDirectory() as work:
         for shape in shapes:
             t = time.perf_counter()

@@ -56,7 +56,8 @@ def test_conditions_are_grouped_by_algorithm_kl_and_updates_with_baselines_first
     assert viz.label(C("grpo", reward="graded")) == "GRPO, graded reward"
     assert viz.label(C("ppo", gae_lambda=1.0)) == "PPO, λ = 1"
     assert viz.condition({"algo": "ppo", "task": "countdown", "gae_lambda": 0.95}) == C("ppo")  # the default
-    assert viz.condition({"algo": "ppo", "task": "countdown", "gae_lambda": 1.0}).baseline == C("ppo")
+    assert viz.condition({"algo": "ppo", "task": "countdown", "gae_lambda": 1.0}).baseline == C("grpo")
+    assert C("ppo").baseline == C("grpo") and C("fisft_pm", 0.04).baseline == C("fisft_pm")
 
 
 def test_rows_judge_each_condition_against_its_own_baseline(runs):

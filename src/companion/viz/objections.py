@@ -33,8 +33,9 @@ class Condition(NamedTuple):
 
     @property
     def baseline(self) -> "Condition":
-        """The same algorithm as chapter 6 trains it."""
-        return Condition(self.algo)
+        """The same algorithm as chapter 6 trains it; for PPO, which chapter 6 does not train, GRPO: the same
+        clipped loss with the uniform credit PPO's value head replaces."""
+        return Condition("grpo" if self.algo == "ppo" else self.algo)
 
 
 def condition(run: dict) -> Condition:

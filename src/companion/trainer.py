@@ -197,8 +197,9 @@ class TrainConfig:
 
     def _check_data_files(self):
         given = [f"--{name.replace('_', '-')}" for name in ("data_file", "eval_data_file") if getattr(self, name)]
-        need(not given or self.task == "gsm8k", f"{' and '.join(given)} {'read' if len(given) > 1 else 'reads'} GSM8K's problems from a file; {self.task} "
-                                                "problems are generated here (drop them, or use --task gsm8k)")
+        verb = "read" if len(given) > 1 else "reads"
+        need(not given or self.task == "gsm8k", f"{' and '.join(given)} {verb} GSM8K's problems from a file; "
+                                                f"{self.task} problems are generated here (drop them, or use --task gsm8k)")
         for name in ("data_file", "eval_data_file"):
             path = getattr(self, name)
             need(not path or Path(path).is_file(), f"--{name.replace('_', '-')} {path}: no such file")
@@ -658,7 +659,8 @@ def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GP
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError):
         return
-    check_fits(memory_plan(config, model_config, longest_prompt(config, tokenizer)), free_bytes, gpu=gpu, in_4bit=config.load_in_4bit,
+    estimate = memory_plan(config, model_config, longest_prompt(config, tokenizer))
+    check_fits(estimate, free_bytes, gpu=gpu, in_4bit=config.load_in_4bit,
                what=f"training {config.model} ({config.prompts_per_step} x {config.num_generations} completions "
                     f"of up to {config.max_completion_length} tokens per step)")
 

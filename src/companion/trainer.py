@@ -620,16 +620,16 @@ def _file_option(path: str) -> dict:
     return {"data_file": path} if path else {}
 
 
-def run_problems(config: TrainConfig) -> tuple[list[dict], list[dict]]:
-    """The run's training pool and its held-out problems (none without ``eval_every``); GSM8K's come from the hub,
-    or from ``data_file`` and ``eval_data_file``."""
+def run_problems(config: TrainConfig):
+    """The run's task (with its reward shape), training pool and held-out problems (none without ``eval_every``);
+    GSM8K's come from the hub, or from ``data_file`` and ``eval_data_file``."""
     from companion.tasks import get_task, reward_options
 
     task = get_task(config.task, **reward_options(config.task, config.reward))
     pool = task.generate(config.train_problems, seed=config.seed, split="train", **_file_option(config.data_file))
     held_out = (task.generate(config.eval_problems, seed=0, split="test", **_file_option(config.eval_data_file))
                 if config.eval_every else [])
-    return pool, held_out
+    return task, pool, held_out
 
 
 def longest_prompt(config: TrainConfig, tokenizer) -> int:
@@ -714,16 +714,13 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, resume: bool = Fal
 
 def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bool, until_step: int | None,
            progress: bool) -> TrainResult:
-    from companion.models import is_lora
-    from companion.tasks import get_task
-
-    from companion.models import resolve_device
+    from companion.models import is_lora, resolve_device
 
     processes = Processes.launched(resolve_device(config.device) if model is None else next(model.parameters()).device)
     config = check_processes(config, processes)
     # First, so that problems that cannot be had (GSM8K with no hub) stop the run before it writes or loads
     # anything. No task draws from the global generators, so this changes no seeded stream.
-    pool, eval_set = run_problems(config)
+    task, pool, eval_set = run_problems(config)
     if processes.is_main:
         out = _prepare_run_dir(config, resume=resume, overwrite=overwrite)
     processes.wait()
@@ -747,9 +744,6 @@ def _train(config: TrainConfig, model, tokenizer, *, resume: bool, overwrite: bo
 
         reference = copy.deepcopy(model).eval().requires_grad_(False)
 
-    from companion.tasks import reward_options
-
-    task = get_task(config.task, **reward_options(config.task, config.reward))
     stream = ProblemStream(pool, seed=config.seed)
     check_prompts_fit(model, tokenizer, [task.prompt(p) for p in stream.problems + eval_set],
                       config.max_completion_length)

@@ -14,7 +14,9 @@ What it counts, as the package loads and trains a model (:func:`companion.models
   per matrix), float32 (peft upcasts them), with their gradient and AdamW's two moments: 16 bytes per adapter
   weight. Full-parameter training counts each weight's gradient and two moments in the weights' dtype.
 * **sampling.** The KV cache of every completion of the step decoded together (``prompts_per_step x G`` rows of
-  ``prompt + completion`` tokens, in the compute dtype) and one decoding step's float32 logits.
+  ``prompt + completion`` tokens, in the compute dtype) and what one decoding step holds of its float32 logits
+  at once (:data:`SAMPLING_LOGIT_COPIES`: the logits, the probabilities and the draw's noise; more with a top-p
+  below 1, whose sort keeps the order as int64).
 * **the update.** One micro-batch of ``micro_batch_size`` completions through forward and backward: the
   activations kept for the backward pass (per token and block, the residual stream and the projections' inputs
   and outputs; with gradient checkpointing only each block's input, plus one block recomputed), and the logits of
@@ -26,7 +28,8 @@ What it counts, as the package loads and trains a model (:func:`companion.models
 Sampling and the update do not overlap (the cache is freed before the update), so the peak is the larger of the
 two on top of what is always there. These are estimates, checked where a check is possible: the weights against
 ``get_memory_footprint`` of a real quantised model, the adapters against peft's own count
-(``tests/test_planner.py``), and the total against published runs (chapter 8).
+(``tests/test_planner.py``), the tensors of whole steps against what the trainer really allocates, measured on
+the CPU (``bench/bench_memory.py``, ``data/memory/cpu.json``), and the total against published runs (chapter 8).
 """
 
 from __future__ import annotations
@@ -44,6 +47,15 @@ FRAGMENTATION = 0.10
 LOGIT_BYTES = 16
 """Bytes per training logit: the compute-dtype logits, their float32 copy for the log-softmax, the exp it takes,
 and the float32 gradient of the backward pass."""
+
+SAMPLING_LOGIT_COPIES = 4
+"""(rows, vocabulary) float32 tensors a decoding step of :func:`companion.decode.decode` holds at its peak with
+top-p 1: the logits, the probabilities, the exponential noise of every row and, once finished rows have been
+dropped, the noise of the rows left (measured on the CPU: 3.2 before any row is dropped)."""
+
+NUCLEUS_LOGIT_COPIES = 6
+"""The same with top-p below 1, at the nucleus filter's peak: the logits, the sort's order (int64, two copies'
+worth), the sorted probabilities, their running sum and the masks (measured: 5.5)."""
 
 
 @dataclass(frozen=True)
@@ -168,12 +180,14 @@ def weight_bytes(shape: ModelShape, *, load_in_4bit: bool, dtype_bytes: int, upc
 def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prompt_length: int,
          completion_length: int, micro_batch_size: int = 0, load_in_4bit: bool = True, lora_r: int | None = 16,
          gradient_checkpointing: bool = True, dtype_bytes: int = 2, upcast: bool = True,
-         bytes_per_trainable: int = 16, logit_bytes: int = LOGIT_BYTES, logit_chunk: int = 0) -> Plan:
+         bytes_per_trainable: int = 16, logit_bytes: int = LOGIT_BYTES, logit_chunk: int = 0,
+         top_p: float = 1.0) -> Plan:
     """Estimate one training step's peak GPU memory (see the module docstring for what is counted).
 
     ``micro_batch_size`` 0 means every completion of the step in one pass, as :class:`companion.trainer.TrainConfig`
     does; ``lora_r`` None is full-parameter training; ``dtype_bytes`` is the compute dtype's (2 for bf16 or fp16);
-    ``logit_chunk`` is ``--logit-chunk-size`` (completion positions whose logits are held at once; 0 = all).
+    ``logit_chunk`` is ``--logit-chunk-size`` (completion positions whose logits are held at once; 0 = all);
+    ``top_p`` is the sampler's (below 1 its nucleus filter holds more copies of the logits).
     ``upcast``, ``bytes_per_trainable`` and ``logit_bytes`` describe other trainers than this package's, to check the planner against their published runs:
     ``upcast`` False keeps the unquantised weights in the compute dtype (no ``prepare_model_for_kbit_training``);
     ``bytes_per_trainable`` is an adapter weight's bytes with its gradient and optimizer state (16: float32 and
@@ -184,9 +198,9 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
                         ("prompt_length", prompt_length), ("completion_length", completion_length)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    if micro_batch_size < 0 or logit_chunk < 0 or dtype_bytes not in (2, 4):
-        raise ValueError(f"need micro_batch_size >= 0, logit_chunk >= 0 and dtype_bytes 2 or 4, got "
-                         f"{micro_batch_size}, {logit_chunk}, {dtype_bytes}")
+    if micro_batch_size < 0 or logit_chunk < 0 or dtype_bytes not in (2, 4) or not 0 < top_p <= 1:
+        raise ValueError(f"need micro_batch_size >= 0, logit_chunk >= 0, dtype_bytes 2 or 4 and 0 < top_p <= 1, got "
+                         f"{micro_batch_size}, {logit_chunk}, {dtype_bytes}, {top_p}")
     if load_in_4bit and lora_r is None:
         raise ValueError("4-bit weights cannot be trained: plan with a LoRA rank (lora_r)")
     rows = prompts_per_step * num_generations
@@ -202,9 +216,10 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
         trainable_parameters = lora_parameters(shape, lora_r)
         trainable = bytes_per_trainable * trainable_parameters
 
-    # 1. sampling: every row's KV cache at full length, and one decoding step's float32 logits (and a copy)
+    # 1. sampling: every row's KV cache at full length, and the float32 (rows, vocabulary) tensors of a step
     kv_cache = 2 * layers * shape.kv_size * rows * tokens * dtype_bytes
-    sampling = kv_cache + 2 * 4 * rows * shape.vocab_size
+    copies = SAMPLING_LOGIT_COPIES if top_p >= 1 else NUCLEUS_LOGIT_COPIES
+    sampling = kv_cache + copies * 4 * rows * shape.vocab_size
 
     # 2. the update, one micro-batch: activations per token and block (float32 residual stream where 4-bit's
     #    upcast embeddings carry it, the projections' inputs and outputs in the compute dtype), and the logits

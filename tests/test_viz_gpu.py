@@ -1,0 +1,58 @@
+"""Chapter 8's planner check: rows and figure from a memory report whose numbers are made up here."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from companion.viz import gpu as vgpu
+
+MIB = 2**20
+BASE = {"micro_batch_size": 0, "logit_chunk_size": 0, "gradient_checkpointing": False, "dtype": "float32",
+        "load_in_4bit": False, "max_completion_length": 32}
+
+
+def _run(name, changes, *, peak, allocated, sampling, update):
+    return {"config": name, "settings": {**BASE, **changes},
+            "measured": {"peak": peak * MIB, "weights": 100 * MIB, "sampling": sampling * MIB, "update": update * MIB},
+            "planned": {"allocated": allocated * MIB}}
+
+
+REPORT = {"base": BASE, "runs": [
+    _run("first", {}, peak=90, allocated=100, sampling=50, update=90),
+    _run("chunked", {"logit_chunk_size": 8, "gradient_checkpointing": True}, peak=60, allocated=50, sampling=60,
+         update=40),
+    _run("bf16", {"dtype": "bfloat16", "load_in_4bit": True}, peak=30, allocated=30, sampling=20, update=30),
+]}
+
+
+def test_rows_say_what_changed_the_ratio_and_where_the_peak_fell():
+    rows = vgpu.memory_rows(REPORT)
+    assert [r["changes"] for r in rows] == ["as the first config", "logit chunks of 8, checkpointing",
+                                            "bfloat16, 4-bit"]
+    assert [round(r["ratio"], 2) for r in rows] == [0.9, 1.2, 1.0]
+    assert [r["peak_in"] for r in rows] == ["update", "sampling", "update"]
+    assert rows[0]["measured_mib"] == 90 and rows[0]["planned_mib"] == 100
+
+
+def test_the_figure_pairs_planned_and_measured_bars_with_the_ratio_over_them():
+    fig = vgpu.memory_figure(REPORT)
+    assert isinstance(fig, go.Figure) and [t.type for t in fig.data] == ["bar", "bar"]
+    planned, measured = fig.data
+    assert list(planned.y) == [100, 50, 30] and list(measured.y) == [90, 60, 30]
+    assert list(measured.text) == ["0.90", "1.20", "1.00"]
+    assert list(measured.x) == list(planned.x) == ["first", "chunked", "bf16"]
+    assert "logit chunks of 8, checkpointing" in measured.hovertemplate[1]
+
+
+def test_the_committed_report_is_found_where_the_package_is_installed_or_checked_out():
+    report = vgpu.memory_report()
+    assert report["runs"] and all({"measured", "planned", "settings"} <= set(r) for r in report["runs"])
+
+
+def test_the_table_folds_the_changes_at_their_commas():
+    lines = vgpu.memory_table(REPORT, width=20).splitlines()
+    assert lines[0].split()[:4] == ["config", "measured", "planned", "ratio"]
+    assert lines[1].split() == ["first", "90", "MiB", "100", "MiB", "0.90", "update", "as", "the", "first", "config"]
+    assert lines[2].endswith("sampling  logit chunks of 8,")
+    assert lines[3].strip() == "checkpointing" and lines[3].index("c") == lines[2].index("logit")
+    assert lines[4].endswith("update    bfloat16, 4-bit") and len(lines) == 5

@@ -437,6 +437,16 @@ def test_a_run_that_does_not_fit_the_gpu_stops_before_loading_and_says_what_to_c
     trainer.check_gpu_memory(config, 16 * 2**30)  # a small model fits
     with pytest.raises(ValueError, match="lower --micro-batch-size"):
         trainer.check_gpu_memory(config, 2**20)
+    # free memory is read after the CUDA context exists: the plan's context is not asked for again
+    from transformers import AutoConfig, AutoTokenizer
+
+    from companion.planner import CONTEXT_BYTES
+    tokenizer = AutoTokenizer.from_pretrained(tiny_policy_dir)
+    peak = trainer.memory_plan(config, AutoConfig.from_pretrained(tiny_policy_dir),
+                               trainer.longest_prompt(config, tokenizer)).peak
+    trainer.check_gpu_memory(config, peak - CONTEXT_BYTES)
+    with pytest.raises(ValueError, match="lower --micro-batch-size"):
+        trainer.check_gpu_memory(config, peak - CONTEXT_BYTES - 2**20)
     # On a GPU, train() checks before anything loads: no weights are read, no config is written.
     monkeypatch.setattr(models, "resolve_device", lambda device: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 2**30))

@@ -613,7 +613,7 @@ def memory_plan(config: TrainConfig, model_config, prompt_length: int):
                 completion_length=config.max_completion_length, micro_batch_size=config.micro_batch_size,
                 load_in_4bit=config.load_in_4bit, lora_r=config.lora_r if config.lora else None,
                 gradient_checkpointing=config.gradient_checkpointing, dtype_bytes=2,
-                logit_chunk=config.logit_chunk_size)
+                logit_chunk=config.logit_chunk_size, top_p=config.top_p)
 
 
 def _file_option(path: str) -> dict:
@@ -646,12 +646,14 @@ def longest_prompt(config: TrainConfig, tokenizer) -> int:
 def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GPU") -> None:
     """Stop before the weights load when the planner's estimate of a step does not fit in ``free_bytes``.
 
+    ``free_bytes`` is what ``torch.cuda.mem_get_info`` reports, after this process's CUDA context exists, so the
+    context (:data:`companion.planner.CONTEXT_BYTES`, part of the plan's peak) is not asked for a second time.
     Reads only the model's config and tokenizer (a local directory, or the hub's cache); when they cannot be read
     here, the check is left to the loader, whose own error says what to do.
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from companion.planner import check_fits
+    from companion.planner import CONTEXT_BYTES, check_fits
 
     source = str(_tiny_source()) if config.model == "tiny" else config.model
     try:
@@ -660,6 +662,8 @@ def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GP
     except (OSError, ValueError):
         return
     estimate = memory_plan(config, model_config, longest_prompt(config, tokenizer))
+    estimate = dataclasses.replace(estimate, overhead=estimate.overhead - CONTEXT_BYTES,
+                                   peak=estimate.peak - CONTEXT_BYTES)  # the context is already there
     check_fits(estimate, free_bytes, gpu=gpu, in_4bit=config.load_in_4bit,
                what=f"training {config.model} ({config.prompts_per_step} x {config.num_generations} completions "
                     f"of up to {config.max_completion_length} tokens per step)")

@@ -129,11 +129,12 @@ def settings_of(name: str) -> dict:
     return {**BASE, **CONFIGS[name]}
 
 
-def planned(settings: dict, model_config, prompt_length: int) -> dict:
-    """The planner's parts (bytes) for ``settings`` and its allocated total (the peak without ``overhead``)."""
-    from companion.planner import ModelShape, plan
+def planned(settings: dict, shape, prompt_length: int) -> dict:
+    """The planner's parts (bytes) for ``settings`` on a model of ``shape`` (a :class:`companion.planner.ModelShape`)
+    and its allocated total (the peak without ``overhead``)."""
+    from companion.planner import plan
 
-    estimate = plan(ModelShape.from_config(model_config), prompts_per_step=settings["prompts_per_step"],
+    estimate = plan(shape, prompts_per_step=settings["prompts_per_step"],
                     num_generations=settings["num_generations"], prompt_length=prompt_length,
                     completion_length=settings["max_completion_length"],
                     micro_batch_size=settings["micro_batch_size"], load_in_4bit=settings["load_in_4bit"],
@@ -154,6 +155,7 @@ def measure(model_dir: str, name: str, *, steps: int = 2) -> dict:
 
     from bench_gpu import coin_flip_reward
     from companion.models import LoraSettings, load_policy
+    from companion.planner import ModelShape
     from companion.tasks import CountdownTask
     from companion.trainer import TrainConfig, longest_prompt, train
 
@@ -168,7 +170,7 @@ def measure(model_dir: str, name: str, *, steps: int = 2) -> dict:
         config = TrainConfig(model=model_dir, steps=steps, eval_every=0, save_every=0, out=out, device="cpu",
                              num_threads=1, **settings)
         prompt = longest_prompt(config, tokenizer)
-        estimate = planned(settings, AutoConfig.from_pretrained(model_dir), prompt)
+        estimate = planned(settings, ModelShape.from_config(AutoConfig.from_pretrained(model_dir)), prompt)
         memory = TensorMemory()
         memory.track(*model.parameters(), *model.buffers())
         t0 = time.perf_counter()

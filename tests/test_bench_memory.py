@@ -72,25 +72,16 @@ def test_the_planner_is_near_what_a_step_allocates(bench, model_dir, name, phase
 
 
 def test_the_committed_measurement_is_this_bench_s_and_the_planner_is_near_it(bench):
-    from companion.planner import ModelShape, plan
-
+    from companion.planner import ModelShape
     from companion.viz.gpu import memory_report
 
     report = memory_report()
     assert [r["config"] for r in report["runs"]] == list(bench.CONFIGS)
     assert report["shape"] == bench.SHAPE
-    shape = ModelShape(**bench.SHAPE)
     for run in report["runs"]:
         assert run["settings"] == bench.settings_of(run["config"])
         # the planner as it is now, for the committed run's config: within 15% of what it allocated
-        s = run["settings"]
-        estimate = plan(shape, prompts_per_step=s["prompts_per_step"], num_generations=s["num_generations"],
-                        prompt_length=run["longest_prompt"], completion_length=s["max_completion_length"],
-                        micro_batch_size=s["micro_batch_size"], load_in_4bit=s["load_in_4bit"], lora_r=s["lora_r"],
-                        gradient_checkpointing=s["gradient_checkpointing"],
-                        dtype_bytes=bench.DTYPE_BYTES[s["dtype"]], logit_chunk=s["logit_chunk_size"],
-                        top_p=s.get("top_p", 1.0))
-        allocated = estimate.weights + estimate.trainable + max(estimate.sampling, estimate.update)
+        allocated = bench.planned(run["settings"], ModelShape(**bench.SHAPE), run["longest_prompt"])["allocated"]
         assert run["measured"]["peak"] / allocated == pytest.approx(1.0, abs=0.15), run["config"]
 
 

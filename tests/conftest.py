@@ -26,6 +26,16 @@ def copy_source(dest: Path) -> Path:
         shutil.copytree(CHECKOUT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dest
 
+def load_bench(name: str):
+    """The script ``bench/<name>.py`` as a module (the benches are scripts, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, CHECKOUT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # ~80k parameters: big enough to exercise every Qwen2 code path (grouped-query attention, rotary positions,
 # tied embeddings, the KV cache), small enough that a forward/backward pass takes milliseconds.
 TINY_RANDOM_SIZES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

@@ -7,7 +7,6 @@ end to end in its smoke mode and writes what chapter 8 reads.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,15 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_bench
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_gpu.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_gpu")
 
 
 def test_the_random_model_has_the_planned_shape_and_every_id_decodes(bench, tmp_path, one_thread):

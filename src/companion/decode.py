@@ -120,8 +120,13 @@ def nucleus_probs(logits: torch.Tensor, *, top_p: float) -> torch.Tensor:
         return probs
     top, index = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)  # (N, k), most likely first
     before = top.cumsum(dim=-1) - top  # mass strictly before each candidate
-    out = torch.zeros_like(probs).scatter_(-1, index, torch.where(before < top_p, top, 0.0))
     wide = before[:, -1] + top[:, -1] < top_p  # (N,) the candidates do not reach top_p
+    # (N, V) tensors are freed before the fallback sorts: a 151k vocabulary makes every copy count
+    if wide.all():  # every row (a flat model: a random one's), with no copy of the rows to pick them
+        del probs
+        return filter_logits(logits, top_p=top_p).softmax(dim=-1)
+    out = torch.zeros_like(probs).scatter_(-1, index, torch.where(before < top_p, top, 0.0))
+    del probs
     if wide.any():
         out[wide] = filter_logits(logits[wide], top_p=top_p).softmax(dim=-1)
     return out
@@ -154,11 +159,12 @@ def sample_next_token(logits: torch.Tensor, uniforms: torch.Tensor, *, temperatu
 
 def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """(R, V) probabilities, (R,) uniforms -> (R,) the first token at which the cumulative probability passes u."""
+    # A zero-probability token never passes the threshold (its CDF step is flat); float rounding at the top of
+    # the CDF must not step past the last token that has probability. Found first, on one-byte masks (argmax
+    # takes no bool), so that no (R, V) mask is alive beside the CDF.
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.uint8).argmax(dim=-1)  # (R,)
     cdf = probs.cumsum(dim=-1)  # (R, V)
     threshold = uniforms.to(cdf)[:, None] * cdf[:, -1:]  # (R, 1)
-    # A zero-probability token never passes the threshold (its CDF step is flat); float rounding at the top of
-    # the CDF must not step past the last token that has probability.
-    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).long().argmax(dim=-1)  # (R,)
     return torch.minimum((cdf <= threshold).sum(dim=-1), last)
 
 

@@ -151,7 +151,22 @@ def measure_eval(model_dir: str, settings: dict) -> dict:
     return {"samples": samples, "wall_s": wall, "samples_per_s": summary["samples_per_s"],
             "tokens_per_s": summary["samples_per_s"] * summary["tokens"] / samples,
             "mean_length": summary["tokens"] / samples,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if on_gpu else None}
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if on_gpu else None,
+            "planned_peak_gib": _planned_eval(config) / 2**30}
+
+
+def _planned_eval(config) -> int:
+    """The planner's peak for ``config``'s evaluation (:func:`companion.evaluate.batch_plan`), at the batch it ran:
+    512 samples, or all of them if fewer."""
+    from companion.evaluate import batch_plan
+    from companion.models import read_model_files
+    from companion.tasks import get_task
+
+    files = read_model_files(config.model)
+    task = get_task(config.task)
+    prompts = [task.prompt(p) for p in task.generate(config.problems, seed=config.problem_seed, split=config.split)]
+    longest = max(len(ids) for ids in files.tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    return batch_plan(config, files, longest, min(512, config.problems * config.num_generations)).peak
 
 
 def _adapters_moved(model) -> bool:
@@ -264,7 +279,7 @@ def _eval_summary(entry: dict) -> str:
         return f"{head} {entry['error']}"
     peak = "" if entry["peak_reserved_gib"] is None else f", peak reserved {entry['peak_reserved_gib']:.2f} GiB"
     return (f"{head} {entry['samples']} samples of {entry['mean_length']:.0f} tokens, {entry['samples_per_s']:.1f} "
-            f"samples/s, {entry['tokens_per_s']:.0f} tokens/s{peak}")
+            f"samples/s, {entry['tokens_per_s']:.0f} tokens/s{peak}, planned {entry['planned_peak_gib']:.2f} GiB")
 
 
 def _summary(entry: dict) -> str:

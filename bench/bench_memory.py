@@ -3,21 +3,24 @@
 Chapter 8's planner (:func:`companion.planner.plan`) estimates a step's peak GPU memory from shapes alone. Where a
 CUDA GPU is at hand, ``bench/bench_gpu.py`` checks its total against ``torch.cuda.max_memory_reserved``. This
 bench checks the part that does not need one: the tensors. It runs real steps of ``companion.trainer.train`` on
-the CPU under torch's ``MemTracker`` (a dispatch mode that follows every tensor storage the step creates or
+the CPU under :class:`TensorMemory` (a dispatch mode that follows every tensor storage the step creates or
 touches: weights, adapters, their gradients and AdamW's moments, the rollout, the KV cache, activations and
-temporaries) and compares its peak with the planner's *allocated* bytes: weights + trainable state + the larger
-of sampling and the update. The CUDA context and the allocator's slack (``overhead``) are left out on both
+temporaries; torch's own ``MemTracker`` refuses a model with frozen parameters) and compares its peak with the
+planner's *allocated* bytes: weights + trainable state + the largest of sampling, the update and the held-out
+evaluation. It does the same for ``companion eval`` (:func:`companion.evaluate.evaluate`) against
+:func:`companion.planner.plan_eval`. The CUDA context and the allocator's slack (``overhead``) are left out on both
 sides; the CPU has neither.
 
 The model is a random-init Qwen2 with the real 151,936-row vocabulary (the logits are most of a step's memory)
 and a small body, so a step takes seconds on two cores. Every config changes one thing the planner says memory
 grows with: the micro-batch, gradient checkpointing, the logit chunk, the completion length, the dtype, 4-bit.
-A random model runs to the length cap, so every completion is as long as the planner assumes.
+A random model runs to the length cap, so every completion is as long as the planner assumes, and its flat
+distributions send every row of the fast sampler's top-p through the sorting fallback: the worst case.
 
 Two things differ from a GPU, and both are kernels, not tensors: the CPU's attention kernel and the 4-bit
 layers' CPU path (bitsandbytes) may keep different temporaries than CUDA's.
 
-    python bench/bench_memory.py                 # every config (about 8 minutes, 1 thread) -> data/memory/cpu.json
+    python bench/bench_memory.py                 # every config (about 9 minutes, 1 thread) -> data/memory/cpu.json
     python bench/bench_memory.py --only fp32-base --out /tmp/m.json
 """
 
@@ -43,6 +46,11 @@ BASE = dict(task="countdown", algo="grpo", lora=True, lora_r=16, load_in_4bit=Fa
             max_completion_length=32, learning_rate=1e-5, dtype="float32")
 """The first config: 8 completions of 32 tokens in one pass, float32, LoRA r 16, no memory savers."""
 
+HELD_OUT = dict(eval_every=1, eval_problems=8, eval_num_generations=4, gradient_checkpointing=True,
+                micro_batch_size=2, logit_chunk_size=8)
+"""A run that evaluates 8 held-out problems x 4 completions (32 rows, four times a step's) at steps 0, 1 and 2, with
+the memory savers on, so that the evaluation is the peak."""
+
 CONFIGS = {
     "fp32-base": {},
     "fp32-micro2": dict(micro_batch_size=2),
@@ -57,8 +65,23 @@ CONFIGS = {
     "bf16-recipe": dict(dtype="bfloat16", gradient_checkpointing=True, micro_batch_size=2, logit_chunk_size=8),
     "4bit-recipe": dict(dtype="float32", load_in_4bit=True, gradient_checkpointing=True, micro_batch_size=2,
                         logit_chunk_size=8),
+    "fp32-heldout": dict(HELD_OUT),
+    "fp32-heldout-batch16": dict(HELD_OUT, eval_batch_size=16),
 }
 """Each config is BASE with these changes."""
+
+EVAL_BASE = dict(task="countdown", problems=4, num_generations=16, batch_size=32, max_completion_length=32,
+                 temperature=1.0, top_p=0.95, fast_sampler=True)
+"""The first ``companion eval`` config: 4 problems x 16 samples of 32 tokens, 32 samples per batch, the fast
+sampler at its default top-p."""
+
+EVAL_CONFIGS = {
+    "eval-fast": {},
+    "eval-slow": dict(fast_sampler=False),
+    "eval-fast-top-p-1": dict(top_p=1.0),
+    "eval-fast-batch64": dict(batch_size=64),
+}
+"""``companion eval`` configs: EVAL_BASE with these changes."""
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -123,27 +146,41 @@ class TensorMemory:
         return self._mode.__exit__(*exc)
 
 
+ALL_CONFIGS = [*CONFIGS, *EVAL_CONFIGS]
+
+
 def settings_of(name: str) -> dict:
-    if name not in CONFIGS:
-        raise ValueError(f"unknown config {name!r}: choose from {sorted(CONFIGS)}")
-    return {**BASE, **CONFIGS[name]}
+    if name in CONFIGS:
+        return {**BASE, **CONFIGS[name]}
+    if name in EVAL_CONFIGS:
+        return {**EVAL_BASE, **EVAL_CONFIGS[name]}
+    raise ValueError(f"unknown config {name!r}: choose from {sorted(ALL_CONFIGS)}")
 
 
 def planned(settings: dict, shape, prompt_length: int) -> dict:
-    """The planner's parts (bytes) for ``settings`` on a model of ``shape`` (a :class:`companion.planner.ModelShape`)
-    and its allocated total (the peak without ``overhead``)."""
-    from companion.planner import plan
+    """The planner's parts (bytes) for ``settings`` (a training or an evaluation config) on a model of ``shape``
+    (a :class:`companion.planner.ModelShape`) and its allocated total (the peak without ``overhead``)."""
+    from companion.planner import plan, plan_eval
 
-    estimate = plan(shape, prompts_per_step=settings["prompts_per_step"],
-                    num_generations=settings["num_generations"], prompt_length=prompt_length,
-                    completion_length=settings["max_completion_length"],
-                    micro_batch_size=settings["micro_batch_size"], load_in_4bit=settings["load_in_4bit"],
-                    lora_r=settings["lora_r"] if settings["lora"] else None,
-                    gradient_checkpointing=settings["gradient_checkpointing"],
-                    dtype_bytes=DTYPE_BYTES[settings["dtype"]], logit_chunk=settings["logit_chunk_size"],
-                    top_p=settings.get("top_p", 1.0))
-    parts = {k: getattr(estimate, k) for k in ("weights", "trainable", "sampling", "update")}
-    return {**parts, "allocated": parts["weights"] + parts["trainable"] + max(parts["sampling"], parts["update"])}
+    if "problems" in settings:  # companion eval: the model as loaded here (float32, no adapters)
+        estimate = plan_eval(shape, batch_size=settings["batch_size"], num_generations=settings["num_generations"],
+                             prompt_length=prompt_length, completion_length=settings["max_completion_length"],
+                             dtype_bytes=4, fast=settings["fast_sampler"], top_p=settings["top_p"])
+    else:
+        evaluating = settings.get("eval_every", 0)
+        estimate = plan(shape, prompts_per_step=settings["prompts_per_step"],
+                        num_generations=settings["num_generations"], prompt_length=prompt_length,
+                        completion_length=settings["max_completion_length"],
+                        micro_batch_size=settings["micro_batch_size"], load_in_4bit=settings["load_in_4bit"],
+                        lora_r=settings["lora_r"] if settings["lora"] else None,
+                        gradient_checkpointing=settings["gradient_checkpointing"],
+                        dtype_bytes=DTYPE_BYTES[settings["dtype"]], logit_chunk=settings["logit_chunk_size"],
+                        top_p=settings.get("top_p", 1.0),
+                        eval_problems=settings.get("eval_problems", 0) if evaluating else 0,
+                        eval_num_generations=settings.get("eval_num_generations", 0) if evaluating else 0,
+                        eval_batch_size=settings.get("eval_batch_size", 512))
+    parts = {k: getattr(estimate, k) for k in ("weights", "trainable", "sampling", "update", "evaluation")}
+    return {**parts, "allocated": estimate.allocated}
 
 
 def measure(model_dir: str, name: str, *, steps: int = 2) -> dict:
@@ -160,6 +197,8 @@ def measure(model_dir: str, name: str, *, steps: int = 2) -> dict:
     from companion.trainer import TrainConfig, longest_prompt, train
 
     settings = settings_of(name)
+    if name in EVAL_CONFIGS:
+        return measure_eval(model_dir, name)
     dtype = getattr(torch, settings["dtype"])
     lora = LoraSettings(r=settings["lora_r"]) if settings["lora"] else None
     model, tokenizer = load_policy(model_dir, load_in_4bit=settings["load_in_4bit"], lora=lora, device="cpu",
@@ -167,8 +206,8 @@ def measure(model_dir: str, name: str, *, steps: int = 2) -> dict:
     weights = sum(t.untyped_storage().nbytes() for t in {id(t): t for t in (*model.parameters(),
                                                                             *model.buffers())}.values())
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(model=model_dir, steps=steps, eval_every=0, save_every=0, out=out, device="cpu",
-                             num_threads=1, **settings)
+        config = TrainConfig(model=model_dir, steps=steps, save_every=0, out=out, device="cpu", num_threads=1,
+                             **{"eval_every": 0, **settings})
         prompt = longest_prompt(config, tokenizer)
         estimate = planned(settings, ModelShape.from_config(AutoConfig.from_pretrained(model_dir)), prompt)
         memory = TensorMemory()
@@ -188,12 +227,48 @@ def measure(model_dir: str, name: str, *, steps: int = 2) -> dict:
             "ratio": memory.peak / estimate["allocated"]}
 
 
-@contextlib.contextmanager
-def _phases(memory: TensorMemory):
-    """Name the trainer's sampling and update phases in ``memory`` while entered."""
-    from companion import trainer
+def measure_eval(model_dir: str, name: str) -> dict:
+    """Run ``companion eval``'s :func:`companion.evaluate.evaluate` for config ``name`` from ``model_dir`` on the CPU
+    under :class:`TensorMemory` (the weights loaded before it, as ``measure`` does): the peak bytes, the weights',
+    and the sampling phase's, with :func:`companion.planner.plan_eval`'s estimate."""
+    from transformers import AutoConfig
 
-    sample, update = trainer._sample, trainer._update
+    from companion.evaluate import EvalConfig, evaluate, load_results
+    from companion.models import load_policy
+    from companion.planner import ModelShape
+    from companion.tasks import get_task
+
+    settings = settings_of(name)
+    model, tokenizer = load_policy(model_dir, device="cpu")
+    weights = sum(t.untyped_storage().nbytes() for t in {id(t): t for t in (*model.parameters(),
+                                                                            *model.buffers())}.values())
+    task = get_task(settings["task"])
+    prompts = [task.prompt(p) for p in task.generate(settings["problems"], seed=0, split="test")]
+    prompt = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    estimate = planned(settings, ModelShape.from_config(AutoConfig.from_pretrained(model_dir)), prompt)
+    with tempfile.TemporaryDirectory() as out:
+        config = EvalConfig(model=model_dir, device="cpu", num_threads=1, out=out, **settings)
+        memory = TensorMemory()
+        memory.track(*model.parameters(), *model.buffers())
+        t0 = time.perf_counter()
+        with memory, _phases(memory, scoring=True):
+            evaluate(config, model=model, tokenizer=tokenizer, progress=False)
+        wall = time.perf_counter() - t0
+        rows = load_results(out).rows
+    lengths = [n for r in rows for n in r["lengths"]]
+    measured = {"peak": memory.peak, "weights": weights, **memory.phases}
+    return {"config": name, "settings": settings, "longest_prompt": prompt, "wall_s": round(wall, 1),
+            "mean_length": sum(lengths) / len(lengths), "measured": measured, "planned": estimate,
+            "ratio": memory.peak / estimate["allocated"]}
+
+
+@contextlib.contextmanager
+def _phases(memory: TensorMemory, *, scoring: bool = False):
+    """Name the phases in ``memory`` while entered: the trainer's sampling, update and held-out evaluation, or with
+    ``scoring``, ``companion eval``'s sampling (the held-out evaluation samples through the same function)."""
+    from companion import evaluate, trainer
+
+    sample, update, held_out, score = trainer._sample, trainer._update, trainer._evaluate, evaluate.score_problems
 
     def phased(name, fn):
         def run(*args, **kwargs):
@@ -204,11 +279,15 @@ def _phases(memory: TensorMemory):
                 memory.phase(None)
         return run
 
-    trainer._sample, trainer._update = phased("sampling", sample), phased("update", update)
+    if scoring:
+        evaluate.score_problems = phased("sampling", score)
+    else:
+        trainer._sample, trainer._update = phased("sampling", sample), phased("update", update)
+        trainer._evaluate = phased("evaluation", held_out)
     try:
         yield
     finally:
-        trainer._sample, trainer._update = sample, update
+        trainer._sample, trainer._update, trainer._evaluate, evaluate.score_problems = sample, update, held_out, score
 
 
 def write_model(shape, path: Path) -> Path:
@@ -230,23 +309,23 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="data/memory/cpu.json",
                         help="JSON file to (re)write after each config (default: the committed one, which chapter 8 "
                              "reads)")
-    parser.add_argument("--only", nargs="+", default=list(CONFIGS), metavar="CONFIG",
-                        help=f"configs to run (default: all of {', '.join(CONFIGS)})")
+    parser.add_argument("--only", nargs="+", default=ALL_CONFIGS, metavar="CONFIG",
+                        help=f"configs to run (default: all of {', '.join(ALL_CONFIGS)})")
     parser.add_argument("--steps", type=int, default=2, help="training steps per config (default 2: the second "
                                                              "step has AdamW's moments as well)")
     args = parser.parse_args(argv)
-    unknown = [c for c in args.only if c not in CONFIGS]
+    unknown = [c for c in args.only if c not in ALL_CONFIGS]
     if unknown:
-        parser.error(f"unknown config(s) {unknown}: choose from {sorted(CONFIGS)}")
+        parser.error(f"unknown config(s) {unknown}: choose from {sorted(ALL_CONFIGS)}")
     if args.steps < 1:
         parser.error("--steps must be at least 1")
     import torch
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python bench/bench_memory.py" + ("" if args.only == list(CONFIGS) else " --only " + " ".join(args.only))
-    report = {"shape": SHAPE, "base": BASE, "steps": args.steps, "torch": torch.__version__, "command": command,
-              "runs": []}
+    command = "python bench/bench_memory.py" + ("" if args.only == ALL_CONFIGS else " --only " + " ".join(args.only))
+    report = {"shape": SHAPE, "base": BASE, "eval_base": EVAL_BASE, "steps": args.steps, "torch": torch.__version__,
+              "command": command, "runs": []}
     with tempfile.TemporaryDirectory() as work:
         model_dir = str(write_shape(Path(work) / "model"))
         for name in args.only:

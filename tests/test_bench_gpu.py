@@ -66,6 +66,7 @@ def test_the_smoke_run_measures_every_step_and_writes_the_report(bench, tmp_path
     settings = bench.SMOKE_EVAL
     assert sampled["samples"] == settings["problems"] * settings["num_generations"]
     assert sampled["samples_per_s"] > 0 and 0 < sampled["mean_length"] <= settings["max_completion_length"]
+    assert sampled["planned_peak_gib"] > 0 and "planned" in done.stdout.split("companion eval:")[-1]
 
 
 def test_a_failing_run_is_recorded_not_raised(bench, tmp_path, monkeypatch):

@@ -52,7 +52,8 @@ def test_unknown_configs_are_refused(bench, tmp_path):
         bench.main(["--only", "nope", "--out", str(tmp_path / "m.json")])
 
 
-@pytest.mark.parametrize("name, phase", [("fp32-checkpointing", "update"), ("fp32-sampling", "sampling")])
+@pytest.mark.parametrize("name, phase", [("fp32-checkpointing", "update"), ("fp32-sampling", "sampling"),
+                                         ("fp32-heldout", "evaluation"), ("eval-fast", "sampling")])
 def test_the_planner_is_near_what_a_step_allocates(bench, model_dir, name, phase, one_thread):
     entry = bench.measure(model_dir, name, steps=2)
     measured, planned = entry["measured"], entry["planned"]
@@ -71,7 +72,8 @@ def test_the_committed_measurement_is_this_bench_s_and_the_planner_is_near_it(be
     from companion.viz.gpu import memory_report
 
     report = memory_report()
-    assert [r["config"] for r in report["runs"]] == list(bench.CONFIGS)
+    assert [r["config"] for r in report["runs"]] == bench.ALL_CONFIGS
+    assert report["base"] == bench.BASE and report["eval_base"] == bench.EVAL_BASE
     assert report["shape"] == bench.SHAPE
     for run in report["runs"]:
         assert run["settings"] == bench.settings_of(run["config"])
@@ -80,25 +82,37 @@ def test_the_committed_measurement_is_this_bench_s_and_the_planner_is_near_it(be
         assert run["measured"]["peak"] / allocated == pytest.approx(1.0, abs=0.15), run["config"]
 
 
-@pytest.mark.parametrize("top_p, copies", [(1.0, "SAMPLING_LOGIT_COPIES"), (0.9, "NUCLEUS_LOGIT_COPIES")])
-def test_a_decoding_step_holds_no_more_logit_copies_than_the_planner_counts(bench, tmp_path, top_p, copies,
+@pytest.mark.parametrize("sampler, top_p", [("trainer", 1.0), ("trainer", 0.9), ("eval", 1.0), ("eval", 0.95),
+                                             ("eval-fast", 1.0), ("eval-fast", 0.95)])
+def test_a_decoding_step_holds_no_more_logit_copies_than_the_planner_counts(bench, tmp_path, sampler, top_p,
                                                                             one_thread):
+    """Both samplers (the trainers' exponential race, companion eval's inverse CDF on its plain and fast paths),
+    on a random model, whose flat distributions send the fast path's top-p through its sorting fallback."""
     from companion import planner
     from companion.models import load_policy
     from companion.rollout import generate
+    from companion.sampler import sample_completions
 
     shape = planner.ModelShape(name="wide-vocab", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=2, vocab_size=32768,
                                tie_word_embeddings=True)
     model, tokenizer = load_policy(str(bench.write_model(shape, tmp_path / "model")), device="cpu")
+    prompts = ["Using 3, 5 and 7, make 22."] * 2
+    prompt_length = len(tokenizer(prompts[0], add_special_tokens=False)["input_ids"])
     memory = bench.TensorMemory()
     memory.track(*model.parameters(), *model.buffers())
     before = memory.current
     rows, length = 16, 8
     with memory, torch.no_grad():
-        rollout = generate(model, tokenizer, ["Using 3, 5 and 7, make 22."] * 2, num_generations=8,
-                           max_completion_length=length, top_p=top_p)
-    tokens = rollout.prompt_ids.shape[1] + length
-    kv_cache = 2 * shape.num_hidden_layers * shape.kv_size * rows * tokens * 4
-    held = (memory.peak - before - kv_cache) / (rows * shape.vocab_size * 4)  # (rows, V) float32 tensors at once
-    assert getattr(planner, copies) - 1.5 < held <= getattr(planner, copies)
+        if sampler == "trainer":
+            generate(model, tokenizer, prompts, num_generations=8, max_completion_length=length, top_p=top_p)
+        else:
+            sample_completions(model, tokenizer, prompts, 8, seeds=[1, 2], max_completion_length=length,
+                               top_p=top_p, batch_size=rows, fast=sampler == "eval-fast")
+    planned = planner.sampling_bytes(shape, rows=rows, prompts=2, prompt_length=prompt_length,
+                                     completion_length=length, dtype_bytes=4, top_p=top_p,
+                                     shared_prompt=sampler == "eval-fast")
+    copies = planner.SAMPLING_LOGIT_COPIES if top_p == 1 else planner.NUCLEUS_LOGIT_COPIES
+    one = rows * shape.vocab_size * 4  # one (rows, V) float32 tensor
+    held = (memory.peak - before - (planned - copies * one)) / one  # such tensors alive at once, beside the cache
+    assert copies - 1.5 < held <= copies

@@ -1,6 +1,7 @@
 """`companion eval` and its sampler: the sampling distribution against transformers' own warpers and a
 teacher-forced forward pass, end-to-end runs on the tiny random policy, resume, refusal, and the CLI."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -523,3 +524,57 @@ def test_perplexity_under_a_model_scores_its_own_samples_as_the_sampler_drew_the
     assert [r["lengths"] for r in again] == [r["lengths"] for r in rows]
     mine, theirs = ([p for r in rs for p in r["perplexity"]] for rs in (rows, again))
     assert all(abs(a - b) > 1e-2 * b for a, b in zip(theirs, mine))
+
+
+# --- on a GPU: the batch that fits, before the weights load ----------------------------------------------------
+
+
+def test_on_a_gpu_the_batch_is_what_the_planner_fits(tiny_policy_dir, tmp_path):
+    from companion.evaluate import batch_plan, gpu_batch_size
+    from companion.models import read_model_files
+    from companion.planner import CONTEXT_BYTES
+
+    files = read_model_files(str(tiny_policy_dir))
+    config = small_config(tmp_path / "run", model=str(tiny_policy_dir), num_generations=16, batch_size=0,
+                          max_completion_length=256)
+
+    def needs(batch):  # what a batch needs once the CUDA context exists
+        return batch_plan(config, files, 40, batch).peak - CONTEXT_BYTES
+
+    assert gpu_batch_size(config, files, 40, needs(512)) == 512  # the default, when it fits
+    assert gpu_batch_size(config, files, 40, needs(256) + 1) == 256  # else the largest power of two that does
+    asked = dataclasses.replace(config, batch_size=96)
+    assert gpu_batch_size(asked, files, 40, needs(96)) == 96
+    with pytest.raises(RunError, match=r"--batch-size 96 needs about .* use --batch-size 48 \(or 0"):
+        gpu_batch_size(asked, files, 40, needs(96) - 1)
+    with pytest.raises(RunError, match="even one sample per batch"):
+        gpu_batch_size(config, files, 40, needs(1) - 1)
+
+
+def test_on_a_gpu_a_model_that_does_not_fit_stops_before_loading_and_leaves_no_run(tiny_policy_dir, tmp_path,
+                                                                                    monkeypatch):
+    from companion import models
+
+    monkeypatch.setattr(models, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, 2**30))  # the tiny model is < 1 MiB
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(models, "load_policy", lambda *a, **k: pytest.fail("loaded the weights"))
+    out = tmp_path / "run"
+    with pytest.raises(RunError, match=r"Tesla T4 \(free memory\) has 0.00 GiB"):
+        evaluate(small_config(out, model=str(tiny_policy_dir), batch_size=0), progress=False)
+    assert not (out / "config.json").exists()
+
+
+def test_the_shipped_base_redraws_chapter_7_s_committed_samples(tmp_path, one_thread):
+    """The first problems of a committed evaluation (the tiny base at T = 0.6, top-p 0.95, n = 256, the fast
+    sampler), drawn again: a change to the sampler that moved its draws moves nearly every sample's length. Another
+    CPU family's float rounding may flip the odd token, so a few samples may differ; on the machine that committed
+    it, none do."""
+    committed = load_results(data_dir() / "experiments" / "boundary" / "countdown-base-T0.6" / "eval")
+    config = dataclasses.replace(committed.config, problems=2, out=str(tmp_path / "again"), num_threads=1)
+    evaluate(config, progress=False)
+    for row, again in zip(committed.rows[:2], load_results(tmp_path / "again").rows, strict=True):
+        same = sum(pair == redrawn for pair, redrawn in zip(zip(row["lengths"], row["rewards"]),
+                                                            zip(again["lengths"], again["rewards"])))
+        assert same >= 0.9 * len(row["lengths"]), (row["index"], same)
+        assert abs(row["num_correct"] - again["num_correct"]) <= 0.05 * len(row["lengths"])

@@ -8,6 +8,8 @@ import warnings
 import pytest
 import torch
 
+from transformers import AutoConfig
+
 from companion.models import HubUnreachableError, LoraSettings, is_lora, load_policy, save_policy
 
 IDS = torch.tensor([[5, 6, 7, 8, 9, 10]])
@@ -233,3 +235,28 @@ def test_fp16_compute_in_4bit_with_lora_the_t4_policy_matches_float32_on_the_cpu
     assert torch.isfinite(lp16).all() and torch.isfinite(g16).all()
     assert (lp16 - lp32).abs().max() < 2e-2 and (lp16 - lp32).abs().max() > 0  # fp16 did run, and stayed close
     assert F.cosine_similarity(g16, g32, dim=0) > 0.999
+
+
+def test_the_files_a_load_would_read_are_read_without_the_weights(tiny_policy_dir, tmp_path, monkeypatch):
+    """What the memory planner reads before a GPU run loads anything: the config and tokenizer of a directory, of
+    the shipped tiny model, and of saved adapters (their base's, with the adapters' rank and 4-bit flag)."""
+    from huggingface_hub import constants
+
+    from companion.models import read_model_files
+
+    files = read_model_files(str(tiny_policy_dir))
+    assert files.config.hidden_size == AutoConfig.from_pretrained(tiny_policy_dir).hidden_size
+    assert files.lora_r is None and not files.load_in_4bit and files.tokenizer("3+5")["input_ids"]
+    assert read_model_files("tiny").config.model_type == "qwen2"
+    model, tok = load_policy(str(tiny_policy_dir), lora=LoraSettings(r=4, alpha=8), device="cpu")
+    save_policy(model, tok, tmp_path / "adapters", base=str(tiny_policy_dir), load_in_4bit=True)
+    saved = read_model_files(str(tmp_path / "adapters"))
+    assert (saved.lora_r, saved.load_in_4bit) == (4, True)
+    assert saved.config.num_hidden_layers == files.config.num_hidden_layers
+    # nothing to read here: None, and the loader's own error says what to do
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    assert read_model_files("companion-tests/no-such-model") is None
+    assert time.perf_counter() - start < 10
+    assert read_model_files(str(tmp_path / "nothing-here")) is None

@@ -139,3 +139,96 @@ def test_the_plan_of_trl_s_t4_notebook_is_near_its_published_peak():
     ours = planner.plan(MODELS["Qwen/Qwen2-7B-Instruct"], **{**TRL_T4, "upcast": True, "bytes_per_trainable": 16,
                                                             "logit_bytes": planner.LOGIT_BYTES})
     assert ours.peak > estimate.peak + 2 * GIB
+
+
+# --- the decoder's memory, the held-out evaluation, and companion eval ----------------------------------------
+
+
+def test_sampling_counts_every_row_s_cache_the_prefill_and_the_shared_prompt_path():
+    from companion import decode
+
+    shape = MODELS["Qwen/Qwen2.5-0.5B"]
+    per_token = 2 * shape.num_hidden_layers * shape.kv_size * 2  # keys and values of every layer, bf16
+    logits = planner.SAMPLING_LOGIT_COPIES * 4 * 64 * shape.vocab_size
+    plain = planner.sampling_bytes(shape, rows=64, prompts=8, prompt_length=100, completion_length=200)
+    assert plain == 8 * 100 * per_token + 64 * 300 * per_token + logits
+    # the fast path: the prompts twice (the prefill's cache and the rows' view of it), each row's completion only,
+    # in blocks of the decoder's SHARED_BLOCK
+    assert planner.SHARED_BLOCK == decode.SHARED_BLOCK
+    shared = planner.sampling_bytes(shape, rows=64, prompts=8, prompt_length=100, completion_length=200,
+                                    shared_prompt=True)
+    assert shared == 2 * 8 * 100 * per_token + 64 * 208 * per_token + logits
+    nucleus = planner.sampling_bytes(shape, rows=64, prompts=8, prompt_length=100, completion_length=200, top_p=0.9)
+    assert nucleus - plain == (planner.NUCLEUS_LOGIT_COPIES - planner.SAMPLING_LOGIT_COPIES) * 4 * 64 * shape.vocab_size
+
+
+def test_the_held_out_evaluation_is_planned_and_can_be_the_peak():
+    shape = MODELS["Qwen/Qwen2.5-1.5B"]
+    settings = {**SETTINGS, "micro_batch_size": 4, "logit_chunk": 64}  # chapter 8's small update
+    step = planner.plan(shape, **settings)
+    assert step.evaluation == 0 and step.peak == planner.plan(shape, **settings, eval_problems=0,
+                                                               eval_num_generations=4).peak
+    # the trainer's defaults: 100 problems x 4, decoded together: six times the step's 64 rows
+    heldout = planner.plan(shape, **settings, eval_problems=100, eval_num_generations=4)
+    assert heldout.evaluation == planner.sampling_bytes(shape, rows=400, prompts=100, prompt_length=128,
+                                                        completion_length=256)
+    assert heldout.evaluation > 5 * step.sampling and heldout.peak > step.peak
+    assert heldout.allocated == heldout.weights + heldout.trainable + heldout.evaluation
+    assert heldout.peak == heldout.allocated + heldout.overhead
+    # more completions than a batch: the batch is the part that counts
+    assert planner.plan(shape, **settings, eval_problems=1000, eval_num_generations=4).evaluation == \
+        planner.sampling_bytes(shape, rows=512, prompts=129, prompt_length=128, completion_length=256)
+    smaller = planner.plan(shape, **settings, eval_problems=100, eval_num_generations=4, eval_batch_size=64)
+    assert smaller.evaluation < heldout.evaluation / 5
+    with pytest.raises(ValueError, match="--eval-batch-size"):
+        planner.check_fits(heldout, heldout.peak - 1, gpu="a T4")
+    with pytest.raises(ValueError, match="eval_batch_size >= 1"):
+        planner.plan(shape, **settings, eval_problems=10, eval_num_generations=4, eval_batch_size=0)
+
+
+def test_companion_eval_is_planned_as_weights_and_one_batch_of_its_sampler():
+    shape = MODELS["Qwen/Qwen2.5-1.5B"]
+    options = dict(num_generations=16, prompt_length=200, completion_length=512, top_p=0.95)
+    plan = planner.plan_eval(shape, batch_size=512, **options)
+    assert plan.weights == shape.parameters * 2 and plan.trainable == plan.update == plan.evaluation == 0
+    assert plan.sampling == planner.sampling_bytes(shape, rows=512, prompts=32, prompt_length=200,
+                                                   completion_length=512, top_p=0.95, shared_prompt=True)
+    assert plan.tokens_per_step == 512 * 712
+    # the batch holds whole prompts: 512 // 48 = 10 prompts, 480 rows
+    assert planner.plan_eval(shape, batch_size=512, **{**options, "num_generations": 48}).sampling == \
+        planner.sampling_bytes(shape, rows=480, prompts=10, prompt_length=200, completion_length=512, top_p=0.95,
+                               shared_prompt=True)
+    # more samples than a batch: one prompt's samples, a batch at a time
+    assert planner.plan_eval(shape, batch_size=256, **{**options, "num_generations": 1024}).sampling == \
+        planner.sampling_bytes(shape, rows=256, prompts=1, prompt_length=200, completion_length=512, top_p=0.95,
+                               shared_prompt=True)
+    slow = planner.plan_eval(shape, batch_size=512, **options, fast=False)
+    assert slow.sampling > plan.sampling  # every row holds its prompt's keys and values
+    adapters = planner.plan_eval(shape, batch_size=512, **options, load_in_4bit=True, lora_r=16)
+    assert adapters.weights == planner.weight_bytes(shape, load_in_4bit=True, dtype_bytes=2) < plan.weights
+    assert adapters.trainable == 4 * planner.lora_parameters(shape, 16)
+    assert planner.plan_eval(shape, batch_size=256, **options).peak < plan.peak
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        planner.plan_eval(shape, batch_size=0, **options)
+
+
+@pytest.mark.parametrize("limit, largest", [(1000, 512), (300, 256), (5, 4), (1, 1), (0, 0)])
+def test_the_largest_fitting_batch_halves_from_the_start(limit, largest):
+    assert planner.largest_fitting_batch(lambda b: b <= limit, start=512) == largest
+
+
+def test_the_readme_s_planner_table_is_what_its_script_prints(capsys):
+    """README's table and the sentence after it are scripts/plan_table.py's output, so they change with the planner."""
+    import runpy
+
+    from conftest import CHECKOUT
+
+    runpy.run_path(str(CHECKOUT / "scripts" / "plan_table.py"), run_name="__main__")
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    readme = (CHECKOUT / "README.md").read_text()
+    assert len(printed) == 2 + len(MODELS)
+    assert all(line in readme.splitlines() for line in printed), "rerun scripts/plan_table.py into README.md"
+    whole = planner.table(**{**runpy.run_path(str(CHECKOUT / "scripts" / "plan_table.py"))["SETTINGS"],
+                             "eval_batch_size": planner.EVAL_BATCH_ROWS})
+    assert f"{whole[0]['evaluation']:.2f} GiB for 0.5B (peak {whole[0]['peak']:.1f})" in readme
+    assert f"{whole[1]['evaluation']:.2f} GiB for 1.5B (peak {whole[1]['peak']:.1f})" in readme

@@ -459,6 +459,47 @@ def test_a_run_that_does_not_fit_the_gpu_stops_before_loading_and_says_what_to_c
     trainer.check_gpu_memory(dataclasses.replace(config, model="Org/not-cached"), 2**20)
 
 
+def test_the_gpu_check_counts_the_held_out_evaluation_and_its_batch(tiny_policy_dir, tmp_path):
+    from companion import trainer
+    from companion.models import read_model_files
+    from companion.planner import CONTEXT_BYTES
+
+    config = _run_config(tmp_path, model=str(tiny_policy_dir), eval_every=5, eval_problems=100,
+                         eval_num_generations=8, micro_batch_size=2, logit_chunk_size=8)
+    files = read_model_files(config.model)
+    prompt = trainer.longest_prompt(config, files.tokenizer)
+    heldout = trainer.memory_plan(config, files.config, prompt)
+    assert heldout.evaluation == max(heldout.parts.values())  # 800 completions, 512 at a time
+    quiet = trainer.memory_plan(dataclasses.replace(config, eval_every=0), files.config, prompt)
+    assert quiet.evaluation == 0 and quiet.peak < heldout.peak
+    free = heldout.peak - CONTEXT_BYTES - 1
+    with pytest.raises(ValueError, match="the held-out evaluation is the largest part.*--eval-batch-size"):
+        trainer.check_gpu_memory(config, free)
+    trainer.check_gpu_memory(dataclasses.replace(config, eval_batch_size=16), free)  # a smaller batch fits
+
+
+def test_the_held_out_evaluation_decodes_its_batch_size_at_a_time_and_may_change_on_resume(tiny_policy_dir,
+                                                                                            tmp_path, monkeypatch):
+    from companion import evaluate
+
+    batches = []
+    score = evaluate.score_problems
+
+    def recording(*args, **kwargs):
+        batches.append(kwargs["batch_size"])
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "score_problems", recording)
+    settings = dict(model=str(tiny_policy_dir), steps=1, eval_every=1, eval_problems=3, device="cpu")
+    train(_run_config(tmp_path, **settings, eval_batch_size=5), progress=False)
+    assert batches and set(batches) == {5}
+    batches.clear()  # the batch changes memory and float rounding only: a resumed run may use another
+    train(_run_config(tmp_path, **{**settings, "steps": 2}, eval_batch_size=7), resume=True, progress=False)
+    assert batches and set(batches) == {7}
+    with pytest.raises(ValueError, match="eval_batch_size must be >= 1"):
+        _run_config(tmp_path, eval_batch_size=0)
+
+
 # --- how far an update is from weighted SFT (sft_gap_every) --------------------------------------------------
 
 

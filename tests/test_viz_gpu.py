@@ -11,26 +11,35 @@ BASE = {"micro_batch_size": 0, "logit_chunk_size": 0, "gradient_checkpointing": 
         "load_in_4bit": False, "max_completion_length": 32}
 
 
-def _run(name, changes, *, peak, allocated, sampling, update):
-    return {"config": name, "settings": {**BASE, **changes},
-            "measured": {"peak": peak * MIB, "weights": 100 * MIB, "sampling": sampling * MIB, "update": update * MIB},
+EVAL_BASE = {"problems": 4, "num_generations": 16, "batch_size": 32, "top_p": 0.95, "fast_sampler": True}
+
+
+def _run(name, changes, *, peak, allocated, sampling, update=0, evaluation=0, base=BASE):
+    measured = {"peak": peak * MIB, "weights": 100 * MIB, "sampling": sampling * MIB}
+    measured.update({k: v * MIB for k, v in (("update", update), ("evaluation", evaluation)) if v})
+    return {"config": name, "settings": {**base, **changes}, "measured": measured,
             "planned": {"allocated": allocated * MIB}}
 
 
-REPORT = {"base": BASE, "runs": [
+REPORT = {"base": BASE, "eval_base": EVAL_BASE, "runs": [
     _run("first", {}, peak=90, allocated=100, sampling=50, update=90),
     _run("chunked", {"logit_chunk_size": 8, "gradient_checkpointing": True}, peak=60, allocated=50, sampling=60,
          update=40),
     _run("bf16", {"dtype": "bfloat16", "load_in_4bit": True}, peak=30, allocated=30, sampling=20, update=30),
+    _run("heldout", {"eval_every": 1, "eval_problems": 8, "eval_num_generations": 4}, peak=70, allocated=75,
+         sampling=20, update=30, evaluation=70),
+    _run("eval", {}, peak=40, allocated=42, sampling=40, base=EVAL_BASE),
+    _run("eval-slow", {"fast_sampler": False, "batch_size": 64}, peak=50, allocated=52, sampling=50, base=EVAL_BASE),
 ]}
 
 
 def test_rows_say_what_changed_the_ratio_and_where_the_peak_fell():
     rows = vgpu.memory_rows(REPORT)
     assert [r["changes"] for r in rows] == ["as the first config", "logit chunks of 8, checkpointing",
-                                            "bfloat16, 4-bit"]
-    assert [round(r["ratio"], 2) for r in rows] == [0.9, 1.2, 1.0]
-    assert [r["peak_in"] for r in rows] == ["update", "sampling", "update"]
+                                            "bfloat16, 4-bit", "held-out 8 x 4", "4 x 16 samples, batch 32",
+                                            "batch 64, plain sampler"]
+    assert [round(r["ratio"], 2) for r in rows][:3] == [0.9, 1.2, 1.0]
+    assert [r["peak_in"] for r in rows] == ["update", "sampling", "update", "evaluation", "sampling", "sampling"]
     assert rows[0]["measured_mib"] == 90 and rows[0]["planned_mib"] == 100
 
 
@@ -38,9 +47,9 @@ def test_the_figure_pairs_planned_and_measured_bars_with_the_ratio_over_them():
     fig = vgpu.memory_figure(REPORT)
     assert isinstance(fig, go.Figure) and [t.type for t in fig.data] == ["bar", "bar"]
     planned, measured = fig.data
-    assert list(planned.y) == [100, 50, 30] and list(measured.y) == [90, 60, 30]
-    assert list(measured.text) == ["0.90", "1.20", "1.00"]
-    assert list(measured.x) == list(planned.x) == ["first", "chunked", "bf16"]
+    assert list(planned.y)[:3] == [100, 50, 30] and list(measured.y)[:3] == [90, 60, 30]
+    assert list(measured.text)[:3] == ["0.90", "1.20", "1.00"]
+    assert list(measured.x) == list(planned.x) == [r["config"] for r in REPORT["runs"]]
     assert "logit chunks of 8, checkpointing" in measured.hovertemplate[1]
 
 
@@ -50,9 +59,11 @@ def test_the_committed_report_is_found_where_the_package_is_installed_or_checked
 
 
 def test_the_table_folds_the_changes_at_their_commas():
-    lines = vgpu.memory_table(REPORT, width=20).splitlines()
+    report = {**REPORT, "runs": REPORT["runs"][:4]}
+    lines = vgpu.memory_table(report, width=20).splitlines()
     assert lines[0].split()[:4] == ["config", "measured", "planned", "ratio"]
     assert lines[1].split() == ["first", "90", "MiB", "100", "MiB", "0.90", "update", "as", "the", "first", "config"]
-    assert lines[2].endswith("sampling  logit chunks of 8,")
+    assert lines[2].endswith("sampling    logit chunks of 8,")
     assert lines[3].strip() == "checkpointing" and lines[3].index("c") == lines[2].index("logit")
-    assert lines[4].endswith("update    bfloat16, 4-bit") and len(lines) == 5
+    assert lines[4].endswith("update      bfloat16, 4-bit")
+    assert lines[5].endswith("evaluation  held-out 8 x 4") and len(lines) == 6

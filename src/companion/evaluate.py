@@ -98,8 +98,8 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "sampling seed; problem i uses a seed derived from it and i"})
     batch_size: int = field(default=0, metadata={
         "help": "samples decoded together (memory grows with it); 0: 1024 on the CPU (the fastest for the tiny "
-                "model at n = 256 in bench/bench_eval.py, with 2048 as fast), 512 on a GPU (a real model's cache "
-                "for 1024 samples may not fit)"})
+                "model at n = 256 in bench/bench_eval.py, with 2048 as fast); on a GPU, 512 or the largest power of "
+                "two below it that the memory planner fits in the free memory (checked before the weights load)"})
     num_threads: int = field(default=1, metadata={"help": "torch CPU threads, 0 for torch's default (one per core). "
                                                           "One decodes the tiny model fastest when other processes "
                                                           "share the cores (see bench/bench_eval.py)"})
@@ -139,10 +139,6 @@ class EvalConfig:
         import torch
 
         return self.batch_size or (1024 if torch.device(device).type == "cpu" else 512)
-
-    def problems_per_group(self, device) -> int:
-        """Problems sampled together on ``device``: as many as fit in a batch, at least one."""
-        return max(1, self.rows_per_batch(device) // self.num_generations)
 
 
 def problem_seed(seed: int, index: int) -> int:
@@ -418,6 +414,68 @@ def _load_model(config: EvalConfig):
         raise RunError(f"cannot load the model {config.model!r}: {error}") from error
 
 
+def batch_plan(config: EvalConfig, files, prompt_length: int, batch_size: int):
+    """:func:`companion.planner.plan_eval` of a batch of ``batch_size`` samples of this evaluation, for the model
+    ``files`` (:func:`companion.models.read_model_files`) describes, with prompts of ``prompt_length`` tokens."""
+    from companion.planner import ModelShape, plan_eval
+
+    return plan_eval(ModelShape.from_config(files.config), batch_size=batch_size,
+                     num_generations=config.num_generations, prompt_length=prompt_length,
+                     completion_length=config.max_completion_length, load_in_4bit=files.load_in_4bit,
+                     lora_r=files.lora_r, dtype_bytes=2, fast=config.fast_sampler,
+                     top_p=config.top_p if config.temperature > 0 else 1.0)
+
+
+def gpu_batch_size(config: EvalConfig, files, prompt_length: int, free_bytes: int, *, gpu: str = "the GPU") -> int:
+    """Samples per batch on a GPU with ``free_bytes`` free (read after the CUDA context exists): ``batch_size`` if
+    the planner fits it, or for 0 the largest of 512, 256, ..., 1 that it fits. Raises :class:`RunError` saying what
+    to change when the asked batch, or a batch of one, does not fit."""
+    from companion.planner import CONTEXT_BYTES, GIB, largest_fitting_batch
+
+    def need_bytes(batch: int) -> int:
+        return batch_plan(config, files, prompt_length, batch).peak - CONTEXT_BYTES  # the context is there already
+
+    largest = largest_fitting_batch(lambda b: need_bytes(b) <= free_bytes, start=config.batch_size or 512)
+    if largest and (not config.batch_size or largest == config.batch_size):
+        return largest
+    asked = config.batch_size or 1
+    estimate = batch_plan(config, files, prompt_length, asked)
+    have = f"{gpu} has {free_bytes / GIB:.2f} GiB"
+    if not largest:
+        raise RunError(f"evaluating {config.model} needs about {need_bytes(1) / GIB:.2f} GiB with even one sample per "
+                       f"batch (weights {estimate.weights / GIB:.2f} GiB) and {have}: lower --max-completion-length, "
+                       "or use a GPU with more memory")
+    raise RunError(f"--batch-size {asked} needs about {need_bytes(asked) / GIB:.2f} GiB (its samples' KV cache and "
+                   f"scores: {estimate.sampling / GIB:.2f} GiB) and {have}: use --batch-size {largest} (or 0 to "
+                   "let the planner choose; the samples do not depend on the batch)")
+
+
+def _gpu_rows(config: EvalConfig, task, problems: list[dict]) -> int | None:
+    """On a CUDA device, the batch the planner fits in its free memory (:func:`gpu_batch_size`), before the weights
+    load; None elsewhere, or when the model's config cannot be read without loading it."""
+    import torch
+
+    from companion.models import read_model_files, resolve_device
+
+    device = resolve_device(config.device)
+    if device.type != "cuda":
+        return None
+    files = read_model_files(config.model)
+    if files is None:
+        return None
+    try:
+        prompts = [task.prompt(p, style=config.prompt_style, tokenizer=files.tokenizer) for p in problems]
+    except ValueError:  # e.g. no chat template: the check after loading says so
+        return None
+    longest = max(len(ids) for ids in files.tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    free, _ = torch.cuda.mem_get_info(device)
+    rows = gpu_batch_size(config, files, longest, free, gpu=f"{torch.cuda.get_device_name(device)} (free memory)")
+    if not config.batch_size and rows < 512:
+        print(f"eval: {rows} samples per batch, the most that the planner fits in {free / 2**30:.1f} GiB free "
+              "(--batch-size sets it)", file=sys.stderr)
+    return rows
+
+
 def _check_prompts(model, tokenizer, task, problems: list[dict], config: EvalConfig) -> None:
     """Every prompt can be built (a chat template exists) and leaves room for a whole completion."""
     from companion.decode import check_prompts_fit
@@ -447,15 +505,19 @@ def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool =
     problems = _load_problems(config, task)
     done = _finished_rows(out / ROWS_FILE, problems)
     todo = [i for i in range(len(problems)) if i not in done]
+    rows_per_batch = None
     if todo:  # the model and the prompts are checked before anything is written: a failed start leaves no run
         if model is None:  # behind that would refuse the corrected command as "a different config"
+            rows_per_batch = _gpu_rows(config, task, problems)  # on a GPU: what fits, before the weights load
             model, tokenizer = _load_model(config)
         _check_prompts(model, tokenizer, task, problems, config)
         _claim_model(out, model, config, resuming)
     save_config(config, out / CONFIG_FILE)
     if todo:
         device = next(model.parameters()).device
-        size, n = config.problems_per_group(device), config.num_generations
+        rows_per_batch = rows_per_batch or config.rows_per_batch(device)
+        n = config.num_generations
+        size = max(1, rows_per_batch // n)  # problems sampled together: as many as fit in a batch
         with torch_threads(config.num_threads), out.joinpath(ROWS_FILE).open("a") as f, sampling_progress(
                 len(problems) * n, initial=(len(problems) - len(todo)) * n, desc=f"eval {config.task}",
                 disable=not progress) as on_finished:
@@ -467,7 +529,7 @@ def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool =
                 rows = score_problems(model, tokenizer, task, [problems[i] for i in members], num_generations=n,
                                       seed=config.seed, indices=members, temperature=config.temperature,
                                       top_p=config.top_p, max_completion_length=config.max_completion_length,
-                                      batch_size=config.rows_per_batch(device), prompt_style=config.prompt_style,
+                                      batch_size=rows_per_batch, prompt_style=config.prompt_style,
                                       save_completions=config.save_completions,
                                       fast=config.fast_sampler,
                                       on_finished=None if redone else on_finished)

@@ -175,6 +175,52 @@ def load_policy(
     return model, tokenizer
 
 
+@dataclass(frozen=True)
+class ModelFiles:
+    """What :func:`load_policy` would load, read without the weights: the (base) model's transformers config, its
+    tokenizer, and for a directory of saved adapters their base's 4-bit flag and their LoRA rank."""
+
+    config: object
+    tokenizer: object
+    load_in_4bit: bool = False
+    lora_r: int | None = None
+
+
+def read_model_files(name_or_path: str = "tiny", *, hub_timeout: float = 5.0) -> ModelFiles | None:
+    """The config and tokenizer ``load_policy(name_or_path)`` would load, for planning memory before the weights
+    load; None when they cannot be read (the loader's own error then says why). A hub name is read from the hub
+    when it answers within ``hub_timeout`` seconds (two small files), else from the local cache."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = Path(name_or_path).expanduser()
+    saved, r = path / POLICY_FILE, None
+    meta = {}
+    if saved.is_file():  # adapters: the shapes are their base's, the rank is theirs
+        meta = json.loads(saved.read_text())
+        try:
+            r = int(json.loads((path / "adapter_config.json").read_text())["r"])
+        except (OSError, KeyError, ValueError):
+            return None
+        source = meta["base"]
+    else:
+        source = name_or_path
+    if source == "tiny" and not Path(source).is_dir():
+        source = str(_tiny_dir())
+    local_only = True
+    if not Path(source).expanduser().is_dir() and _HUB_NAME.match(source):
+        from companion.runs import hub_reachable
+
+        local_only = not hub_reachable(hub_timeout)
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(str(path) if saved.is_file() else source,
+                                                  local_files_only=local_only)
+    except (OSError, ValueError):
+        return None
+    return ModelFiles(config=config, tokenizer=tokenizer, load_in_4bit=bool(meta.get("load_in_4bit", False)),
+                      lora_r=r)
+
+
 def _prepare_4bit(model):
     from peft import prepare_model_for_kbit_training
 

@@ -1,8 +1,9 @@
-"""How much GPU memory a training step takes, before anything is loaded: the GPU world's planner.
+"""How much GPU memory a training run takes, before anything is loaded: the GPU world's planner.
 
-:func:`plan` estimates the peak memory of one step of :func:`companion.trainer.train` (sample, then score and
-update in micro-batches) from the model's shapes alone, so that a run that cannot fit stops before it downloads
-or loads anything (:func:`check_fits`), and chapter 8's table can say what fits on a T4, an L4 or an A100.
+:func:`plan` estimates the peak memory of a run of :func:`companion.trainer.train` (each step samples, then scores
+and updates in micro-batches; every ``--eval-every`` steps it evaluates held-out problems) from the model's shapes
+alone, so that a run that cannot fit stops before it downloads or loads anything (:func:`check_fits`), and chapter
+8's table can say what fits on a T4, an L4 or an A100.
 
 What it counts, as the package loads and trains a model (:func:`companion.models.load_policy`):
 
@@ -14,9 +15,13 @@ What it counts, as the package loads and trains a model (:func:`companion.models
   per matrix), float32 (peft upcasts them), with their gradient and AdamW's two moments: 16 bytes per adapter
   weight. Full-parameter training counts each weight's gradient and two moments in the weights' dtype.
 * **sampling.** The KV cache of every completion of the step decoded together (``prompts_per_step x G`` rows of
-  ``prompt + completion`` tokens, in the compute dtype) and what one decoding step holds of its float32 logits
-  at once (:data:`SAMPLING_LOGIT_COPIES`: the logits, the probabilities and the draw's noise; more with a top-p
-  below 1, whose sort keeps the order as int64).
+  ``prompt + completion`` tokens, in the compute dtype, beside the prefill's cache of each prompt once) and what
+  one decoding step holds of its float32 logits at once (:data:`SAMPLING_LOGIT_COPIES`: the logits, the
+  probabilities and the draw's noise; more with a top-p below 1, whose sort keeps the order as int64).
+* **the held-out evaluation** (``--eval-every``): the same for the evaluation's batch, which decodes
+  ``eval_problems x eval_num_generations`` completions together, up to ``--eval-batch-size``
+  (:data:`EVAL_BATCH_ROWS` by default): at the trainer's defaults (100 x 4) six times a step's 64, so it, not the
+  step, can be the peak.
 * **the update.** One micro-batch of ``micro_batch_size`` completions through forward and backward: the
   activations kept for the backward pass (per token and block, the residual stream and the projections' inputs
   and outputs; with gradient checkpointing only each block's input, plus one block recomputed), and the logits of
@@ -25,16 +30,18 @@ What it counts, as the package loads and trains a model (:func:`companion.models
 * **overhead.** The CUDA context and the allocator's slack: a fixed :data:`CONTEXT_BYTES` plus
   :data:`FRAGMENTATION` of the rest, so that the total is comparable with ``torch.cuda.max_memory_reserved``.
 
-Sampling and the update do not overlap (the cache is freed before the update), so the peak is the larger of the
-two on top of what is always there. These are estimates, checked where a check is possible: the weights against
+Sampling, the update and the evaluation do not overlap (each one's tensors are freed before the next), so the peak
+is the largest of the three on top of what is always there. :func:`plan_eval` plans ``companion eval`` the same
+way: the weights, and one batch of its sampler. These are estimates, checked where a check is possible: the weights against
 ``get_memory_footprint`` of a real quantised model, the adapters against peft's own count
-(``tests/test_planner.py``), the tensors of whole steps against what the trainer really allocates, measured on
-the CPU (``bench/bench_memory.py``, ``data/memory/cpu.json``), and the total against published runs (chapter 8).
+(``tests/test_planner.py``), the tensors of whole steps, held-out evaluations and ``companion eval`` batches against
+what they really allocate, measured on the CPU (``bench/bench_memory.py``, ``data/memory/cpu.json``), and the total
+against published runs (chapter 8).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 GIB = 2**30
 
@@ -55,7 +62,15 @@ dropped, the noise of the rows left (measured on the CPU: 3.2 before any row is 
 
 NUCLEUS_LOGIT_COPIES = 6
 """The same with top-p below 1, at the nucleus filter's peak: the logits, the sort's order (int64, two copies'
-worth), the sorted probabilities, their running sum and the masks (measured: 5.5)."""
+worth), the sorted probabilities, their running sum and the masks (measured: 5.5). ``companion eval``'s sampler
+draws by inverse CDF instead of the noise, and holds as many (measured: 3.4 and 5.4, on either path)."""
+
+EVAL_BATCH_ROWS = 512
+"""Completions the trainer's held-out evaluation decodes together at most, by default (``--eval-batch-size``)."""
+
+SHARED_BLOCK = 16
+"""``companion eval``'s fast path grows its completion cache this many tokens at a time
+(:data:`companion.decode.SHARED_BLOCK`)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,17 @@ class Plan:
     peak: int
     trainable_parameters: int
     tokens_per_step: int
+    evaluation: int = 0  # the held-out evaluation's sampling (0: none in the run)
+
+    @property
+    def parts(self) -> dict[str, int]:
+        """The phases that take turns on top of the weights and the trainable state."""
+        return {"sampling": self.sampling, "the update": self.update, "the held-out evaluation": self.evaluation}
+
+    @property
+    def allocated(self) -> int:
+        """The peak without the overhead: what the tensors themselves hold."""
+        return self.weights + self.trainable + max(self.parts.values())
 
     def gib(self) -> dict[str, float]:
         return {k: v / GIB for k, v in asdict(self).items() if k not in ("trainable_parameters", "tokens_per_step")}
@@ -177,17 +203,36 @@ def weight_bytes(shape: ModelShape, *, load_in_4bit: bool, dtype_bytes: int, upc
     return nf4 + (4 if upcast else dtype_bytes) * shape.other_parameters
 
 
+def sampling_bytes(shape: ModelShape, *, rows: int, prompts: int, prompt_length: int, completion_length: int,
+                   dtype_bytes: int = 2, top_p: float = 1.0, shared_prompt: bool = False) -> int:
+    """What the decoder (:mod:`companion.decode`) holds while it samples ``rows`` completions of ``prompts`` prompts
+    together: the prefill's cache of each prompt, every row's KV cache at full length, and the float32
+    (rows, vocabulary) tensors of a step. ``shared_prompt``: ``companion eval``'s fast path, whose rows keep only
+    their completion tokens (in blocks of :data:`SHARED_BLOCK`) beside one more copy of their prompts'."""
+    per_token = 2 * shape.num_hidden_layers * shape.kv_size * dtype_bytes  # keys and values, every layer
+    prefill = prompts * prompt_length * per_token
+    if shared_prompt:
+        cache = prefill + rows * -(-completion_length // SHARED_BLOCK) * SHARED_BLOCK * per_token
+    else:
+        cache = rows * (prompt_length + completion_length) * per_token
+    copies = SAMPLING_LOGIT_COPIES if top_p >= 1 else NUCLEUS_LOGIT_COPIES
+    return prefill + cache + copies * 4 * rows * shape.vocab_size
+
+
 def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prompt_length: int,
          completion_length: int, micro_batch_size: int = 0, load_in_4bit: bool = True, lora_r: int | None = 16,
          gradient_checkpointing: bool = True, dtype_bytes: int = 2, upcast: bool = True,
          bytes_per_trainable: int = 16, logit_bytes: int = LOGIT_BYTES, logit_chunk: int = 0,
-         top_p: float = 1.0) -> Plan:
+         top_p: float = 1.0, eval_problems: int = 0, eval_num_generations: int = 0,
+         eval_batch_size: int = EVAL_BATCH_ROWS) -> Plan:
     """Estimate one training step's peak GPU memory (see the module docstring for what is counted).
 
     ``micro_batch_size`` 0 means every completion of the step in one pass, as :class:`companion.trainer.TrainConfig`
     does; ``lora_r`` None is full-parameter training; ``dtype_bytes`` is the compute dtype's (2 for bf16 or fp16);
     ``logit_chunk`` is ``--logit-chunk-size`` (completion positions whose logits are held at once; 0 = all);
-    ``top_p`` is the sampler's (below 1 its nucleus filter holds more copies of the logits).
+    ``top_p`` is the sampler's (below 1 its nucleus filter holds more copies of the logits);
+    ``eval_problems`` x ``eval_num_generations`` completions are the held-out evaluation's (0: the run does not
+    evaluate), decoded ``eval_batch_size`` at a time.
     ``upcast``, ``bytes_per_trainable`` and ``logit_bytes`` describe other trainers than this package's, to check the planner against their published runs:
     ``upcast`` False keeps the unquantised weights in the compute dtype (no ``prepare_model_for_kbit_training``);
     ``bytes_per_trainable`` is an adapter weight's bytes with its gradient and optimizer state (16: float32 and
@@ -201,6 +246,9 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
     if micro_batch_size < 0 or logit_chunk < 0 or dtype_bytes not in (2, 4) or not 0 < top_p <= 1:
         raise ValueError(f"need micro_batch_size >= 0, logit_chunk >= 0, dtype_bytes 2 or 4 and 0 < top_p <= 1, got "
                          f"{micro_batch_size}, {logit_chunk}, {dtype_bytes}, {top_p}")
+    if min(eval_problems, eval_num_generations) < 0 or eval_batch_size < 1:
+        raise ValueError(f"need eval_problems and eval_num_generations >= 0 and eval_batch_size >= 1, got "
+                         f"{eval_problems}, {eval_num_generations}, {eval_batch_size}")
     if load_in_4bit and lora_r is None:
         raise ValueError("4-bit weights cannot be trained: plan with a LoRA rank (lora_r)")
     rows = prompts_per_step * num_generations
@@ -217,9 +265,14 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
         trainable = bytes_per_trainable * trainable_parameters
 
     # 1. sampling: every row's KV cache at full length, and the float32 (rows, vocabulary) tensors of a step
-    kv_cache = 2 * layers * shape.kv_size * rows * tokens * dtype_bytes
-    copies = SAMPLING_LOGIT_COPIES if top_p >= 1 else NUCLEUS_LOGIT_COPIES
-    sampling = kv_cache + copies * 4 * rows * shape.vocab_size
+    decoding = dict(prompt_length=prompt_length, completion_length=completion_length, dtype_bytes=dtype_bytes,
+                    top_p=top_p)
+    sampling = sampling_bytes(shape, rows=rows, prompts=prompts_per_step, **decoding)
+    evaluation = 0
+    if eval_problems and eval_num_generations:  # the same decoder, on the evaluation's batch
+        eval_rows = min(eval_problems * eval_num_generations, eval_batch_size)
+        prompts = min(eval_problems, -(-eval_rows // eval_num_generations) + 1)  # a batch may cut a prompt's rows
+        evaluation = sampling_bytes(shape, rows=eval_rows, prompts=prompts, **decoding)
 
     # 2. the update, one micro-batch: activations per token and block (float32 residual stream where 4-bit's
     #    upcast embeddings carry it, the projections' inputs and outputs in the compute dtype), and the logits
@@ -234,11 +287,48 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
     logits = logit_bytes * micro * min(logit_chunk or completion_length, completion_length) * shape.vocab_size
     update = activations + logits
 
-    allocated = weights + trainable + max(sampling, update)
-    overhead = CONTEXT_BYTES + int(FRAGMENTATION * allocated)
-    return Plan(weights=weights, trainable=trainable, sampling=sampling, update=update, overhead=overhead,
-                peak=allocated + overhead, trainable_parameters=trainable_parameters,
-                tokens_per_step=rows * tokens)
+    return _with_overhead(Plan(weights=weights, trainable=trainable, sampling=sampling, update=update, overhead=0,
+                               peak=0, trainable_parameters=trainable_parameters, tokens_per_step=rows * tokens,
+                               evaluation=evaluation))
+
+
+def _with_overhead(estimate: Plan) -> Plan:
+    overhead = CONTEXT_BYTES + int(FRAGMENTATION * estimate.allocated)
+    return replace(estimate, overhead=overhead, peak=estimate.allocated + overhead)
+
+
+def plan_eval(shape: ModelShape, *, batch_size: int, num_generations: int, prompt_length: int,
+              completion_length: int, load_in_4bit: bool = False, lora_r: int | None = None, dtype_bytes: int = 2,
+              fast: bool = True, top_p: float = 1.0) -> Plan:
+    """Estimate ``companion eval``'s peak memory: the weights (a saved LoRA policy's adapters, float32, as
+    ``trainable``, with no gradient or optimizer state) and one batch of its sampler (``sampling``).
+
+    The batch is ``batch_size`` rows of whole prompts (``batch_size // num_generations`` of them, at least one) as
+    :func:`companion.evaluate.evaluate` groups them; ``fast`` is ``--fast-sampler`` (each prompt's keys and values
+    kept once). ``tokens_per_step`` is the batch's prompt and completion tokens.
+    """
+    for name, value in (("batch_size", batch_size), ("num_generations", num_generations),
+                        ("prompt_length", prompt_length), ("completion_length", completion_length)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    prompts = max(1, batch_size // num_generations)
+    rows = min(batch_size, prompts * num_generations)
+    adapters = 0 if lora_r is None else lora_parameters(shape, lora_r)
+    sampling = sampling_bytes(shape, rows=rows, prompts=-(-rows // num_generations), prompt_length=prompt_length,
+                              completion_length=completion_length, dtype_bytes=dtype_bytes, top_p=top_p,
+                              shared_prompt=fast)
+    return _with_overhead(Plan(weights=weight_bytes(shape, load_in_4bit=load_in_4bit, dtype_bytes=dtype_bytes),
+                               trainable=4 * adapters, sampling=sampling, update=0, overhead=0, peak=0,
+                               trainable_parameters=adapters, tokens_per_step=rows * (prompt_length
+                                                                                      + completion_length)))
+
+
+def largest_fitting_batch(fits, *, start: int) -> int:
+    """The largest of ``start``, ``start // 2``, ..., 1 for which ``fits(batch)``; 0 when none does."""
+    batch = start
+    while batch >= 1 and not fits(batch):
+        batch //= 2
+    return max(batch, 0)
 
 
 def check_fits(estimate: Plan, memory_bytes: int, *, what: str = "this run", gpu: str = "the GPU",
@@ -246,13 +336,16 @@ def check_fits(estimate: Plan, memory_bytes: int, *, what: str = "this run", gpu
     """Raise a ValueError that says what to change when ``estimate`` does not fit in ``memory_bytes``."""
     if estimate.peak <= memory_bytes:
         return
-    biggest = max(("sampling", estimate.sampling), ("the update", estimate.update), key=lambda kv: kv[1])[0]
+    biggest, size = max(estimate.parts.items(), key=lambda kv: kv[1])
     advice = {"sampling": "sample fewer completions at once (--prompts-per-step or --num-generations) or shorten "
                           "--max-completion-length",
               "the update": "lower --micro-batch-size (completions per forward/backward pass) or set "
-                            "--logit-chunk-size (e.g. 64)"}[biggest]
+                            "--logit-chunk-size (e.g. 64)",
+              "the held-out evaluation": "decode fewer held-out completions at once (--eval-batch-size, e.g. "
+                                         "64: the same samples, less memory), or evaluate fewer "
+                                         "(--eval-problems, --eval-num-generations)"}[biggest]
     raise ValueError(f"{what} needs about {estimate.peak / GIB:.2f} GiB at its peak ({biggest} is the largest "
-                     f"part: {max(estimate.sampling, estimate.update) / GIB:.2f} GiB) and {gpu} has "
+                     f"part: {size / GIB:.2f} GiB) and {gpu} has "
                      f"{memory_bytes / GIB:.2f} GiB: {advice}"
                      + ("" if in_4bit else ", or load the model in 4-bit with LoRA (--lora --load-in-4bit)"))
 

@@ -76,6 +76,7 @@ from companion.objectives import (NORMALIZERS, STD_KINDS, TRAINABLE, gae, policy
 from companion.decode import check_prompts_fit
 from companion.models import DTYPES
 from companion.rollout import Rollout, ValueHead, generate, per_token_logps, per_token_values, teacher_rollout
+from companion.planner import EVAL_BATCH_ROWS
 from companion.runs import (BAD_INPUT, RunError, append_jsonl, open_run_dir, read_jsonl, torch_threads,
                             write_atomically)
 from companion.verify import CORRECT_REWARD, is_correct
@@ -187,6 +188,9 @@ class TrainConfig:
     eval_problems: int = field(default=100, metadata={"help": "held-out (test split) problems per evaluation"})
     eval_num_generations: int = field(default=4, metadata={"help": "sampled completions per held-out problem (greedy "
                                                                    "is one more)"})
+    eval_batch_size: int = field(default=EVAL_BATCH_ROWS, metadata={
+        "help": "held-out completions decoded together (the evaluation's memory grows with it; what is sampled "
+                "does not change, up to float rounding)"})
     save_every: int = field(default=10, metadata={"help": "checkpoint every N steps (0 = only at the end)"})
     policy_every: int = field(default=0, metadata={"help": "also keep the policy every N steps, as policy-step<N> "
                                                            "(0 = only the final policy); chapter 7 evaluates them"})
@@ -272,8 +276,8 @@ class TrainConfig:
         negative = [f"{name} must be >= 0 (0 turns it off), got {getattr(self, name)}"
                     for name in ("eval_every", "save_every", "policy_every", "sft_gap_every") if getattr(self, name) < 0]
         need(not negative, "; ".join(negative))
-        need(self.eval_problems >= 1 and self.eval_num_generations >= 1,
-             "eval_problems and eval_num_generations must be >= 1")
+        need(self.eval_problems >= 1 and self.eval_num_generations >= 1 and self.eval_batch_size >= 1,
+             "eval_problems, eval_num_generations and eval_batch_size must be >= 1")
         need(self.lora_r >= 1 and self.lora_alpha > 0, f"need lora_r >= 1 and lora_alpha > 0, got {self.lora_r}, {self.lora_alpha}")
         need(not self.load_in_4bit or self.lora, "4-bit weights cannot be trained: add --lora to --load-in-4bit")
         need(self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -504,15 +508,16 @@ def _mean(values: torch.Tensor) -> float | None:
 
 
 def heldout_accuracy(model, tokenizer, task, problems: list, *, max_completion_length: int, temperature: float = 1.0,
-                     top_p: float = 1.0, num_generations: int = 4, seed: int = 0) -> dict:
+                     top_p: float = 1.0, num_generations: int = 4, seed: int = 0, batch_size: int = 512) -> dict:
     """Accuracy on ``problems``: greedy (temperature 0) and sampled (``num_generations`` completions each), through
     the package's one evaluation path (:mod:`companion.evaluate`). Sampling uses its own seeded generators, so
-    evaluating never moves the caller's random stream."""
+    evaluating never moves the caller's random stream. ``batch_size``: completions decoded together."""
     from companion.evaluate import score_problems, summarize
 
     def summary(n: int, temp: float) -> dict:
         return summarize(score_problems(model, tokenizer, task, problems, num_generations=n, seed=seed,
-                                        temperature=temp, top_p=top_p, max_completion_length=max_completion_length))
+                                        temperature=temp, top_p=top_p, max_completion_length=max_completion_length,
+                                        batch_size=batch_size))
 
     greedy, sampled = summary(1, 0.0), summary(num_generations, temperature)
     return {
@@ -596,7 +601,9 @@ def _prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> P
     snapshots = tuple(p.name for p in Path(config.out).glob("policy-step*"))  # --policy-every's, replaced too
     out, _ = open_run_dir(config.out, dataclasses.asdict(config), RUN_FILES + snapshots, overwrite=overwrite,
                           resume=resume,
-                          may_differ=("steps", "out"),  # the same directory, however its path is spelled
+                          # the same directory, however its path is spelled; the evaluation's batch changes
+                          # only its memory and float rounding
+                          may_differ=("steps", "out", "eval_batch_size"),
                           defaults={f.name: f.default for f in dataclasses.fields(TrainConfig)
                                     if f.default is not dataclasses.MISSING})
     if resume and not (out / "checkpoint.pt").exists():
@@ -613,7 +620,9 @@ def memory_plan(config: TrainConfig, model_config, prompt_length: int):
                 completion_length=config.max_completion_length, micro_batch_size=config.micro_batch_size,
                 load_in_4bit=config.load_in_4bit, lora_r=config.lora_r if config.lora else None,
                 gradient_checkpointing=config.gradient_checkpointing, dtype_bytes=2,
-                logit_chunk=config.logit_chunk_size, top_p=config.top_p)
+                logit_chunk=config.logit_chunk_size, top_p=config.top_p,
+                **(dict(eval_problems=config.eval_problems, eval_num_generations=config.eval_num_generations,
+                        eval_batch_size=config.eval_batch_size) if config.eval_every else {}))
 
 
 def _file_option(path: str) -> dict:
@@ -648,31 +657,24 @@ def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GP
 
     ``free_bytes`` is what ``torch.cuda.mem_get_info`` reports, after this process's CUDA context exists, so the
     context (:data:`companion.planner.CONTEXT_BYTES`, part of the plan's peak) is not asked for a second time.
-    Reads only the model's config and tokenizer (a local directory, or the hub's cache); when they cannot be read
-    here, the check is left to the loader, whose own error says what to do.
+    Reads only the model's config and tokenizer (:func:`companion.models.read_model_files`); when they cannot be
+    read here, the check is left to the loader, whose own error says what to do.
     """
-    from transformers import AutoConfig, AutoTokenizer
-
+    from companion.models import read_model_files
     from companion.planner import CONTEXT_BYTES, check_fits
 
-    source = str(_tiny_source()) if config.model == "tiny" else config.model
-    try:
-        model_config = AutoConfig.from_pretrained(source, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError):
+    files = read_model_files(config.model)
+    if files is None:
         return
-    estimate = memory_plan(config, model_config, longest_prompt(config, tokenizer))
+    if files.lora_r is not None:  # saved adapters, trained further: plan them, on their base as it was saved
+        config = dataclasses.replace(config, lora=True, lora_r=files.lora_r,
+                                     load_in_4bit=config.load_in_4bit or files.load_in_4bit)
+    estimate = memory_plan(config, files.config, longest_prompt(config, files.tokenizer))
     estimate = dataclasses.replace(estimate, overhead=estimate.overhead - CONTEXT_BYTES,
                                    peak=estimate.peak - CONTEXT_BYTES)  # the context is already there
     check_fits(estimate, free_bytes, gpu=gpu, in_4bit=config.load_in_4bit,
                what=f"training {config.model} ({config.prompts_per_step} x {config.num_generations} completions "
                     f"of up to {config.max_completion_length} tokens per step)")
-
-
-def _tiny_source():
-    from companion.tiny import tiny_dir
-
-    return tiny_dir()
 
 
 def _policy(config: TrainConfig, model, tokenizer, device: torch.device | None = None):
@@ -1141,7 +1143,8 @@ def _batch_metrics(rewards, lengths, truncated, entropy, num_generations: int) -
 def _evaluate(config: TrainConfig, model, tokenizer, task, problems, *, step: int) -> dict:
     return heldout_accuracy(model, tokenizer, task, problems, max_completion_length=config.max_completion_length,
                             temperature=config.temperature, top_p=config.top_p,
-                            num_generations=config.eval_num_generations, seed=config.seed * 1_000_003 + step)
+                            num_generations=config.eval_num_generations, seed=config.seed * 1_000_003 + step,
+                            batch_size=config.eval_batch_size)
 
 
 def _write_record(path: Path, record: dict) -> None:

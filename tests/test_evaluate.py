@@ -578,3 +578,30 @@ def test_the_shipped_base_redraws_chapter_7_s_committed_samples(tmp_path, one_th
                                                             zip(again["lengths"], again["rewards"])))
         assert same >= 0.9 * len(row["lengths"]), (row["index"], same)
         assert abs(row["num_correct"] - again["num_correct"]) <= 0.05 * len(row["lengths"])
+
+
+def test_on_a_gpu_a_smaller_default_batch_is_said_before_the_weights_load(tiny_policy_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    from companion import models
+    from companion.evaluate import batch_plan
+    from companion.models import read_model_files
+    from companion.planner import CONTEXT_BYTES
+
+    config = small_config(tmp_path / "run", model=str(tiny_policy_dir), num_generations=64, batch_size=0,
+                          max_completion_length=256)
+    files = read_model_files(config.model)
+    task = get_task(config.task)
+    prompts = [task.prompt(p) for p in task.generate(config.problems, seed=config.problem_seed, split=config.split)]
+    longest = max(len(ids) for ids in files.tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    free = batch_plan(config, files, longest, 256).peak - CONTEXT_BYTES  # room for 256 samples, not 512
+    monkeypatch.setattr(models, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("no CUDA here")
+
+    monkeypatch.setattr(models, "load_policy", stop)
+    with pytest.raises(RunError, match="no CUDA here"):
+        evaluate(config, progress=False)
+    assert "eval: 256 samples per batch" in capsys.readouterr().err

@@ -473,9 +473,14 @@ def test_the_gpu_check_counts_the_held_out_evaluation_and_its_batch(tiny_policy_
     quiet = trainer.memory_plan(dataclasses.replace(config, eval_every=0), files.config, prompt)
     assert quiet.evaluation == 0 and quiet.peak < heldout.peak
     free = heldout.peak - CONTEXT_BYTES - 1
-    with pytest.raises(ValueError, match="the held-out evaluation is the largest part.*--eval-batch-size"):
+    with pytest.raises(ValueError, match=r"the held-out evaluation, 512 completions at a time, is the largest part.*"
+                                         r"use --eval-batch-size 256 \(the same samples"):
         trainer.check_gpu_memory(config, free)
-    trainer.check_gpu_memory(dataclasses.replace(config, eval_batch_size=16), free)  # a smaller batch fits
+    trainer.check_gpu_memory(dataclasses.replace(config, eval_batch_size=256), free)  # the batch it names fits
+    # when no evaluation batch would be enough, the step's own advice
+    step = dataclasses.replace(quiet, overhead=quiet.overhead - CONTEXT_BYTES, peak=quiet.peak - CONTEXT_BYTES)
+    with pytest.raises(ValueError, match="lower --micro-batch-size|--prompts-per-step"):
+        trainer.check_gpu_memory(config, step.peak - 1)
 
 
 def test_the_held_out_evaluation_decodes_its_batch_size_at_a_time_and_may_change_on_resume(tiny_policy_dir,

@@ -661,7 +661,7 @@ def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GP
     read here, the check is left to the loader, whose own error says what to do.
     """
     from companion.models import read_model_files
-    from companion.planner import CONTEXT_BYTES, check_fits
+    from companion.planner import CONTEXT_BYTES, GIB, check_fits, largest_fitting_batch
 
     files = read_model_files(config.model)
     if files is None:
@@ -669,12 +669,28 @@ def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GP
     if files.lora_r is not None:  # saved adapters, trained further: plan them, on their base as it was saved
         config = dataclasses.replace(config, lora=True, lora_r=files.lora_r,
                                      load_in_4bit=config.load_in_4bit or files.load_in_4bit)
-    estimate = memory_plan(config, files.config, longest_prompt(config, files.tokenizer))
-    estimate = dataclasses.replace(estimate, overhead=estimate.overhead - CONTEXT_BYTES,
+    prompt = longest_prompt(config, files.tokenizer)
+
+    def planned(run: TrainConfig):
+        estimate = memory_plan(run, files.config, prompt)
+        return dataclasses.replace(estimate, overhead=estimate.overhead - CONTEXT_BYTES,
                                    peak=estimate.peak - CONTEXT_BYTES)  # the context is already there
-    check_fits(estimate, free_bytes, gpu=gpu, in_4bit=config.load_in_4bit,
-               what=f"training {config.model} ({config.prompts_per_step} x {config.num_generations} completions "
-                    f"of up to {config.max_completion_length} tokens per step)")
+
+    estimate = planned(config)
+    what = (f"training {config.model} ({config.prompts_per_step} x {config.num_generations} completions of up to "
+            f"{config.max_completion_length} tokens per step)")
+    if estimate.peak > free_bytes and estimate.evaluation == max(estimate.parts.values()):
+        fitting = largest_fitting_batch(
+            lambda b: planned(dataclasses.replace(config, eval_batch_size=b)).peak <= free_bytes,
+            start=config.eval_batch_size)
+        if fitting:  # the evaluation's batch alone decides: say which one fits
+            raise ValueError(f"{what} needs about {estimate.peak / GIB:.2f} GiB at its peak (the held-out evaluation, "
+                             f"{config.eval_batch_size} completions at a time, is the largest part: "
+                             f"{estimate.evaluation / GIB:.2f} GiB) and {gpu} has {free_bytes / GIB:.2f} GiB: use "
+                             f"--eval-batch-size {fitting} (the same samples, decoded fewer at a time)")
+        # no evaluation batch is enough: what else must change, as planned with the smallest one
+        estimate, what = planned(dataclasses.replace(config, eval_batch_size=1)), what + " even with --eval-batch-size 1"
+    check_fits(estimate, free_bytes, gpu=gpu, in_4bit=config.load_in_4bit, what=what)
 
 
 def _policy(config: TrainConfig, model, tokenizer, device: torch.device | None = None):

@@ -156,17 +156,17 @@ def measure_eval(model_dir: str, settings: dict) -> dict:
 
 
 def _planned_eval(config) -> int:
-    """The planner's peak for ``config``'s evaluation (:func:`companion.evaluate.batch_plan`), at the batch it ran:
-    512 samples, or all of them if fewer."""
-    from companion.evaluate import batch_plan
+    """The planner's peak for ``config``'s evaluation (:func:`companion.evaluate.batch_plan`), at the batch it ran on
+    a GPU: ``GPU_BATCH_SIZE`` samples, or all of them if fewer."""
+    from companion.evaluate import GPU_BATCH_SIZE, batch_plan, longest_prompt
     from companion.models import read_model_files
     from companion.tasks import get_task
 
     files = read_model_files(config.model)
     task = get_task(config.task)
-    prompts = [task.prompt(p) for p in task.generate(config.problems, seed=config.problem_seed, split=config.split)]
-    longest = max(len(ids) for ids in files.tokenizer(prompts, add_special_tokens=False)["input_ids"])
-    return batch_plan(config, files, longest, min(512, config.problems * config.num_generations)).peak
+    problems = task.generate(config.problems, seed=config.problem_seed, split=config.split)
+    longest = longest_prompt(config, task, problems, files.tokenizer)
+    return batch_plan(config, files, longest, min(GPU_BATCH_SIZE, config.problems * config.num_generations)).peak
 
 
 def _adapters_moved(model) -> bool:

@@ -20,7 +20,7 @@ distributions send every row of the fast sampler's top-p through the sorting fal
 Two things differ from a GPU, and both are kernels, not tensors: the CPU's attention kernel and the 4-bit
 layers' CPU path (bitsandbytes) may keep different temporaries than CUDA's.
 
-    python bench/bench_memory.py                 # every config (about 9 minutes, 1 thread) -> data/memory/cpu.json
+    python bench/bench_memory.py                 # every config (about 10 minutes, 1 thread) -> data/memory/cpu.json
     python bench/bench_memory.py --only fp32-base --out /tmp/m.json
 """
 
@@ -160,7 +160,7 @@ def settings_of(name: str) -> dict:
 def planned(settings: dict, shape, prompt_length: int) -> dict:
     """The planner's parts (bytes) for ``settings`` (a training or an evaluation config) on a model of ``shape``
     (a :class:`companion.planner.ModelShape`) and its allocated total (the peak without ``overhead``)."""
-    from companion.planner import plan, plan_eval
+    from companion.planner import EVAL_BATCH_ROWS, plan, plan_eval
 
     if "problems" in settings:  # companion eval: the model as loaded here (float32, no adapters)
         estimate = plan_eval(shape, batch_size=settings["batch_size"], num_generations=settings["num_generations"],
@@ -178,7 +178,7 @@ def planned(settings: dict, shape, prompt_length: int) -> dict:
                         top_p=settings.get("top_p", 1.0),
                         eval_problems=settings.get("eval_problems", 0) if evaluating else 0,
                         eval_num_generations=settings.get("eval_num_generations", 0) if evaluating else 0,
-                        eval_batch_size=settings.get("eval_batch_size", 512))
+                        eval_batch_size=settings.get("eval_batch_size", EVAL_BATCH_ROWS))
     parts = {k: getattr(estimate, k) for k in ("weights", "trainable", "sampling", "update", "evaluation")}
     return {**parts, "allocated": estimate.allocated}
 
@@ -196,9 +196,9 @@ def measure(model_dir: str, name: str, *, steps: int = 2) -> dict:
     from companion.tasks import CountdownTask
     from companion.trainer import TrainConfig, longest_prompt, train
 
-    settings = settings_of(name)
     if name in EVAL_CONFIGS:
         return measure_eval(model_dir, name)
+    settings = settings_of(name)
     dtype = getattr(torch, settings["dtype"])
     lora = LoraSettings(r=settings["lora_r"]) if settings["lora"] else None
     model, tokenizer = load_policy(model_dir, load_in_4bit=settings["load_in_4bit"], lora=lora, device="cpu",
@@ -233,7 +233,7 @@ def measure_eval(model_dir: str, name: str) -> dict:
     and the sampling phase's, with :func:`companion.planner.plan_eval`'s estimate."""
     from transformers import AutoConfig
 
-    from companion.evaluate import EvalConfig, evaluate, load_results
+    from companion.evaluate import EvalConfig, evaluate, load_results, longest_prompt
     from companion.models import load_policy
     from companion.planner import ModelShape
     from companion.tasks import get_task
@@ -242,12 +242,12 @@ def measure_eval(model_dir: str, name: str) -> dict:
     model, tokenizer = load_policy(model_dir, device="cpu")
     weights = sum(t.untyped_storage().nbytes() for t in {id(t): t for t in (*model.parameters(),
                                                                             *model.buffers())}.values())
-    task = get_task(settings["task"])
-    prompts = [task.prompt(p) for p in task.generate(settings["problems"], seed=0, split="test")]
-    prompt = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-    estimate = planned(settings, ModelShape.from_config(AutoConfig.from_pretrained(model_dir)), prompt)
     with tempfile.TemporaryDirectory() as out:
         config = EvalConfig(model=model_dir, device="cpu", num_threads=1, out=out, **settings)
+        task = get_task(config.task)
+        problems = task.generate(config.problems, seed=config.problem_seed, split=config.split)
+        prompt = longest_prompt(config, task, problems, tokenizer)
+        estimate = planned(settings, ModelShape.from_config(AutoConfig.from_pretrained(model_dir)), prompt)
         memory = TensorMemory()
         memory.track(*model.parameters(), *model.buffers())
         t0 = time.perf_counter()

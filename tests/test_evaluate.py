@@ -583,7 +583,7 @@ def test_the_shipped_base_redraws_chapter_7_s_committed_samples(tmp_path, one_th
 def test_on_a_gpu_a_smaller_default_batch_is_said_before_the_weights_load(tiny_policy_dir, tmp_path, monkeypatch,
                                                                           capsys):
     from companion import models
-    from companion.evaluate import batch_plan
+    from companion.evaluate import batch_plan, longest_prompt
     from companion.models import read_model_files
     from companion.planner import CONTEXT_BYTES
 
@@ -591,8 +591,8 @@ def test_on_a_gpu_a_smaller_default_batch_is_said_before_the_weights_load(tiny_p
                           max_completion_length=256)
     files = read_model_files(config.model)
     task = get_task(config.task)
-    prompts = [task.prompt(p) for p in task.generate(config.problems, seed=config.problem_seed, split=config.split)]
-    longest = max(len(ids) for ids in files.tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    problems = task.generate(config.problems, seed=config.problem_seed, split=config.split)
+    longest = longest_prompt(config, task, problems, files.tokenizer)
     free = batch_plan(config, files, longest, 256).peak - CONTEXT_BYTES  # room for 256 samples, not 512
     monkeypatch.setattr(models, "resolve_device", lambda device: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 2**30))

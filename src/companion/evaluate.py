@@ -62,6 +62,9 @@ from companion.verify import is_correct
 
 ROWS_FILE, SUMMARY_FILE, MODEL_FILE = "problems.jsonl", "summary.json", "model.json"
 
+GPU_BATCH_SIZE = 512
+"""Samples decoded together on a GPU by default, when the memory planner fits them (:func:`gpu_batch_size`)."""
+
 RESUMABLE_FIELDS = ("problems", "batch_size", "num_threads", "device", "fast_sampler", "out", "overwrite")
 """Fields that may differ between runs in one directory: none of them changes what problem i's samples are."""
 
@@ -138,7 +141,7 @@ class EvalConfig:
         512 on a GPU."""
         import torch
 
-        return self.batch_size or (1024 if torch.device(device).type == "cpu" else 512)
+        return self.batch_size or (1024 if torch.device(device).type == "cpu" else GPU_BATCH_SIZE)
 
 
 def problem_seed(seed: int, index: int) -> int:
@@ -435,7 +438,7 @@ def gpu_batch_size(config: EvalConfig, files, prompt_length: int, free_bytes: in
     def need_bytes(batch: int) -> int:
         return batch_plan(config, files, prompt_length, batch).peak - CONTEXT_BYTES  # the context is there already
 
-    largest = largest_fitting_batch(lambda b: need_bytes(b) <= free_bytes, start=config.batch_size or 512)
+    largest = largest_fitting_batch(lambda b: need_bytes(b) <= free_bytes, start=config.batch_size or GPU_BATCH_SIZE)
     if largest and (not config.batch_size or largest == config.batch_size):
         return largest
     asked = config.batch_size or 1
@@ -464,25 +467,30 @@ def _gpu_rows(config: EvalConfig, task, problems: list[dict]) -> int | None:
     if files is None:
         return None
     try:
-        prompts = [task.prompt(p, style=config.prompt_style, tokenizer=files.tokenizer) for p in problems]
+        longest = longest_prompt(config, task, problems, files.tokenizer)
     except ValueError:  # e.g. no chat template: the check after loading says so
         return None
-    longest = max(len(ids) for ids in files.tokenizer(prompts, add_special_tokens=False)["input_ids"])
     free, _ = torch.cuda.mem_get_info(device)
     rows = gpu_batch_size(config, files, longest, free, gpu=f"{torch.cuda.get_device_name(device)} (free memory)")
-    if not config.batch_size and rows < 512:
+    if not config.batch_size and rows < GPU_BATCH_SIZE:
         print(f"eval: {rows} samples per batch, the most that the planner fits in {free / 2**30:.1f} GiB free "
               "(--batch-size sets it)", file=sys.stderr)
     return rows
 
 
+def longest_prompt(config: EvalConfig, task, problems: list[dict], tokenizer) -> int:
+    """Tokens in the longest of ``problems``' prompts, built and encoded as the evaluation builds them (raises
+    ValueError when a prompt cannot be built, e.g. ``--prompt-style chat`` without a chat template)."""
+    prompts = [task.prompt(p, style=config.prompt_style, tokenizer=tokenizer) for p in problems]
+    return max(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+
+
 def _check_prompts(model, tokenizer, task, problems: list[dict], config: EvalConfig) -> None:
     """Every prompt can be built (a chat template exists) and leaves room for a whole completion."""
-    from companion.decode import check_prompts_fit
+    from companion.decode import check_context
 
     try:
-        prompts = [task.prompt(p, style=config.prompt_style, tokenizer=tokenizer) for p in problems]
-        check_prompts_fit(model, tokenizer, prompts, config.max_completion_length)
+        check_context(model, longest_prompt(config, task, problems, tokenizer), config.max_completion_length)
     except ValueError as error:  # e.g. --prompt-style chat with a tokenizer that has no chat template
         raise RunError(str(error)) from error
 

@@ -193,17 +193,14 @@ def read_model_files(name_or_path: str = "tiny", *, hub_timeout: float = 5.0) ->
     from transformers import AutoConfig, AutoTokenizer
 
     path = Path(name_or_path).expanduser()
-    saved, r = path / POLICY_FILE, None
-    meta = {}
+    saved = path / POLICY_FILE
+    meta, r, source = {}, None, name_or_path
     if saved.is_file():  # adapters: the shapes are their base's, the rank is theirs
-        meta = json.loads(saved.read_text())
         try:
-            r = int(json.loads((path / "adapter_config.json").read_text())["r"])
+            meta = json.loads(saved.read_text())
+            r, source = int(json.loads((path / "adapter_config.json").read_text())["r"]), meta["base"]
         except (OSError, KeyError, ValueError):
             return None
-        source = meta["base"]
-    else:
-        source = name_or_path
     if source == "tiny" and not Path(source).is_dir():
         source = str(_tiny_dir())
     local_only = True

@@ -508,7 +508,8 @@ def _mean(values: torch.Tensor) -> float | None:
 
 
 def heldout_accuracy(model, tokenizer, task, problems: list, *, max_completion_length: int, temperature: float = 1.0,
-                     top_p: float = 1.0, num_generations: int = 4, seed: int = 0, batch_size: int = 512) -> dict:
+                     top_p: float = 1.0, num_generations: int = 4, seed: int = 0,
+                     batch_size: int = EVAL_BATCH_ROWS) -> dict:
     """Accuracy on ``problems``: greedy (temperature 0) and sampled (``num_generations`` completions each), through
     the package's one evaluation path (:mod:`companion.evaluate`). Sampling uses its own seeded generators, so
     evaluating never moves the caller's random stream. ``batch_size``: completions decoded together."""

@@ -448,9 +448,9 @@ def gpu_batch_size(config: EvalConfig, files, prompt_length: int, free_bytes: in
         raise RunError(f"evaluating {config.model} needs about {need_bytes(1) / GIB:.2f} GiB with even one sample per "
                        f"batch (weights {estimate.weights / GIB:.2f} GiB) and {have}: lower --max-completion-length, "
                        "or use a GPU with more memory")
-    raise RunError(f"--batch-size {asked} needs about {need_bytes(asked) / GIB:.2f} GiB (its samples' KV cache and "
-                   f"scores: {estimate.sampling / GIB:.2f} GiB) and {have}: use --batch-size {largest} (or 0 to "
-                   "let the planner choose; the samples do not depend on the batch)")
+    raise RunError(f"--batch-size {asked} needs about {(estimate.peak - CONTEXT_BYTES) / GIB:.2f} GiB (its samples' "
+                   f"KV cache and scores: {estimate.sampling / GIB:.2f} GiB) and {have}: use --batch-size {largest} "
+                   "(or 0 to let the planner choose; the samples do not depend on the batch)")
 
 
 def _gpu_rows(config: EvalConfig, task, problems: list[dict]) -> int | None:

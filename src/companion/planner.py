@@ -328,7 +328,7 @@ def largest_fitting_batch(fits, *, start: int) -> int:
     batch = start
     while batch >= 1 and not fits(batch):
         batch //= 2
-    return max(batch, 0)
+    return batch
 
 
 def check_fits(estimate: Plan, memory_bytes: int, *, what: str = "this run", gpu: str = "the GPU",

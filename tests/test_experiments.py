@@ -94,6 +94,19 @@ def test_training_length_is_the_comparisons_grpo_run_again_keeping_its_policies(
         assert experiments.policy_step(evaluation["model"]) == (None if step == train["steps"] else step)
 
 
+def test_the_precision_runs_are_the_comparisons_grpo_runs_with_lora_4bit_and_fp16_compute():
+    runs = experiments.precision_configs()
+    assert len(runs) == len(experiments.PRECISION_VARIANTS) * len(experiments.SEEDS)
+    compare = experiments.comparison_configs()
+    for name, (train, evaluation) in runs.items():
+        config = TrainConfig(**train)
+        assert config.lora and config.learning_rate == experiments.LORA_RATE
+        twin = compare[f"tinygsm-grpo-seed{config.seed}"]  # the same problems, recipe and final evaluation
+        assert {**train, "learning_rate": twin[0]["learning_rate"]} == {**twin[0], **experiments.PRECISION_VARIANTS[
+            name.removeprefix("tinygsm-grpo-").rsplit("-seed", 1)[0]]} and evaluation == twin[1]
+        assert config.load_in_4bit == ("4bit" in name) and config.dtype == ("float16" if "fp16" in name else "auto")
+
+
 def test_an_evaluation_of_a_kept_policy_waits_for_the_run_that_keeps_it(tmp_path, capsys):
     data, out = tmp_path / "data", tmp_path / "out"
     _commit(data, policy_every=1)

@@ -248,8 +248,11 @@ def test_a_dtype_the_device_cannot_take_is_refused_before_loading(monkeypatch):
     from companion import models
 
     assert models.resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    with pytest.raises(ValueError, match="on a CPU the package computes in float32"):
+    with pytest.raises(ValueError, match="on a CPU the package computes in float32.*--lora --load-in-4bit"):
         models.resolve_dtype("bfloat16", torch.device("cpu"))
+    # ...but a 4-bit model's layers may compute in half precision there (bitsandbytes has CPU kernels for it)
+    assert models.resolve_dtype("float16", torch.device("cpu"), load_in_4bit=True) == torch.float16
+    assert models.resolve_dtype("bfloat16", torch.device("cpu"), load_in_4bit=True) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     with pytest.raises(ValueError, match=r"Tesla T4\) has no bfloat16.*--dtype float16"):
@@ -258,6 +261,22 @@ def test_a_dtype_the_device_cannot_take_is_refused_before_loading(monkeypatch):
     assert models.resolve_dtype("auto", torch.device("cuda")) == torch.float16  # what a T4 gets
     with pytest.raises(ValueError, match="dtype must be one of"):
         TrainConfig(dtype="fp8")
+
+
+def test_on_a_cpu_a_4bit_run_computes_in_the_half_dtype_it_asks_for(tmp_path):
+    """The T4 policy in the tiny world: --dtype float16 with --lora --load-in-4bit reaches the 4-bit layers on the
+    CPU, while every parameter stays float32; without 4-bit the same request stops before anything loads."""
+    import bitsandbytes as bnb
+
+    from companion.trainer import _policy
+
+    config = _run_config(tmp_path, lora=True, load_in_4bit=True, dtype="float16", device="cpu")
+    model, _ = _policy(config, None, None)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.compute_dtype == torch.float16 for m in layers)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
+    with pytest.raises(ValueError, match="--lora --load-in-4bit"):
+        train(_run_config(tmp_path, dtype="float16", device="cpu"), progress=False)
 
 
 def test_resume_drops_records_written_after_the_checkpoint(tiny_policy_dir, tmp_path, seven_reward):

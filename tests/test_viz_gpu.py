@@ -67,3 +67,49 @@ def test_the_table_folds_the_changes_at_their_commas():
     assert lines[3].strip() == "checkpointing" and lines[3].index("c") == lines[2].index("logit")
     assert lines[4].endswith("update      bfloat16, 4-bit")
     assert lines[5].endswith("evaluation  held-out 8 x 4") and len(lines) == 6
+
+
+# --- the precision runs: made-up records whose every answer is known -----------------------------------------
+
+
+def _trained(seed, final, *, lora=False, load_in_4bit=False, dtype="auto", greedy=0.9, step_time=2.0, task="tinygsm"):
+    records = [{"step": 0, "eval_accuracy_sampled": 0.4, "eval_accuracy_greedy": 0.8}]
+    for step in range(1, 11):
+        record = {"step": step, "step_time": step_time}
+        if step % 5 == 0:
+            record.update(eval_accuracy_sampled=0.4 + 0.04 * step + 0.01 * seed, eval_accuracy_greedy=greedy)
+        records.append(record)
+    return {"algo": "grpo", "task": task, "seed": seed, "lora": lora, "load_in_4bit": load_in_4bit, "dtype": dtype,
+            "records": records, "summary": {"pass_at_k": [{"k": 1, "estimate": final}]}}
+
+
+def _precision_runs():
+    runs = [{"algo": "base", "task": "tinygsm", "seed": None, "records": [], "summary": {}},
+            _trained(0, 0.1, task="countdown")]  # left out: not a trained word-problem run
+    for seed, noise in enumerate((-0.01, 0.0, 0.01)):
+        runs.append(_trained(seed, 0.85 + noise))
+        runs.append(_trained(seed, 0.85 - noise, lora=True, step_time=3.0))
+        runs.append(_trained(seed, 0.70 + noise, lora=True, load_in_4bit=True, dtype="float16", greedy=0.6,
+                             step_time=9.0))
+    return runs[::-1]  # the order they come in does not matter
+
+
+def test_precision_rows_compare_each_training_path_with_full_parameters():
+    rows = vgpu.precision_rows(_precision_runs())
+    assert [r["variant"] for r in rows] == ["full", "lora", "4bit-fp16"]  # the book's order, absent paths left out
+    full, lora, fp16 = rows
+    assert full["seeds"] == 3 and full["per_seed"] == [0.84, 0.85, 0.86] and "vs_full" not in full
+    assert abs(lora["vs_full"]) < 1e-12 and not lora["distinguishable"]
+    assert round(fp16["vs_full"], 6) == -0.15 and fp16["distinguishable"]
+    assert fp16["eval_step"] == 10 and round(fp16["heldout_sampled"], 6) == 0.81 and fp16["heldout_greedy"] == 0.6
+    assert [r["step_time"] for r in rows] == [2.0, 3.0, 9.0]
+    table = vgpu.precision_table(rows).splitlines()
+    assert len(table) == 4 and "-0.150*" in table[3] and table[2].split()[-3] == "+0.000"
+
+
+def test_the_precision_figure_draws_a_band_and_a_mean_per_path():
+    fig = vgpu.precision_figure(_precision_runs())
+    means = [t for t in fig.data if t.mode == "lines+markers"]
+    assert [t.name for t in means] == [vgpu.VARIANT_NAMES[v] for v in ("full", "lora", "4bit-fp16")]
+    assert list(means[0].x) == [0, 5, 10] and [round(y, 6) for y in means[0].y] == [0.4, 0.61, 0.81]
+    assert len(fig.data) == 6  # each with its min-max band over the seeds

@@ -312,10 +312,35 @@ def ppo_configs() -> dict[str, tuple[dict, dict]]:
     return runs
 
 
+PRECISION_TASK = "tinygsm"
+"""Chapter 8's precision runs are on the word problems: a run there costs about half a Countdown run, and a
+fp16 step about three times a float32 one on the CPU."""
+LORA_RATE = 1e-3
+"""The learning rate of every precision run: about three times the comparison's full-parameter 3e-4, since LoRA's
+few parameters usually want a larger step. Chosen, not swept."""
+PRECISION_VARIANTS = {"lora": dict(lora=True), "4bit": dict(lora=True, load_in_4bit=True),
+                      "4bit-fp16": dict(lora=True, load_in_4bit=True, dtype="float16")}
+"""Chapter 8's path in the tiny world, one step at a time: LoRA on the float32 base (rank 16, alpha 32, the GPU
+recipe's), the base in 4-bit nf4 with float32 compute, and 4-bit with fp16 compute (a T4's policy: the 4-bit layers
+multiply in fp16, the adapters, norms and embeddings stay float32). Full-parameter training is the comparison's."""
+
+
+def precision_configs() -> dict[str, tuple[dict, dict]]:
+    """Run name -> configs of chapter 8's question whether the GPU recipe's path trains: GRPO on the word problems
+    with each of :data:`PRECISION_VARIANTS` at :data:`LORA_RATE`, 3 seeds, the comparison's recipe otherwise (the
+    same problems per step as its GRPO runs of the same seed). The final evaluation computes in float32."""
+    runs = {}
+    for variant, options in PRECISION_VARIANTS.items():
+        for seed in SEEDS:
+            train = dict(COMPARISON, algo="grpo", task=PRECISION_TASK, seed=seed, learning_rate=LORA_RATE, **options)
+            runs[f"{PRECISION_TASK}-grpo-{variant}-seed{seed}"] = (train, dict(FINAL_EVAL, task=PRECISION_TASK))
+    return runs
+
+
 GENERATED = {"compare": comparison_configs, "stability": stability_configs, "distill": distill_configs,
              "boundary": boundary_configs, "length": length_configs, "kl": kl_configs,
              "iterations": iterations_configs, "refresh": refresh_configs, "rewards": rewards_configs,
-             "ppo": ppo_configs}
+             "ppo": ppo_configs, "precision": precision_configs}
 """Experiments whose configs the package generates (``--init``)."""
 
 
@@ -877,8 +902,8 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
     """The committed runs of ``experiment`` that have results, as records for the book's figures.
 
     Each record: ``name``, ``algo``, ``task``, ``seed``, ``learning_rate``, ``normalizer`` (the one in use),
-    ``beta``, ``num_iterations``, ``refresh_every``, ``reward`` (the shape in use) and ``gae_lambda`` (ppo's, else
-    None; all None for an evaluation-only run),
+    ``beta``, ``num_iterations``, ``refresh_every``, ``reward`` (the shape in use), ``gae_lambda`` (ppo's, else
+    None), ``lora``, ``load_in_4bit`` and ``dtype`` (all None for an evaluation-only run),
     ``steps`` (trained: the run's, or a kept policy's step for an evaluation-only run; 0 for the base),
     ``records`` (``metrics.jsonl``), ``summary`` (the final evaluation's ``summary.json``) and ``rows`` (its
     per-problem rows: ``index``, ``rewards``, ``lengths``).
@@ -900,7 +925,8 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
         if t is None:  # a model as it is: the base, or (chapter 7) a committed policy evaluated again
             results.append({"name": run.name, "algo": model_key(e["model"]), "task": e["task"], "seed": None,
                             "learning_rate": None, "normalizer": None, "beta": None, "num_iterations": None,
-                            "refresh_every": None, "reward": None, "gae_lambda": None,
+                            "refresh_every": None, "reward": None, "gae_lambda": None, "lora": None,
+                            "load_in_4bit": None, "dtype": None,
                             "steps": policy_step(e["model"]) or trained.get(e["model"], 0),
                             "records": [], **scored})
             continue
@@ -910,6 +936,8 @@ def load_results(experiment: str, data: Path = DATA) -> list[dict]:
                         "beta": t.get("beta", 0.0), "num_iterations": t.get("num_iterations", 1),
                         "refresh_every": t.get("refresh_every", 1), "reward": _reward_shape(t),
                         "gae_lambda": t.get("gae_lambda", 0.95) if t["algo"] == "ppo" else None,
+                        "lora": t.get("lora", False), "load_in_4bit": t.get("load_in_4bit", False),
+                        "dtype": t.get("dtype", "auto"),
                         "records": read_jsonl(run.committed / "metrics.jsonl"), **scored})
     return results
 

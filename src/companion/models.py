@@ -85,11 +85,17 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 """The compute dtypes a run may ask for (``--dtype``); ``auto`` is :func:`default_dtype`."""
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, *, load_in_4bit: bool = False) -> torch.dtype:
     """The dtype ``--dtype name`` means on ``device``, or a ValueError that says what to ask for instead.
+
+    On a CPU a half-precision dtype is taken only with ``load_in_4bit``: there it is the compute dtype of the 4-bit
+    layers alone (bitsandbytes has CPU kernels for it; adapters, norms and embeddings stay float32), which is how
+    the book runs a T4's fp16 policy in the tiny world. Whole models in half precision are for GPUs.
 
     >>> resolve_dtype("auto", torch.device("cpu"))
     torch.float32
+    >>> resolve_dtype("float16", torch.device("cpu"), load_in_4bit=True)
+    torch.float16
     """
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
@@ -97,8 +103,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return default_dtype(device)
     dtype = getattr(torch, name)
     if device.type != "cuda" and dtype != torch.float32:
+        if load_in_4bit:
+            return dtype
         raise ValueError(f"--dtype {name} is for GPUs: on a CPU the package computes in float32 (half-precision "
-                         "matmuls are slow there and untested); use --dtype float32 or auto")
+                         "matmuls are slow there), except in 4-bit layers; use --dtype float32 or auto, or add "
+                         "--lora --load-in-4bit to compute only those in it")
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16 (a T4 has none): use "
                          "--dtype float16, float32, or auto (which picks float16 there)")

@@ -116,7 +116,8 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "'auto' (a GPU if there is one), 'cpu' or 'cuda'"})
     dtype: str = field(default="auto", metadata={
         "help": "weights' and 4-bit layers' compute dtype: 'auto' is float32 on a CPU, bfloat16 on a GPU that has "
-                "it and float16 on one that does not (a T4)", "choices": DTYPES})
+                "it and float16 on one that does not (a T4); on a CPU a half dtype is taken with --load-in-4bit "
+                "only, for the 4-bit layers (slow: about three times float32's step)", "choices": DTYPES})
     num_threads: int = field(default=0, metadata={"help": "torch CPU threads during the run (0 = leave as is); a tiny "
                                                           "model on a busy machine is fastest with 1"})
     num_processes: int = field(default=1, metadata={
@@ -700,7 +701,7 @@ def _policy(config: TrainConfig, model, tokenizer, device: torch.device | None =
 
     if model is None:
         device = device or resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)  # refused here, before anything loads
+        dtype = resolve_dtype(config.dtype, device, load_in_4bit=config.load_in_4bit)  # refused here, before anything loads
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             check_gpu_memory(config, free, gpu=f"{torch.cuda.get_device_name(device)} (free memory)")

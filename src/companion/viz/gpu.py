@@ -1,5 +1,7 @@
-"""Chapter 8's check of the memory planner against measurements: ``bench/bench_memory.py``'s report (the tensors
-training steps and ``companion eval`` really allocate, counted on the CPU), as rows and as a figure."""
+"""Chapter 8's measurements: the memory planner against ``bench/bench_memory.py``'s report (the tensors training
+steps and ``companion eval`` really allocate, counted on the CPU), as rows and as a figure; and whether the GPU
+recipe's path (LoRA, a 4-bit base, fp16 compute) trains, from the committed ``precision`` runs of the tiny world
+(:func:`companion.experiments.precision_configs`) beside chapter 6's full-parameter GRPO runs."""
 
 from __future__ import annotations
 
@@ -89,3 +91,88 @@ def memory_figure(report: dict) -> go.Figure:
                       title="The planner against the tensors training and evaluation allocate (CPU)",
                       legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
     return fig
+
+
+# --- does the recipe's path train? (the tiny world) -------------------------------------------------------------
+
+VARIANT_NAMES = {"full": "full parameters", "lora": "LoRA", "4bit": "LoRA, 4-bit base",
+                 "4bit-fp16": "LoRA, 4-bit base, fp16 compute"}
+"""The training paths of chapter 8's precision table, in its order: chapter 6's full-parameter training, then each
+step toward a T4's run."""
+VARIANT_COLORS = {"full": "#264653", "lora": "#2a9df4", "4bit": "#e9c46a", "4bit-fp16": "#e76f51"}
+
+
+def variant(run: dict) -> str:
+    """Which of :data:`VARIANT_NAMES` a :func:`companion.experiments.load_results` record trained with.
+
+    >>> variant({"lora": True, "load_in_4bit": True, "dtype": "float16"}), variant({"lora": False})
+    ('4bit-fp16', 'full')
+    """
+    if not run.get("lora"):
+        return "full"
+    if not run.get("load_in_4bit"):
+        return "lora"
+    return "4bit-fp16" if run.get("dtype") == "float16" else "4bit"
+
+
+def _variants(runs: list[dict], algo: str, task: str) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        if run["algo"] == algo and run["task"] == task and run["seed"] is not None:
+            groups.setdefault(variant(run), []).append(run)
+    return {v: sorted(groups[v], key=lambda r: r["seed"]) for v in VARIANT_NAMES if v in groups}
+
+
+def precision_rows(runs: list[dict], *, algo: str = "grpo", task: str = "tinygsm") -> list[dict]:
+    """One row per training path (:func:`variant`) of ``algo`` on ``task``: the final policies' pass@1 on the held-out
+    problems (their ``companion eval``, which computes in float32), mean, standard deviation and each seed's; its
+    difference from full-parameter training and whether that is distinguishable
+    (:func:`companion.viz.compare.distinguishable`); the last in-training held-out evaluation, sampled and greedy,
+    which ran in the run's own compute dtype (mean over seeds); and the mean seconds per training step."""
+    from statistics import mean, stdev
+
+    from companion.viz.compare import distinguishable
+
+    groups = _variants(runs, algo, task)
+    full = [r["summary"]["pass_at_k"][0]["estimate"] for r in groups.get("full", [])]
+    rows = []
+    for name, group in groups.items():
+        values = [r["summary"]["pass_at_k"][0]["estimate"] for r in group]
+        last = [[x for x in r["records"] if x.get("eval_accuracy_sampled") is not None][-1] for r in group]
+        times = [x["step_time"] for r in group for x in r["records"] if x.get("step_time") is not None]
+        row = {"variant": name, "label": VARIANT_NAMES[name], "seeds": len(group), "pass1": mean(values),
+               "sd": stdev(values) if len(values) > 1 else float("nan"), "per_seed": values,
+               "eval_step": last[0]["step"], "heldout_sampled": mean(x["eval_accuracy_sampled"] for x in last),
+               "heldout_greedy": mean(x["eval_accuracy_greedy"] for x in last),
+               "step_time": mean(times) if times else None}
+        if name != "full" and full:
+            row["vs_full"] = mean(values) - mean(full)
+            row["distinguishable"] = distinguishable(values, full)
+        rows.append(row)
+    return rows
+
+
+def precision_table(rows: list[dict]) -> str:
+    """:func:`precision_rows` as fixed-width text."""
+    lines = [f"{'':>31} {'pass@1':>6} {'sd':>5} {'vs full':>8} {'held-out':>8} {'greedy':>6}"]
+    for r in rows:
+        diff = "" if "vs_full" not in r else f"{r['vs_full']:+.3f}" + ("*" if r["distinguishable"] else " ")
+        lines.append(f"{r['label']:>31} {r['pass1']:6.3f} {r['sd']:5.3f} {diff:>8} {r['heldout_sampled']:8.3f} "
+                     f"{r['heldout_greedy']:6.3f}")
+    return "\n".join(lines)
+
+
+def precision_figure(runs: list[dict], *, algo: str = "grpo", task: str = "tinygsm",
+                     key: str = "eval_accuracy_sampled") -> go.Figure:
+    """The in-training held-out accuracy (``key``) over training, per training path: mean line and min-max band of
+    the seeds."""
+    from companion.viz.base_model import _layout
+    from companion.viz.compare import _band, heldout_curve
+
+    fig = go.Figure()
+    for name, group in _variants(runs, algo, task).items():
+        curves = [heldout_curve(r, key) for r in group]
+        _band(fig, curves[0][0], [c[1] for c in curves], VARIANT_COLORS[name], VARIANT_NAMES[name], markers=True)
+    fig.update_xaxes(title="training step")
+    fig.update_yaxes(title="held-out accuracy (sampled, T = 1)")
+    return _layout(fig, "Word problems, GRPO: full parameters, LoRA, a 4-bit base, fp16 compute", 400)

@@ -104,7 +104,8 @@ def test_precision_rows_compare_each_training_path_with_full_parameters():
     assert fp16["eval_step"] == 10 and round(fp16["heldout_sampled"], 6) == 0.81 and fp16["heldout_greedy"] == 0.6
     assert [r["step_time"] for r in rows] == [2.0, 3.0, 9.0]
     table = vgpu.precision_table(rows).splitlines()
-    assert len(table) == 4 and "-0.150*" in table[3] and table[2].split()[-3] == "+0.000"
+    assert len(table) == 4 and "-0.150*" in table[3] and table[2].split()[-4] == "+0.000"
+    assert [line.split()[-1] for line in table] == ["s/step", "2.0", "3.0", "9.0"]
 
 
 def test_the_precision_figure_draws_a_band_and_a_mean_per_path():
@@ -113,3 +114,16 @@ def test_the_precision_figure_draws_a_band_and_a_mean_per_path():
     assert [t.name for t in means] == [vgpu.VARIANT_NAMES[v] for v in ("full", "lora", "4bit-fp16")]
     assert list(means[0].x) == [0, 5, 10] and [round(y, 6) for y in means[0].y] == [0.4, 0.61, 0.81]
     assert len(fig.data) == 6  # each with its min-max band over the seeds
+
+
+def test_the_readme_s_precision_table_is_what_its_script_prints(capsys):
+    """README's table is scripts/precision_table.py's output on the committed runs, so it changes with them."""
+    import runpy
+
+    from conftest import CHECKOUT
+
+    runpy.run_path(str(CHECKOUT / "scripts" / "precision_table.py"), run_name="__main__")
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert len(printed) == 2 + len(vgpu.VARIANT_NAMES)
+    readme = (CHECKOUT / "README.md").read_text().splitlines()
+    assert all(line in readme for line in printed), "rerun scripts/precision_table.py into README.md"

@@ -313,7 +313,7 @@ def ppo_configs() -> dict[str, tuple[dict, dict]]:
 
 
 PRECISION_TASK = "tinygsm"
-"""Chapter 8's precision runs are on the word problems: a run there costs about half a Countdown run, and a
+"""Chapter 8's precision runs are on the word problems: a run there costs about half a Countdown run, and an
 fp16 step about three times a float32 one on the CPU."""
 LORA_RATE = 1e-3
 """The learning rate of every precision run: about three times the comparison's full-parameter 3e-4, since LoRA's

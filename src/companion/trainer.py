@@ -701,7 +701,8 @@ def _policy(config: TrainConfig, model, tokenizer, device: torch.device | None =
 
     if model is None:
         device = device or resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device, load_in_4bit=config.load_in_4bit)  # refused here, before anything loads
+        # refused here, before anything loads
+        dtype = resolve_dtype(config.dtype, device, load_in_4bit=config.load_in_4bit)
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             check_gpu_memory(config, free, gpu=f"{torch.cuda.get_device_name(device)} (free memory)")

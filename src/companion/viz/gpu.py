@@ -154,11 +154,12 @@ def precision_rows(runs: list[dict], *, algo: str = "grpo", task: str = "tinygsm
 
 def precision_table(rows: list[dict]) -> str:
     """:func:`precision_rows` as fixed-width text."""
-    lines = [f"{'':>31} {'pass@1':>6} {'sd':>5} {'vs full':>8} {'held-out':>8} {'greedy':>6}"]
+    lines = [f"{'':>31} {'pass@1':>6} {'sd':>5} {'vs full':>8} {'held-out':>8} {'greedy':>6} {'s/step':>6}"]
     for r in rows:
         diff = "" if "vs_full" not in r else f"{r['vs_full']:+.3f}" + ("*" if r["distinguishable"] else " ")
+        time = "-" if r["step_time"] is None else f"{r['step_time']:.1f}"
         lines.append(f"{r['label']:>31} {r['pass1']:6.3f} {r['sd']:5.3f} {diff:>8} {r['heldout_sampled']:8.3f} "
-                     f"{r['heldout_greedy']:6.3f}")
+                     f"{r['heldout_greedy']:6.3f} {time:>6}")
     return "\n".join(lines)
 
 

@@ -260,3 +260,27 @@ def test_the_files_a_load_would_read_are_read_without_the_weights(tiny_policy_di
     assert read_model_files("companion-tests/no-such-model") is None
     assert time.perf_counter() - start < 10
     assert read_model_files(str(tmp_path / "nothing-here")) is None
+
+
+def test_the_largest_activation_is_read_from_every_linear_layer_and_the_hooks_go(tiny_policy):
+    """Chapter 8's check of how near a model's activations come to fp16's range: at least any one projection's
+    largest output, rising with that projection's weights, and the hooks are gone afterwards."""
+    from companion.models import largest_activation
+
+    model, tokenizer = tiny_policy
+    texts = ["12+7=", "a longer prompt, padded with the short one"]
+    layer = model.model.layers[0].mlp.down_proj
+    seen = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.abs().max().item()))
+    before = largest_activation(model, tokenizer, texts)
+    handle.remove()
+    assert 0 < seen[0] <= before < 1e3 and all(not m._forward_hooks for m in model.modules())
+    original = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.mul_(1e6)
+    try:
+        assert largest_activation(model, tokenizer, texts) >= 0.99e6 * seen[0] > before
+    finally:
+        with torch.no_grad():
+            layer.weight.copy_(original)
+    assert largest_activation(model, tokenizer, texts) == before

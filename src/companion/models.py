@@ -302,6 +302,25 @@ def _keep_4bit_trainable(model):
             module.support_avx512bf16_for_cpu = False  # set in __init__ from has_avx512bf16(); read by forward
 
 
+def largest_activation(model, tokenizer, texts: list[str]) -> float:
+    """The largest absolute value that enters or leaves any linear layer of ``model`` in one forward pass over
+    ``texts`` (padded into one batch): how near its activations come to the largest number fp16 holds (65,504),
+    past which a T4's fp16 compute overflows."""
+    largest = [0.0]
+
+    def hook(module, inputs, output):
+        largest[0] = max(largest[0], inputs[0].abs().max().item(), output.abs().max().item())
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        with torch.no_grad():
+            model(**tokenizer(texts, return_tensors="pt", padding=True).to(model.device))
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return largest[0]
+
+
 def is_lora(model) -> bool:
     """Whether ``model`` carries peft adapters (so its reference policy is the base with them disabled)."""
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")

@@ -134,10 +134,11 @@ def precision_rows(runs: list[dict], *, algo: str = "grpo", task: str = "tinygsm
     from companion.viz.compare import distinguishable
 
     groups = _variants(runs, algo, task)
-    full = [r["summary"]["pass_at_k"][0]["estimate"] for r in groups.get("full", [])]
+    scores = {name: [r["summary"]["pass_at_k"][0]["estimate"] for r in group] for name, group in groups.items()}
+    full = scores.get("full", [])
     rows = []
     for name, group in groups.items():
-        values = [r["summary"]["pass_at_k"][0]["estimate"] for r in group]
+        values = scores[name]
         last = [[x for x in r["records"] if x.get("eval_accuracy_sampled") is not None][-1] for r in group]
         times = [x["step_time"] for r in group for x in r["records"] if x.get("step_time") is not None]
         row = {"variant": name, "label": VARIANT_NAMES[name], "seeds": len(group), "pass1": mean(values),

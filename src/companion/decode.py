@@ -430,6 +430,31 @@ def _decode_batch(model, prompt_cache, prompt_logits, prompt_mask, prompt_of, ma
             model.set_attn_implementation(previous_attention)
 
 
+def _draw(logits: torch.Tensor, live: torch.Tensor, uniforms: torch.Tensor | None, *, temperature: float, top_k: int,
+          top_p: float, fast_nucleus: bool, generator, num_rows: int) -> torch.Tensor:
+    """A token for each live row of ``logits`` (A, V), already divided by the temperature: greedy, by the row's own
+    uniform (``uniforms``, (A,)), or by the exponential race. The (A, V) tensors of a step are the sampler's memory
+    beside the cache (a 151k vocabulary: 0.6 MB a row in float32), so each is freed as soon as it is used."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)  # (A,)
+    if fast_nucleus:  # the fast path's nucleus
+        probs = nucleus_probs(logits, top_p=top_p)  # (A, V), unnormalised: the draw scales by its sum
+    else:
+        probs = filter_logits(logits, top_k=top_k, top_p=top_p).softmax(dim=-1)  # (A, V)
+    if uniforms is not None:
+        return _inverse_cdf(probs, uniforms)
+    # argmax p / E with E ~ Exp(1) draws from p, as torch.multinomial does for one sample. Noise for every row of
+    # the batch each step: a row's draw does not depend on which rows were dropped.
+    noise = torch.empty(num_rows, probs.shape[1], device=logits.device).exponential_(generator=generator)
+    return probs.div_(noise if len(live) == num_rows else noise[live]).argmax(dim=-1)
+
+
+def _logp_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A,) log-prob of each row's token under softmax(``logits``) (A, V), and (A,) that distribution's entropy."""
+    logp = torch.log_softmax(logits, dim=-1)  # (A, V)
+    return logp.gather(1, tokens.unsqueeze(1)).squeeze(1), -logp.exp().mul_(logp).sum(dim=-1)
+
+
 def _decode_loop(model, cache, prompt_logits, prompt_mask, prompt_of, max_len, stop_ids, *, uniforms, generator,
                  temperature, top_k, top_p, return_logps, on_finished, shared):
     """The steps of :func:`_decode_batch`, on a cache made for them (``shared``: the shared-prompt path's)."""
@@ -451,31 +476,15 @@ def _decode_loop(model, cache, prompt_logits, prompt_mask, prompt_of, max_len, s
     logits = prompt_logits[prompt_of]  # (A, V)
     running = torch.ones(num_rows, dtype=torch.bool, device=device)  # (A,) not yet finished, among the live rows
     for t in range(max_len):
-        # 2. a token for every live row: greedy, by its own uniform, or by the exponential race
-        # The (A, V) tensors of a step are the sampler's memory beside the cache (a 151k vocabulary: 0.6 MB a row in
-        # float32), so each is freed or overwritten as soon as it is used; in-place arithmetic gives the same bits.
+        # 2. a token for every live row: greedy, by its own uniform, or by the exponential race (in-place arithmetic
+        #    on the (A, V) tensors gives the same bits with fewer copies)
         logits = logits.float().div_(temperature or 1.0)  # (A, V) of the sampling distribution (greedy: unscaled)
-        if temperature == 0:
-            next_tokens = logits.argmax(dim=-1)  # (A,)
-        else:
-            if shared is not None and not top_k:  # the fast path's nucleus
-                probs = nucleus_probs(logits, top_p=top_p)  # (A, V), unnormalised: the draw scales by its sum
-            else:
-                probs = filter_logits(logits, top_k=top_k, top_p=top_p).softmax(dim=-1)  # (A, V)
-            if uniforms is not None:
-                next_tokens = _inverse_cdf(probs, uniforms[live, t])
-            else:  # argmax p / E with E ~ Exp(1) draws from p, as torch.multinomial does for one sample. Noise
-                # for every row of the batch each step: a row's draw does not depend on which rows were dropped.
-                noise = torch.empty(num_rows, probs.shape[1], device=device).exponential_(generator=generator)
-                next_tokens = probs.div_(noise if len(live) == num_rows else noise[live]).argmax(dim=-1)
-                del noise
-            del probs
+        next_tokens = _draw(logits, live, None if uniforms is None else uniforms[live, t], temperature=temperature,
+                            top_k=top_k, top_p=top_p, fast_nucleus=shared is not None and not top_k,
+                            generator=generator, num_rows=num_rows)
         tokens[live, t] = next_tokens
         if return_logps:  # the sampling policy's log-prob of its token, and its entropy
-            logp = torch.log_softmax(logits, dim=-1)  # (A, V)
-            logps[live, t] = logp.gather(1, next_tokens.unsqueeze(1)).squeeze(1)
-            entropies[live, t] = -logp.exp().mul_(logp).sum(dim=-1)
-            del logp
+            logps[live, t], entropies[live, t] = _logp_and_entropy(logits, next_tokens)
         ends = running & torch.isin(next_tokens, stop_ids)  # (A,)
         if ends.any():
             ended = live[ends]

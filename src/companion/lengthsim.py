@@ -451,6 +451,17 @@ def total_loss(policy: LengthPolicy, batch: Batch, weights: torch.Tensor, runs: 
     return total
 
 
+def _calibration(policy, loss, batches: int) -> torch.Tensor:
+    """Each run's scale: the size (RMS over prompts) of its mean gradient on the approach choice, the direction
+    that learns the task, over ``batches`` calls of ``loss`` (a new sampled batch's summed loss each; run r's slice
+    of the gradient is its own gradient). (R,)"""
+    approach = torch.zeros_like(policy.approach_logits, dtype=torch.float64)  # (R, M)
+    for _ in range(batches):
+        approach += torch.autograd.grad(loss(), policy.approach_logits)[0].double()
+    rms = (approach / batches).pow(2).mean(dim=1).sqrt()  # (R,)
+    return rms.clamp(min=1e-12).float()
+
+
 def simulate(configs: LengthSimConfig | list[LengthSimConfig], *, progress: bool = True) -> list[dict]:
     """Train every config's policy in lockstep. Returns tidy records, one per run per recorded step.
 
@@ -485,14 +496,8 @@ def simulate(configs: LengthSimConfig | list[LengthSimConfig], *, progress: bool
         return total_loss(policy, batch, weights, runs, scale), weights
 
     with torch_threads(1):  # the simulation's ops are small and many: a second thread costs more than the op
-        # 0. calibration: each run's mean gradient on the approach choice, the direction that learns the task
-        approach = torch.zeros_like(policy.approach_logits, dtype=torch.float64)  # (R, M)
-        for _ in range(first.calibration_batches):
-            loss, _ = loss_and_weights(torch.ones(R))
-            # run r's slice of the gradient is its own gradient
-            approach += torch.autograd.grad(loss, policy.approach_logits)[0].double()
-        rms = (approach / first.calibration_batches).pow(2).mean(dim=1).sqrt()  # (R,)
-        scale = rms.clamp(min=1e-12).float()
+        # 0. calibration: divide out each loss's constant factors (the docstring says why)
+        scale = _calibration(policy, lambda: loss_and_weights(torch.ones(R))[0], first.calibration_batches)
         optimizer = torch.optim.SGD(params, lr=first.learning_rate)
 
         for step in tqdm(range(first.steps + 1), desc="length simulation", disable=not progress):

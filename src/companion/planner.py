@@ -227,7 +227,7 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
          eval_batch_size: int = EVAL_BATCH_ROWS) -> Plan:
     """Estimate one training step's peak GPU memory (see the module docstring for what is counted).
 
-    ``micro_batch_size`` 0 means every completion of the step in one pass, as :class:`companion.trainer.TrainConfig`
+    ``micro_batch_size`` 0 means every completion of the step in one pass, as :class:`companion.train_config.TrainConfig`
     does; ``lora_r`` None is full-parameter training; ``dtype_bytes`` is the compute dtype's (2 for bf16 or fp16);
     ``logit_chunk`` is ``--logit-chunk-size`` (completion positions whose logits are held at once; 0 = all);
     ``top_p`` is the sampler's (below 1 its nucleus filter holds more copies of the logits);
@@ -239,22 +239,14 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
     AdamW; 6: bf16 adapters and an 8-bit AdamW); ``logit_bytes`` 0 is a fused head-and-loss kernel (Liger) that
     never holds the logits.
     """
-    for name, value in (("prompts_per_step", prompts_per_step), ("num_generations", num_generations),
-                        ("prompt_length", prompt_length), ("completion_length", completion_length)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if micro_batch_size < 0 or logit_chunk < 0 or dtype_bytes not in (2, 4) or not 0 < top_p <= 1:
-        raise ValueError(f"need micro_batch_size >= 0, logit_chunk >= 0, dtype_bytes 2 or 4 and 0 < top_p <= 1, got "
-                         f"{micro_batch_size}, {logit_chunk}, {dtype_bytes}, {top_p}")
-    if min(eval_problems, eval_num_generations) < 0 or eval_batch_size < 1:
-        raise ValueError(f"need eval_problems and eval_num_generations >= 0 and eval_batch_size >= 1, got "
-                         f"{eval_problems}, {eval_num_generations}, {eval_batch_size}")
-    if load_in_4bit and lora_r is None:
-        raise ValueError("4-bit weights cannot be trained: plan with a LoRA rank (lora_r)")
+    _check_plan(prompts_per_step=prompts_per_step, num_generations=num_generations, prompt_length=prompt_length,
+                completion_length=completion_length, micro_batch_size=micro_batch_size, logit_chunk=logit_chunk,
+                dtype_bytes=dtype_bytes, top_p=top_p, eval_problems=eval_problems,
+                eval_num_generations=eval_num_generations, eval_batch_size=eval_batch_size,
+                full_parameters_in_4bit=load_in_4bit and lora_r is None)
     rows = prompts_per_step * num_generations
     micro = min(micro_batch_size or rows, rows)
     tokens = prompt_length + completion_length
-    h, layers = shape.hidden_size, shape.num_hidden_layers
 
     weights = weight_bytes(shape, load_in_4bit=load_in_4bit, dtype_bytes=dtype_bytes, upcast=upcast)
     if lora_r is None:  # every weight: its gradient and AdamW's two moments, in the weights' own dtype
@@ -274,22 +266,49 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
         prompts = min(eval_problems, -(-eval_rows // eval_num_generations) + 1)  # a batch may cut a prompt's rows
         evaluation = sampling_bytes(shape, rows=eval_rows, prompts=prompts, **decoding)
 
-    # 2. the update, one micro-batch: activations per token and block (float32 residual stream where 4-bit's
-    #    upcast embeddings carry it, the projections' inputs and outputs in the compute dtype), and the logits
-    residual = 4 if load_in_4bit and upcast else dtype_bytes
-    per_block_token = (4 * h * residual  # residual stream, two norms' inputs and outputs
-                       + (2 * h + 2 * shape.kv_size + 4 * shape.intermediate_size) * dtype_bytes)  # projections
-    kept = micro * tokens
-    if gradient_checkpointing:
-        activations = layers * kept * h * residual + kept * per_block_token  # block inputs, one block recomputed
-    else:
-        activations = layers * kept * per_block_token
-    logits = logit_bytes * micro * min(logit_chunk or completion_length, completion_length) * shape.vocab_size
-    update = activations + logits
+    # 2. the update, one micro-batch
+    update = update_bytes(shape, rows=micro, tokens=tokens, completion_length=completion_length,
+                          residual=4 if load_in_4bit and upcast else dtype_bytes, dtype_bytes=dtype_bytes,
+                          gradient_checkpointing=gradient_checkpointing, logit_bytes=logit_bytes,
+                          logit_chunk=logit_chunk)
 
     return _with_overhead(Plan(weights=weights, trainable=trainable, sampling=sampling, update=update, overhead=0,
                                peak=0, trainable_parameters=trainable_parameters, tokens_per_step=rows * tokens,
                                evaluation=evaluation))
+
+
+def update_bytes(shape: ModelShape, *, rows: int, tokens: int, completion_length: int, residual: int, dtype_bytes: int,
+                 gradient_checkpointing: bool, logit_bytes: int, logit_chunk: int) -> int:
+    """What one micro-batch of ``rows`` sequences of ``tokens`` holds for its backward pass: activations per token
+    and block (the residual stream in ``residual`` bytes, float32 where 4-bit's upcast embeddings carry it; the
+    projections' inputs and outputs in the compute dtype), and the logits of its completion positions."""
+    h, layers = shape.hidden_size, shape.num_hidden_layers
+    per_block_token = (4 * h * residual  # residual stream, two norms' inputs and outputs
+                       + (2 * h + 2 * shape.kv_size + 4 * shape.intermediate_size) * dtype_bytes)  # projections
+    kept = rows * tokens
+    if gradient_checkpointing:
+        activations = layers * kept * h * residual + kept * per_block_token  # block inputs, one block recomputed
+    else:
+        activations = layers * kept * per_block_token
+    return activations + logit_bytes * rows * min(logit_chunk or completion_length, completion_length) * shape.vocab_size
+
+
+def _check_plan(*, prompts_per_step: int, num_generations: int, prompt_length: int, completion_length: int,
+                micro_batch_size: int, logit_chunk: int, dtype_bytes: int, top_p: float, eval_problems: int,
+                eval_num_generations: int, eval_batch_size: int, full_parameters_in_4bit: bool) -> None:
+    """The checks of :func:`plan`'s arguments, each error naming the argument."""
+    for name, value in (("prompts_per_step", prompts_per_step), ("num_generations", num_generations),
+                        ("prompt_length", prompt_length), ("completion_length", completion_length)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if micro_batch_size < 0 or logit_chunk < 0 or dtype_bytes not in (2, 4) or not 0 < top_p <= 1:
+        raise ValueError(f"need micro_batch_size >= 0, logit_chunk >= 0, dtype_bytes 2 or 4 and 0 < top_p <= 1, got "
+                         f"{micro_batch_size}, {logit_chunk}, {dtype_bytes}, {top_p}")
+    if min(eval_problems, eval_num_generations) < 0 or eval_batch_size < 1:
+        raise ValueError(f"need eval_problems and eval_num_generations >= 0 and eval_batch_size >= 1, got "
+                         f"{eval_problems}, {eval_num_generations}, {eval_batch_size}")
+    if full_parameters_in_4bit:
+        raise ValueError("4-bit weights cannot be trained: plan with a LoRA rank (lora_r)")
 
 
 def _with_overhead(estimate: Plan) -> Plan:

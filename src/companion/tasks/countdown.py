@@ -398,26 +398,32 @@ def generate(
         seen.add(key)
         problems.append(problem)
         bar.update(1)
-    if len(problems) < n_problems:
-        try:
-            everything = enumerate_problems(
-                n_numbers=n_numbers, low=low, high=high, min_target=min_target, max_target=max_target,
-                split=split, test_fraction=test_fraction,
-            )  # fmt: skip
-        except ValueError:
-            bar.close()
-            raise ValueError(f"found only {len(problems)} distinct {space} of {n_problems} requested; ask for fewer") from None
-        rest = [p for p in everything if (tuple(p["numbers"]), p["target"]) not in seen]
-        if len(problems) + len(rest) < n_problems:
-            bar.close()
-            raise ValueError(
-                f"there are only {len(problems) + len(rest)} distinct {space}, {n_problems} requested; "
-                "ask for fewer problems or widen the ranges"
-            )
-        rng.shuffle(rest)
-        for problem in rest[: n_problems - len(problems)]:
-            rng.shuffle(problem["numbers"])
-            problems.append(problem)
-            bar.update(1)
-    bar.close()
+    try:
+        if len(problems) < n_problems:
+            _fill_by_enumeration(problems, n_problems, seen, rng, space, bar, dict(
+                n_numbers=n_numbers, low=low, high=high, min_target=min_target, max_target=max_target, split=split,
+                test_fraction=test_fraction))
+    finally:
+        bar.close()
     return problems
+
+
+def _fill_by_enumeration(problems: list[dict], n_problems: int, seen: set, rng: random.Random, space: str, bar,
+                         ranges: dict) -> None:
+    """Complete ``problems`` to ``n_problems`` with problems not ``seen`` yet, from :func:`enumerate_problems` (with
+    ``ranges``) in ``rng``'s order, each with its numbers shuffled; ``space`` names the problems for an error."""
+    try:
+        everything = enumerate_problems(**ranges)
+    except ValueError:
+        raise ValueError(f"found only {len(problems)} distinct {space} of {n_problems} requested; ask for fewer") from None
+    rest = [p for p in everything if (tuple(p["numbers"]), p["target"]) not in seen]
+    if len(problems) + len(rest) < n_problems:
+        raise ValueError(
+            f"there are only {len(problems) + len(rest)} distinct {space}, {n_problems} requested; "
+            "ask for fewer problems or widen the ranges"
+        )
+    rng.shuffle(rest)
+    for problem in rest[: n_problems - len(problems)]:
+        rng.shuffle(problem["numbers"])
+        problems.append(problem)
+        bar.update(1)

@@ -142,6 +142,16 @@ def split_of(problem: dict, *, test_fraction: float = TEST_FRACTION) -> str:
     return "test" if h < test_fraction else "train"
 
 
+def _draw(rng: random.Random, templates: list[str]) -> dict:
+    """One problem of a template drawn from ``templates``, with its people, items and numbers drawn by ``rng``."""
+    template = rng.choice(templates)
+    name, other = rng.sample(NAMES, 2)
+    singular, plural = rng.choice(ITEMS)
+    draw = TEMPLATES[template][1](rng, name, other, singular, plural)
+    return {"question": draw.question, "answer": solution_text(draw.steps), "steps": draw.steps, "template": template,
+            "numbers": list(draw.numbers)}
+
+
 def generate(
     n_problems: int,
     *,
@@ -184,18 +194,8 @@ def generate(
     failures, patience = 0, 20_000
     bar = tqdm(total=n_problems, desc="tinygsm problems", disable=not (progress or (progress is None and n_problems >= 50_000)))
     while len(problems) < n_problems:
-        template = rng.choice(names)
-        name, other = rng.sample(NAMES, 2)
-        singular, plural = rng.choice(ITEMS)
-        draw = TEMPLATES[template][1](rng, name, other, singular, plural)
-        problem = {
-            "question": draw.question,
-            "answer": solution_text(draw.steps),
-            "steps": draw.steps,
-            "template": template,
-            "numbers": list(draw.numbers),
-        }
-        if draw.question in seen or (split is not None and split_of(problem, test_fraction=test_fraction) != split):
+        problem = _draw(rng, names)
+        if problem["question"] in seen or (split is not None and split_of(problem, test_fraction=test_fraction) != split):
             failures += 1
             if failures > patience:
                 bar.close()
@@ -205,7 +205,7 @@ def generate(
                 )
             continue
         failures = 0
-        seen.add(draw.question)
+        seen.add(problem["question"])
         problems.append(problem)
         bar.update(1)
     bar.close()

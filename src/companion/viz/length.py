@@ -127,6 +127,25 @@ def _scenario_sliders(fig: go.Figure, keys: list[tuple], names: tuple[str, ...],
     return sliders
 
 
+_DRIFT_SERIES = (("mean_length_correct", "right answers", dict(color=RIGHT, width=2.5)),
+                 ("mean_length_wrong", "wrong answers", dict(color=WRONG, width=2.5, dash="dash")),
+                 ("accuracy", "accuracy (right axis)", dict(color="rgba(90,90,90,0.5)", width=1.5, dash="dot")))
+"""The lines of each panel of :func:`length_drift_figure`: (record field, legend name, line style)."""
+
+
+def _normaliser_buttons(fig: go.Figure, options: list[str], traces: list[tuple]) -> list[dict]:
+    """Buttons that show the traces of one normaliser option (``traces``: (option, ...) per trace), placed below the
+    panels, where they have the full width (the book's pages are narrow); none for a single option."""
+    if len(options) < 2:
+        return []
+    buttons = [dict(label="each algorithm's own" if option == "own" else option, method="restyle",
+                    args=[{"visible": [t[0] == option for t in traces]}]) for option in options]
+    fig.add_annotation(text="normaliser:", x=0.0, xref="paper", xanchor="left", y=-0.133, yref="paper",
+                       yanchor="top", showarrow=False, font=dict(size=13))
+    return [dict(type="buttons", direction="right", buttons=buttons, x=0.13, xanchor="left", y=-0.115,
+                 yanchor="top", showactive=True, pad=dict(r=4, t=2))]
+
+
 def length_drift_figure(records: list[dict], *, scenario: tuple[str, ...] = (
         "num_generations", "base_accuracy", "length_accuracy"), default: dict | None = None,
         steps: int | None = None) -> go.Figure:
@@ -155,14 +174,11 @@ def length_drift_figure(records: list[dict], *, scenario: tuple[str, ...] = (
         start = keys.index(wanted) if wanted in keys else 0
     fig = make_subplots(rows=2, cols=2, subplot_titles=[ALGO_TITLES.get(a, a) for a in algos],
                         specs=[[{"secondary_y": True}] * 2] * 2, vertical_spacing=0.14, horizontal_spacing=0.1)
-    series = (("mean_length_correct", "right answers", dict(color=RIGHT, width=2.5)),
-              ("mean_length_wrong", "wrong answers", dict(color=WRONG, width=2.5, dash="dash")),
-              ("accuracy", "accuracy (right axis)", dict(color="rgba(90,90,90,0.5)", width=1.5, dash="dot")))
     traces = []  # (option, algo, column) per trace, to build the buttons and the slider
     for option in options:
         for i, algo in enumerate(algos):
             row, col = divmod(i, 2)
-            for column, name, line in series:
+            for column, name, line in _DRIFT_SERIES:
                 rows = run_records(algo, option, keys[start])
                 fig.add_trace(go.Scatter(
                     x=[r["step"] for r in rows], y=[r[column] for r in rows], mode="lines", line=line, name=name,
@@ -172,14 +188,7 @@ def length_drift_figure(records: list[dict], *, scenario: tuple[str, ...] = (
                                   f"{rows[0]['normalizer'] if rows else option}</extra>",
                 ), row=row + 1, col=col + 1, secondary_y=column == "accuracy")
                 traces.append((option, algo, column))
-    buttons = [dict(label="each algorithm's own" if option == "own" else option, method="restyle",
-                    args=[{"visible": [t[0] == option for t in traces]}]) for option in options]
-    # the controls sit below the panels, where they have the full width (the book's pages are narrow)
-    menus = [dict(type="buttons", direction="right", buttons=buttons, x=0.13, xanchor="left", y=-0.115,
-                  yanchor="top", showactive=True, pad=dict(r=4, t=2))] if len(options) > 1 else []
-    if menus:
-        fig.add_annotation(text="normaliser:", x=0.0, xref="paper", xanchor="left", y=-0.133, yref="paper",
-                           yanchor="top", showarrow=False, font=dict(size=13))
+    menus = _normaliser_buttons(fig, options, traces)
     sliders = _scenario_sliders(fig, keys, scenario, start, lambda key: [
         [r[column] for r in run_records(algo, option, key)] for option, algo, column in traces])
     # one length scale for every panel and scenario, so that panels compare and the slider does not rescale

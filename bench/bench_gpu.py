@@ -96,7 +96,8 @@ def measure_one(model_dir: str, dtype: str, steps: int, settings: dict) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
     from companion.tasks import CountdownTask
-    from companion.trainer import TrainConfig, longest_prompt, memory_plan, train
+    from companion.train_setup import longest_prompt, memory_plan
+    from companion.trainer import TrainConfig, train
 
     CountdownTask.reward = coin_flip_reward
     on_gpu = torch.cuda.is_available()

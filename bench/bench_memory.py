@@ -194,7 +194,8 @@ def measure(model_dir: str, name: str, *, steps: int = 2) -> dict:
     from companion.models import LoraSettings, load_policy
     from companion.planner import ModelShape
     from companion.tasks import CountdownTask
-    from companion.trainer import TrainConfig, longest_prompt, train
+    from companion.train_setup import longest_prompt
+    from companion.trainer import TrainConfig, train
 
     if name in EVAL_CONFIGS:
         return measure_eval(model_dir, name)
@@ -267,8 +268,9 @@ def _phases(memory: TensorMemory, *, scoring: bool = False):
     """Name the phases in ``memory`` while entered: the trainer's sampling, update and held-out evaluation, or with
     ``scoring``, ``companion eval``'s sampling (the held-out evaluation samples through the same function)."""
     from companion import evaluate, trainer
+    from companion.train_setup import Training
 
-    sample, update, held_out, score = trainer._sample, trainer._update, trainer._evaluate, evaluate.score_problems
+    sample, update, held_out, score = trainer.sample, trainer.update, Training.evaluate, evaluate.score_problems
 
     def phased(name, fn):
         def run(*args, **kwargs):
@@ -282,12 +284,12 @@ def _phases(memory: TensorMemory, *, scoring: bool = False):
     if scoring:
         evaluate.score_problems = phased("sampling", score)
     else:
-        trainer._sample, trainer._update = phased("sampling", sample), phased("update", update)
-        trainer._evaluate = phased("evaluation", held_out)
+        trainer.sample, trainer.update = phased("sampling", sample), phased("update", update)
+        Training.evaluate = phased("evaluation", held_out)
     try:
         yield
     finally:
-        trainer._sample, trainer._update, trainer._evaluate, evaluate.score_problems = sample, update, held_out, score
+        trainer.sample, trainer.update, Training.evaluate, evaluate.score_problems = sample, update, held_out, score
 
 
 def write_model(shape, path: Path) -> Path:

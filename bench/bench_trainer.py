@@ -50,14 +50,14 @@ def run_ours(args, rep: int, workdir: Path, *, all_rows: bool = False) -> list[d
 
     import torch
 
-    from companion import trainer
+    from companion.algorithms import GroupRule
     from companion.models import load_policy
     from companion.trainer import TrainConfig, train
 
-    def every_row(weights, beta):
+    def every_row(self, weights, beta):
         return torch.arange(len(weights), device=weights.device)
 
-    patch = mock.patch.object(trainer, "rows_in_update", every_row) if all_rows else contextlib.nullcontext()
+    patch = mock.patch.object(GroupRule, "rows", every_row) if all_rows else contextlib.nullcontext()
 
     model, tokenizer = load_policy(args.model, device="cpu")
     config = TrainConfig(

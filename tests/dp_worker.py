@@ -21,11 +21,18 @@ from pathlib import Path
 
 import torch
 
+from companion.algorithms import GroupRule
+from companion.batches import Samples
 from companion.models import load_policy
 from companion.objectives import NORMALIZERS
-from companion.rollout import Rollout, ValueHead, generate
+from companion.ppo import PPO
+from companion.records import Clock, weight_metrics
+from companion.rollout import Rollout, generate
 from companion.tasks import get_task
-from companion.trainer import SINGLE, TIMING_METRICS, Processes, TrainConfig, _advantages, _update, train
+from companion.train_setup import Reference
+from companion.parallel import SINGLE, Processes
+from companion.records import TIMING_METRICS
+from companion.trainer import TrainConfig, Training, train, update
 
 
 def rows_of(rollout: Rollout, rows: slice) -> Rollout:
@@ -36,28 +43,27 @@ def rows_of(rollout: Rollout, rows: slice) -> Rollout:
     return Rollout(**picked)
 
 
-def one_update(config, model, rollout, weights, processes):
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.learning_rate)  # parameters move by lr x gradient: comparable
+def one_step_update(config, model, algorithm, rollout, weights, processes):
+    """Phase 4 of the trainer on one batch, with SGD: parameters move by lr x gradient, so they compare."""
+    params = algorithm.parameters(model)
+    optimizer = torch.optim.SGD(params, lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: 1.0)
-    timing = dict.fromkeys(("time_reference", "time_forward", "time_backward"), 0.0)
-    metrics = _update(config, model, None, optimizer, scheduler, params, rollout, weights, config.loss_normalizer,
-                      timing, step=1, last_saved=None, out=Path(config.out), processes=processes)
+    run = Training(config, model, None, None, [], None, None, algorithm, Reference(config, model), params, optimizer,
+                   scheduler, processes, Path(config.out))
+    metrics = update(run, Samples([], rollout, 0), weights, Clock(), 1)
+    metrics["frac_weighted"] = weight_metrics(torch.zeros(len(weights)), weights, processes)["frac_weighted"]
     return metrics, torch.cat([p.detach().reshape(-1) for p in params])
+
+
+def one_update(config, model, rollout, weights, processes):
+    return one_step_update(config, model, GroupRule(config), rollout, weights, processes)
 
 
 def one_ppo_update(config, model, rollout, rewards, processes):
-    head = ValueHead(model.config.hidden_size)
-    torch.nn.init.normal_(head.linear.weight, std=0.5, generator=torch.Generator().manual_seed(4))  # V != 0
-    params = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
-    optimizer = torch.optim.SGD(params, lr=config.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: 1.0)
-    timing = dict.fromkeys(("time_reference", "time_forward", "time_backward"), 0.0)
-    weights, returns, critic = _advantages(config, model, head, rollout, rewards, processes, timing)
-    metrics = _update(config, model, None, optimizer, scheduler, params, rollout, weights, config.loss_normalizer,
-                      timing, step=1, last_saved=None, out=Path(config.out), processes=processes, value_head=head,
-                      returns=returns)
-    return metrics, torch.cat([p.detach().reshape(-1) for p in params])
+    algorithm = PPO(config, model)
+    torch.nn.init.normal_(algorithm.head.linear.weight, std=0.5, generator=torch.Generator().manual_seed(4))  # V != 0
+    weights, _ = algorithm.weights(model, rollout, rewards, processes)
+    return one_step_update(config, model, algorithm, rollout, weights, processes)
 
 
 def checksum(model) -> float:

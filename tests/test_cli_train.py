@@ -30,6 +30,26 @@ def test_help_lists_every_config_field():
         assert f"--{name}" in result.stdout, name
 
 
+def test_the_config_groups_split_the_fields_and_every_committed_config_still_names_them():
+    """TrainConfig is its groups' fields, each in one group; the flags and the committed config.json files that
+    name them keep working."""
+    import dataclasses
+
+    from companion.config import load_config
+    from companion.shipped import data_dir
+    from companion.train_config import GROUPS
+
+    grouped = [f.name for group in GROUPS for f in dataclasses.fields(group)]
+    assert sorted(grouped) == sorted(TrainConfig.__dataclass_fields__) and len(set(grouped)) == len(grouped)
+    committed = sorted((data_dir() / "experiments").glob("*/*/config.json"))
+    assert len(committed) > 100
+    for path in committed:
+        saved = json.loads(path.read_text())
+        assert set(saved) <= set(TrainConfig.__dataclass_fields__), path
+        config = load_config(TrainConfig, path)
+        assert {k: getattr(config, k) for k in saved} == saved, path
+
+
 @pytest.mark.slow
 def test_train_stop_resume_and_refuse_to_clobber(tiny_policy_dir, tmp_path):
     out = tmp_path / "run"

@@ -17,7 +17,9 @@ from companion.config import load_config
 from companion.models import load_policy
 from companion.objectives import NORMALIZERS
 from companion.runs import RunError
-from companion.trainer import SINGLE, Processes, TrainConfig, check_processes, load_checkpoint, train
+from companion.checkpoint import load_checkpoint
+from companion.parallel import SINGLE, Processes, check_processes
+from companion.trainer import TrainConfig, train
 
 WORKER = Path(__file__).with_name("dp_worker.py")
 

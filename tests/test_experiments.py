@@ -17,7 +17,8 @@ from companion import experiments
 from companion.config import save_config
 from companion.evaluate import EvalConfig
 from companion.runs import RunError, read_jsonl
-from companion.trainer import TIMING_METRICS, TrainConfig
+from companion.records import TIMING_METRICS
+from companion.trainer import TrainConfig
 
 # A run of seconds: two steps of 2 problems x 2 completions, then 2 held-out problems x 2 samples.
 TRAIN = dict(task="tinygsm", steps=2, prompts_per_step=2, num_generations=2, max_completion_length=32,
@@ -190,7 +191,7 @@ def test_reproduce_runs_resumes_compares_and_saves(tmp_path, capsys):
     # the committed run step for step.
     config = TrainConfig(**{**TRAIN, "out": str(second / "tiny" / "run")})
     subprocess.run([sys.executable, "-m", "companion.cli", "train", "--quiet", "--until-step", "1",
-                    *experiments._flags(dataclasses.asdict(config))],
+                    *experiments.reproduce._flags(dataclasses.asdict(config))],
                    check=True, capture_output=True)
     assert len(read_jsonl(second / "tiny" / "run" / "metrics.jsonl")) == 1
     code, out = _reproduce(data, second, capsys=capsys)
@@ -222,6 +223,42 @@ def test_compare_finds_the_first_step_that_differs(tmp_path):
     assert difference["training_differs_at_step"] == 2 and not difference["within_interval"]
     assert "OUTSIDE" in experiments.describe(difference) and "differs from step 2" in experiments.describe(difference)
     assert "step_time" in TIMING_METRICS
+
+
+def test_the_first_steps_are_checked_against_the_committed_records_and_a_full_run_goes_on_from_them(tmp_path,
+                                                                                                        capsys):
+    data, first, second = tmp_path / "data", tmp_path / "first", tmp_path / "second"
+    _commit(data, steps=3)
+    assert _reproduce(data, first, "--save", capsys=capsys)[0] == 0  # commit the records of a full run
+    code, out = _reproduce(data, second, "--steps", "2", capsys=capsys)
+    assert code == 0 and "tiny/run: steps 0-2 identical to the committed records" in out
+    assert [r["step"] for r in read_jsonl(second / "tiny" / "run" / "metrics.jsonl")] == [1, 2]
+    assert not (second / "tiny" / "run" / "eval").exists()  # no evaluation: the first steps only
+    code, out = _reproduce(data, second, capsys=capsys)  # the whole run resumes from step 2
+    assert code == 0 and "training identical step for step" in out
+    # what differs, and whether it is only rounding
+    records = read_jsonl(data / "tiny" / "run" / "metrics.jsonl")
+    rounded = [dict(r, entropy=r["entropy"] * (1 + 1e-6)) for r in records]
+    difference = experiments.reproduce.records_difference(records, rounded)
+    assert not difference["identical"] and difference["outcomes_identical"] and difference["largest_in"] == "entropy"
+    sampled = [dict(r, reward=r["reward"] + 0.5) for r in records]
+    assert not experiments.reproduce.records_difference(records, sampled)["outcomes_identical"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--steps", "2", "--save"], "pass one of them"),
+    (["--data", "/nonexistent"], "is not a directory of committed experiments"),
+])
+def test_reproduce_refuses_options_it_cannot_follow(tmp_path, capsys, extra, message):
+    code = experiments.main(["--out", str(tmp_path / "out"), *extra])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_reproduce_into_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert experiments.main(["--out", str(tmp_path / "file"), "--list"]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_a_kept_policy_is_saved_in_half_precision_and_loads_back(tmp_path, capsys):
@@ -297,7 +334,7 @@ def test_the_base_model_is_reproduced_by_its_command_and_compared_by_hash(tmp_pa
         out = command[command.index("--out") + 1]
         shutil.copytree(tiny_dir(), out, dirs_exist_ok=True)
 
-    monkeypatch.setattr(experiments, "_call", fake_pretrain)
+    monkeypatch.setattr(experiments.reproduce, "_call", fake_pretrain)
     lines = experiments.reproduce_other("tiny-base", tmp_path)
     assert calls and calls[0][-4:] == ["pretrain", "--out", str(tmp_path / "tiny-base"), "--overwrite"]
     assert lines[0] == "tiny-base: weights identical (same sha256)"
@@ -311,7 +348,7 @@ def test_the_recipe_sweep_is_listed_and_named(capsys, monkeypatch, tmp_path):
     code = experiments.main(["--list", "--only", "recipe", "tiny-base", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0 and "recipe" in out and "tiny-base" in out and "not started" in out
-    monkeypatch.setattr(experiments, "SWEEP_SCRIPT", tmp_path / "missing.py")
+    monkeypatch.setattr(experiments.reproduce, "SWEEP_SCRIPT", tmp_path / "missing.py")
     assert "only in a source checkout" in experiments.reproduce_other("recipe", tmp_path)[0]
 
 

@@ -8,8 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-from companion.objectives import gae, policy_loss, value_loss, weighted_nll, whiten, whiten_sums
-from companion.trainer import TIMING_METRICS, TrainConfig, train
+from companion.objectives import policy_loss, weighted_nll
+from companion.ppo import gae, value_loss, whiten, whiten_sums
+from companion.records import TIMING_METRICS
+from companion.trainer import TrainConfig, train
 
 
 def _definition(rewards, values, mask, gamma, lam):
@@ -33,7 +35,7 @@ def test_gae_is_the_discounted_sum_of_td_errors(gamma, lam):
     mask = (torch.arange(T) < lengths.unsqueeze(1)).long()
     values = torch.randn(N, T, generator=gen) * mask + 7.0 * (1 - mask)  # padding holds junk: it must not matter
     rewards = torch.tensor([1.0, 0.0, 0.1, 1.0, 0.0, 0.5])
-    adv, ret = gae(rewards, values, mask, gamma=gamma, lam=lam)
+    adv, ret = gae(rewards, values, mask, gamma=gamma, gae_lambda=lam)
     expected = _definition(rewards, values, mask, gamma, lam)
     torch.testing.assert_close(adv.double(), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ret, (adv + values) * mask)
@@ -44,12 +46,12 @@ def test_gae_at_its_ends_is_monte_carlo_and_one_step_td():
     values = torch.tensor([[0.2, 0.4, 0.6, 0.0], [0.5, 0.1, 0.0, 0.0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     rewards = torch.tensor([1.0, 0.0])
-    mc, _ = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    mc, _ = gae(rewards, values, mask, gamma=1.0, gae_lambda=1.0)
     torch.testing.assert_close(mc, (rewards.unsqueeze(1) - values) * mask)  # R − V(s_t)
-    td, _ = gae(rewards, values, mask, gamma=1.0, lam=0.0)
+    td, _ = gae(rewards, values, mask, gamma=1.0, gae_lambda=0.0)
     torch.testing.assert_close(td, torch.tensor([[0.2, 0.2, 0.4, 0.0], [-0.4, -0.1, 0.0, 0.0]]))  # V' − V, R − V
     # with V = 0 and λ = γ = 1 every token of a completion gets its reward: GRPO's uniform split (A2) without groups
-    uniform, _ = gae(rewards, torch.zeros(2, 4), mask, gamma=1.0, lam=1.0)
+    uniform, _ = gae(rewards, torch.zeros(2, 4), mask, gamma=1.0, gae_lambda=1.0)
     torch.testing.assert_close(uniform, rewards.unsqueeze(1) * mask.float())
 
 
@@ -96,7 +98,7 @@ def test_the_value_loss_is_half_the_squared_error_over_real_tokens():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: gae(torch.ones(2), torch.zeros(2, 3), torch.ones(2, 3), lam=1.5), "must be in"),
+    (lambda: gae(torch.ones(2), torch.zeros(2, 3), torch.ones(2, 3), gae_lambda=1.5), "must be in"),
     (lambda: gae(torch.ones(3), torch.zeros(2, 3), torch.ones(2, 3)), "one per completion"),
     (lambda: gae(torch.ones(2), torch.zeros(2, 3), torch.tensor([[1, 0, 0], [0, 0, 0]])), "at least one token"),
     (lambda: gae(torch.ones(2), torch.zeros(2, 3), torch.ones(2, 4)), "both be"),
@@ -122,7 +124,7 @@ def _batch(tiny_policy, n=2, width=6):
 
 
 def test_the_value_of_token_t_sees_the_prompt_and_the_tokens_before_t_only(tiny_policy):
-    from companion.rollout import ValueHead, per_token_values
+    from companion.ppo import ValueHead, per_token_values
 
     model, prompt_ids, prompt_mask, ids, mask = _batch(tiny_policy)
     head = ValueHead(model.config.hidden_size)
@@ -138,12 +140,12 @@ def test_the_value_of_token_t_sees_the_prompt_and_the_tokens_before_t_only(tiny_
 
 
 def test_the_value_head_learns_the_returns_of_a_batch(tiny_policy):
-    from companion.rollout import ValueHead, per_token_values
+    from companion.ppo import ValueHead, per_token_values
 
     model, prompt_ids, prompt_mask, ids, mask = _batch(tiny_policy)
     model = __import__("copy").deepcopy(model)
     head = ValueHead(model.config.hidden_size)
-    _, returns = gae(torch.tensor([1.0, 0.0]), torch.zeros(2, 6), mask, lam=0.9)
+    _, returns = gae(torch.tensor([1.0, 0.0]), torch.zeros(2, 6), mask, gae_lambda=0.9)
     optimizer = torch.optim.AdamW(list(head.parameters()) + list(model.parameters()), lr=1e-2)
     losses = []
     for _ in range(30):
@@ -192,7 +194,7 @@ def test_a_ppo_run_records_its_critic_and_resumes_exactly(tiny_policy_dir, tmp_p
 
 def test_a_checkpoint_with_a_value_head_resumes_only_as_ppo(tiny_policy_dir, tmp_path, seven_reward):
     from companion.runs import RunError
-    from companion.trainer import load_checkpoint
+    from companion.checkpoint import load_checkpoint
 
     config = TrainConfig(out=str(tmp_path / "ppo"), model=str(tiny_policy_dir), **{**SMALL, "steps": 1})
     result = train(config, progress=False)

@@ -10,18 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from companion.objectives import ALGORITHMS, NORMALIZERS, TRAINABLE, policy_loss
-from companion.trainer import (
-    GAP_STATS,
-    LOSS_STATS,
-    TIMING_METRICS,
-    RunError,
-    TrainConfig,
-    TrainingDiverged,
-    batch_share,
-    read_metrics,
-    train,
-)
+from companion.objectives import ALGORITHMS, NORMALIZERS, TRAINABLE, loss_denominators, policy_loss
+from companion.records import GAP_STATS, LOSS_STATS, TIMING_METRICS, read_metrics
+from companion.runs import RunError
+from companion.trainer import TrainConfig, TrainingDiverged, train
 
 # Small enough for seconds per run on two shared cores, big enough that groups have a reward spread.
 # One thread: a tiny model gains nothing from two, and loses a lot when the cores are shared.
@@ -134,7 +126,7 @@ def test_without_the_hub_gsm8k_stops_the_run_before_it_writes_or_loads_anything(
     from companion.tasks.gsm8k import GSM8KUnavailable
 
     monkeypatch.setattr("companion.runs.hub_reachable", lambda *a, **k: False)
-    monkeypatch.setattr("companion.trainer._policy", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("companion.train_setup.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(GSM8KUnavailable, match="--data-file"):
         train(TrainConfig(task="gsm8k", out=str(tmp_path / "run")), progress=False)
     assert not (tmp_path / "run").exists()
@@ -151,7 +143,7 @@ def test_every_field_has_a_help_string_and_the_defaults_are_valid():
 
 
 @pytest.mark.parametrize("normalizer", NORMALIZERS)
-def test_row_subsets_scaled_by_batch_share_add_up_to_the_full_batch_loss_and_gradient(normalizer):
+def test_row_subsets_scaled_by_their_share_of_the_denominator_add_up_to_the_full_batch_loss_and_gradient(normalizer):
     gen = torch.Generator().manual_seed(0)
     N, T = 12, 7
     logps = (-torch.rand(N, T, generator=gen) * 3).requires_grad_()
@@ -163,7 +155,8 @@ def test_row_subsets_scaled_by_batch_share_add_up_to_the_full_batch_loss_and_gra
     (full_grad,) = torch.autograd.grad(full, logps)
     kept = (weights != 0).nonzero().squeeze(1)
     parts = [kept[:3], kept[3:]]  # micro-batches of the weighted rows only
-    total = sum(policy_loss(logps[rows], None, weights[rows], mask[rows], **kwargs)[0] * batch_share(normalizer, mask, weights, rows)
+    counts = loss_denominators(normalizer, mask, weights)
+    total = sum(policy_loss(logps[rows], None, weights[rows], mask[rows], **kwargs)[0] * (counts[rows].sum() / counts.sum()).item()
                 for rows in parts)
     (grad,) = torch.autograd.grad(total, logps)
     torch.testing.assert_close(total, full)
@@ -268,10 +261,10 @@ def test_on_a_cpu_a_4bit_run_computes_in_the_half_dtype_it_asks_for(tmp_path):
     CPU, while every parameter stays float32; without 4-bit the same request stops before anything loads."""
     import bitsandbytes as bnb
 
-    from companion.trainer import _policy
+    from companion.train_setup import load_model
 
     config = _run_config(tmp_path, lora=True, load_in_4bit=True, dtype="float16", device="cpu")
-    model, _ = _policy(config, None, None)
+    model, _ = load_model(config)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and all(m.compute_dtype == torch.float16 for m in layers)
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point())
@@ -450,22 +443,22 @@ def test_the_learning_check_fails_when_the_loss_has_the_wrong_sign(tmp_path, tin
 
 def test_a_run_that_does_not_fit_the_gpu_stops_before_loading_and_says_what_to_change(tiny_policy_dir, tmp_path,
                                                                                        monkeypatch):
-    from companion import models, trainer
+    from companion import models, train_setup
 
     config = _run_config(tmp_path, model=str(tiny_policy_dir), micro_batch_size=0)
-    trainer.check_gpu_memory(config, 16 * 2**30)  # a small model fits
+    train_setup.check_gpu_memory(config, 16 * 2**30)  # a small model fits
     with pytest.raises(ValueError, match="lower --micro-batch-size"):
-        trainer.check_gpu_memory(config, 2**20)
+        train_setup.check_gpu_memory(config, 2**20)
     # free memory is read after the CUDA context exists: the plan's context is not asked for again
     from transformers import AutoConfig, AutoTokenizer
 
     from companion.planner import CONTEXT_BYTES
     tokenizer = AutoTokenizer.from_pretrained(tiny_policy_dir)
-    peak = trainer.memory_plan(config, AutoConfig.from_pretrained(tiny_policy_dir),
-                               trainer.longest_prompt(config, tokenizer)).peak
-    trainer.check_gpu_memory(config, peak - CONTEXT_BYTES)
+    peak = train_setup.memory_plan(config, AutoConfig.from_pretrained(tiny_policy_dir),
+                                   train_setup.longest_prompt(config, tokenizer)).peak
+    train_setup.check_gpu_memory(config, peak - CONTEXT_BYTES)
     with pytest.raises(ValueError, match="lower --micro-batch-size"):
-        trainer.check_gpu_memory(config, peak - CONTEXT_BYTES - 2**20)
+        train_setup.check_gpu_memory(config, peak - CONTEXT_BYTES - 2**20)
     # On a GPU, train() checks before anything loads: no weights are read, no config is written.
     monkeypatch.setattr(models, "resolve_device", lambda device: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 2**30))
@@ -475,31 +468,31 @@ def test_a_run_that_does_not_fit_the_gpu_stops_before_loading_and_says_what_to_c
         train(config, progress=False)
     assert not (tmp_path / "run" / "config.json").exists()
     # A model whose config cannot be read here is left to the loader and its own error.
-    trainer.check_gpu_memory(dataclasses.replace(config, model="Org/not-cached"), 2**20)
+    train_setup.check_gpu_memory(dataclasses.replace(config, model="Org/not-cached"), 2**20)
 
 
 def test_the_gpu_check_counts_the_held_out_evaluation_and_its_batch(tiny_policy_dir, tmp_path):
-    from companion import trainer
+    from companion import train_setup
     from companion.models import read_model_files
     from companion.planner import CONTEXT_BYTES
 
     config = _run_config(tmp_path, model=str(tiny_policy_dir), eval_every=5, eval_problems=100,
                          eval_num_generations=8, micro_batch_size=2, logit_chunk_size=8)
     files = read_model_files(config.model)
-    prompt = trainer.longest_prompt(config, files.tokenizer)
-    heldout = trainer.memory_plan(config, files.config, prompt)
+    prompt = train_setup.longest_prompt(config, files.tokenizer)
+    heldout = train_setup.memory_plan(config, files.config, prompt)
     assert heldout.evaluation == max(heldout.parts.values())  # 800 completions, 512 at a time
-    quiet = trainer.memory_plan(dataclasses.replace(config, eval_every=0), files.config, prompt)
+    quiet = train_setup.memory_plan(dataclasses.replace(config, eval_every=0), files.config, prompt)
     assert quiet.evaluation == 0 and quiet.peak < heldout.peak
     free = heldout.peak - CONTEXT_BYTES - 1
     with pytest.raises(ValueError, match=r"the held-out evaluation, 512 completions at a time, is the largest part.*"
                                          r"use --eval-batch-size 256 \(the same samples"):
-        trainer.check_gpu_memory(config, free)
-    trainer.check_gpu_memory(dataclasses.replace(config, eval_batch_size=256), free)  # the batch it names fits
+        train_setup.check_gpu_memory(config, free)
+    train_setup.check_gpu_memory(dataclasses.replace(config, eval_batch_size=256), free)  # the batch it names fits
     # when no evaluation batch would be enough, the step's own advice
     step = dataclasses.replace(quiet, overhead=quiet.overhead - CONTEXT_BYTES, peak=quiet.peak - CONTEXT_BYTES)
     with pytest.raises(ValueError, match="lower --micro-batch-size|--prompts-per-step"):
-        trainer.check_gpu_memory(config, step.peak - 1)
+        train_setup.check_gpu_memory(config, step.peak - 1)
 
 
 def test_the_held_out_evaluation_decodes_its_batch_size_at_a_time_and_may_change_on_resume(tiny_policy_dir,
@@ -566,15 +559,15 @@ def test_the_sft_gap_opens_with_a_kl_term_after_the_first_step_and_with_a_second
 
 def _recording_generate(monkeypatch):
     """Wrap the trainer's sampler to record, per call, a fingerprint of the weights that sampled."""
-    import companion.trainer
+    import companion.batches
 
-    calls, real = [], companion.trainer.generate
+    calls, real = [], companion.batches.generate
 
     def recording(model, *args, **kwargs):
         calls.append(sum(p.double().sum().item() for p in model.parameters() if p.requires_grad))
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(companion.trainer, "generate", recording)
+    monkeypatch.setattr(companion.batches, "generate", recording)
     return calls
 
 

@@ -12,10 +12,10 @@ import sys
 
 SUBCOMMANDS = {
     "pretrain": ("companion.pretrain", "build the tokenizer and corpus, pretrain the tiny base model, measure it"),
-    "train": ("companion.trainer", "post-train a policy with grpo, dr_grpo, fisft_plus or fisft_pm"),
+    "train": ("companion.train_cli", "post-train a policy with grpo, dr_grpo, fisft_plus or fisft_pm"),
     "eval": ("companion.evaluate", "sample n completions per problem, score them, write the pass@k curve"),
     "mdp": ("companion.mdp", "print the token MDP of a prompt: states, actions, transitions, reward"),
-    "reproduce": ("companion.experiments", "regenerate every committed experiment from its saved config, say what differs"),
+    "reproduce": ("companion.experiments.reproduce", "regenerate every committed experiment from its saved config, say what differs"),
 }
 
 

@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,42 @@ the tiny base model's pretraining eval): one number, so a model is trained and j
 base model's Countdown searches reach ~250 tokens (p95 218 in data/tiny-base/metrics.json); at 200, 2-3% of them
 were cut off before their answer, and a cut-off completion scores 0."""
 
+PROMPT_STYLES = ("base", "chat")
+"""How a problem becomes a prompt (:func:`companion.tasks.prompts.format_prompt`): plain text for a base model, or
+the tokenizer's chat template for an instruct model."""
+
 
 def need(ok: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``ok``: the one-line check of every config's ``__post_init__``."""
     if not ok:
         raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How completions are drawn: the fields a training run and an evaluation share, with one meaning and one check.
+    A config that samples inherits them (:class:`companion.train_config.TrainConfig`,
+    :class:`companion.evaluate.EvalConfig`, which samples at Yue et al.'s T = 0.6, top-p 0.95 by default)."""
+
+    prompt_style: str = field(default="base", metadata={"help": "'base' for base models, 'chat' for instruct "
+                                                                "models (their chat template)",
+                                                        "choices": PROMPT_STYLES})
+    max_completion_length: int = field(default=MAX_COMPLETION_LENGTH, metadata={
+        "help": "tokens per completion at most (EOS included); the same default in training, evaluation and "
+                "pretraining, so a model is trained and judged with the same room"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "sampling temperature (0 is greedy: an evaluation takes it with one sample per problem; training "
+                "needs > 0)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: keep the most likely tokens up to this "
+                                                        "probability mass (1 = off)"})
+
+    def check(self) -> None:
+        need(self.prompt_style in PROMPT_STYLES, f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, got "
+                                                 f"{self.prompt_style!r}")
+        need(self.max_completion_length >= 1, f"max_completion_length must be at least 1, got "
+                                              f"{self.max_completion_length}")
+        need(self.temperature >= 0, f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        need(0 < self.top_p <= 1, f"top_p must be in (0, 1] (1 turns nucleus sampling off), got {self.top_p}")
 
 
 def _field_type(cls: type, f: dataclasses.Field) -> Any:

@@ -54,8 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
-from companion.config import (MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, load_config, need,
-                              save_config)
+from companion.config import (MAX_COMPLETION_LENGTH, SamplingOptions, add_dataclass_arguments, config_from_args,
+                              load_config, need, save_config)
 from companion.runs import (BAD_INPUT, CONFIG_FILE, RunError, append_jsonl, jsonable, open_run_dir, read_jsonl,
                             torch_threads, write_atomically)
 from companion.verify import is_correct
@@ -73,8 +73,9 @@ N_BOOTSTRAP = 1000
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """One evaluation run: which model, which problems, how to sample, where to write."""
+class EvalConfig(SamplingOptions):
+    """One evaluation run: which model, which problems, how to sample (:class:`companion.config.SamplingOptions`,
+    shared with training, here at Yue et al.'s T = 0.6 and top-p 0.95 by default), where to write."""
 
     model: str = field(default="tiny", metadata={
         "help": "'tiny' (the shipped tiny base model), a model directory (a save_pretrained model, or the LoRA "
@@ -87,17 +88,12 @@ class EvalConfig:
     problem_seed: int = field(default=0, metadata={"help": "which problems are drawn; keep it fixed to compare models"})
     data_file: str = field(default="", metadata={"help": "gsm8k only: a local JSONL file (question, answer) "
                                                          "instead of the Hugging Face hub"})
-    prompt_style: str = field(default="base", metadata={"help": "'base' for base models, 'chat' for instruct "
-                                                                "models (their chat template)",
-                                                        "choices": ("base", "chat")})
     num_generations: int = field(default=256, metadata={
         "help": "samples per problem (the n of pass@k); pass@k is reported for k = 1, 2, 4, ..., n"})
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature (0: greedy, needs "
                                                               "--num-generations 1)"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling: keep the most likely tokens up to this "
                                                          "probability mass"})
-    max_completion_length: int = field(default=MAX_COMPLETION_LENGTH, metadata={
-        "help": "tokens per completion at most (EOS included); the default is the same as in training and pretraining"})
     seed: int = field(default=0, metadata={"help": "sampling seed; problem i uses a seed derived from it and i"})
     batch_size: int = field(default=0, metadata={
         "help": "samples decoded together (memory grows with it); 0: 1024 on the CPU (the fastest for the tiny "
@@ -119,16 +115,14 @@ class EvalConfig:
                                                              "resuming it"})
 
     def __post_init__(self):
+        SamplingOptions.check(self)
         need(bool(self.model), "model is empty: pass 'tiny', a model directory or a hub name")
         need(self.problems >= 1, f"problems must be at least 1, got {self.problems}")
         need(self.num_generations >= 1, f"num_generations (samples per problem) must be at least 1, got "
                                         f"{self.num_generations}")
-        need(self.temperature >= 0, f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
         need(self.temperature > 0 or self.num_generations == 1,
              f"temperature 0 (greedy) gives {self.num_generations} identical samples: use --num-generations 1 for "
              "greedy, or a temperature > 0 for pass@k")
-        need(0 < self.top_p <= 1, f"top_p must be in (0, 1] (1 turns nucleus sampling off), got {self.top_p}")
-        need(self.max_completion_length >= 1, f"max_completion_length must be at least 1, got {self.max_completion_length}")
         need(self.batch_size >= 0, f"batch_size must be at least 1 (or 0 for the device's default), got "
                                    f"{self.batch_size}")
         need(self.num_threads >= 0, f"num_threads must be 0 (torch's default) or a positive count, got {self.num_threads}")
@@ -456,25 +450,19 @@ def gpu_batch_size(config: EvalConfig, files, prompt_length: int, free_bytes: in
 def _gpu_rows(config: EvalConfig, task, problems: list[dict]) -> int | None:
     """On a CUDA device, the batch the planner fits in its free memory (:func:`gpu_batch_size`), before the weights
     load; None elsewhere, or when the model's config cannot be read without loading it."""
-    import torch
+    from companion.models import gpu_budget, resolve_device
 
-    from companion.models import read_model_files, resolve_device
-
-    device = resolve_device(config.device)
-    if device.type != "cuda":
-        return None
-    files = read_model_files(config.model)
-    if files is None:
+    budget = gpu_budget(config.model, resolve_device(config.device))
+    if budget is None:
         return None
     try:
-        longest = longest_prompt(config, task, problems, files.tokenizer)
+        longest = longest_prompt(config, task, problems, budget.files.tokenizer)
     except ValueError:  # e.g. no chat template: the check after loading says so
         return None
-    free, _ = torch.cuda.mem_get_info(device)
-    rows = gpu_batch_size(config, files, longest, free, gpu=f"{torch.cuda.get_device_name(device)} (free memory)")
+    rows = gpu_batch_size(config, budget.files, longest, budget.free_bytes, gpu=budget.gpu)
     if not config.batch_size and rows < GPU_BATCH_SIZE:
-        print(f"eval: {rows} samples per batch, the most that the planner fits in {free / 2**30:.1f} GiB free "
-              "(--batch-size sets it)", file=sys.stderr)
+        print(f"eval: {rows} samples per batch, the most that the planner fits in {budget.free_bytes / 2**30:.1f} "
+              "GiB free (--batch-size sets it)", file=sys.stderr)
     return rows
 
 

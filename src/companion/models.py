@@ -227,6 +227,28 @@ def read_model_files(name_or_path: str = "tiny", *, hub_timeout: float = 5.0) ->
                       lora_r=r)
 
 
+@dataclass(frozen=True)
+class GpuBudget:
+    """What planning a run's memory needs before its weights load: the model's files and the GPU's free memory."""
+
+    files: ModelFiles
+    free_bytes: int  # torch.cuda.mem_get_info's, read after this process's CUDA context exists
+    gpu: str  # the GPU's name, for messages
+
+
+def gpu_budget(name_or_path: str, device: torch.device) -> GpuBudget | None:
+    """On a CUDA ``device``, the files of the model ``name_or_path`` (:func:`read_model_files`) and the free memory
+    to fit it in; None on any other device, or when the files cannot be read without loading the model (the loader's
+    own error then says why). The one entry of ``companion train``'s and ``companion eval``'s GPU checks."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    files = read_model_files(name_or_path)
+    if files is None:
+        return None
+    return GpuBudget(files, free, f"{torch.cuda.get_device_name(device)} (free memory)")
+
+
 def _prepare_4bit(model):
     from peft import prepare_model_for_kbit_training
 

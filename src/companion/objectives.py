@@ -31,6 +31,11 @@ The collapse (DESIGN.md §2): on-policy (ρ = 1), β = 0, the gradient of :func:
 advantages Â equals the gradient of :func:`weighted_nll` with weights Â, under any normaliser.
 ``tests/test_objectives.py`` checks it with autograd; ``tests/test_objectives_trl.py`` checks
 :func:`policy_loss` against TRL's own loss code.
+
+A batch too large for one pass is run in micro-batches: each one's loss is :func:`policy_loss` over its own rows,
+scaled by its part of the whole batch's denominator (:func:`loss_denominators`, the one place that says what each
+normaliser divides by), so that the micro-batches' losses and gradients add up to the whole batch's exactly.
+PPO's per-token credit (GAE, whitening, the value loss) is :mod:`companion.ppo`.
 """
 
 from __future__ import annotations
@@ -340,6 +345,36 @@ def weighted_rows(weights: torch.Tensor) -> torch.Tensor:
     return weights != 0 if weights.dim() == 1 else (weights != 0).any(dim=1)
 
 
+def rows_with_weight(weights: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+    """The rows a loss needs: without a KL term (β = 0) a zero-weight completion adds exactly 0 to the loss and to
+    its gradient, so only the others; every row when β > 0. (N,) or (N, T) weights -> (n,) row indices.
+
+    >>> rows_with_weight(torch.tensor([0.5, 0.0, -1.0])).tolist(), rows_with_weight(torch.zeros(2), 0.1).tolist()
+    ([0, 2], [0, 1])
+    """
+    rows = torch.arange(len(weights), device=weights.device)
+    return rows if beta > 0 else rows[weighted_rows(weights)]
+
+
+def loss_denominators(normalizer: str, completion_mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """What each row adds to the denominator :func:`aggregate` divides by: 1 per row (``sequence``, ``constant``),
+    its tokens (``token``), or its tokens if it has a weight (``kept_token``). (N, T), (N,) -> (N,) float64.
+
+    Summed over a batch (and over data-parallel processes) it is the whole batch's denominator; a micro-batch's loss
+    over its own rows, times its rows' sum over that total, is its exact part of the whole batch's loss.
+
+    >>> mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    >>> [loss_denominators(n, mask, torch.tensor([1., 0., -1.])).tolist() for n in ("sequence", "token", "kept_token")]
+    [[1.0, 1.0, 1.0], [2.0, 1.0, 3.0], [2.0, 0.0, 3.0]]
+    """
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"unknown normalizer {normalizer!r}; known: {', '.join(NORMALIZERS)}")
+    if normalizer in ("sequence", "constant"):
+        return torch.ones(completion_mask.shape[0], dtype=torch.float64, device=completion_mask.device)
+    tokens = completion_mask.sum(dim=1).to(torch.float64)  # (N,)
+    return tokens if normalizer == "token" else tokens * weighted_rows(weights).to(torch.float64)
+
+
 def _token_weights(weights: torch.Tensor, dtype) -> torch.Tensor:
     """Weights broadcastable over (N, T): a row's weight on every token (A2), or per-token weights as they are."""
     return weights.to(dtype).unsqueeze(1) if weights.dim() == 1 else weights.to(dtype)
@@ -485,89 +520,3 @@ def weighted_nll(
     per_token_loss = -_token_weights(weights, per_token_logps.dtype) * per_token_logps  # (B*G, T)
     return aggregate(per_token_loss, completion_mask, normalizer=normalizer, weights=weights,
                      max_completion_length=max_completion_length)
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-token credit (PPO): the terminal reward spread over the tokens by a learned value, not uniformly
-# --------------------------------------------------------------------------------------------------
-
-
-def gae(rewards: torch.Tensor, values: torch.Tensor, completion_mask: torch.Tensor, *, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation (Schulman et al. 2016) for completions with one terminal reward.
-
-    The MDP of chapter 1: state s_t = prompt + o_<t, the reward R_i comes after the last real token (EOS, or the
-    cut at ``max_completion_length``, which ends the episode too) and is 0 before it; V(s) = 0 after the end. With
-    δ_t = r_t + γ V(s_{t+1}) − V(s_t), the advantage is Â_t = Σ_l (γλ)^l δ_{t+l} and the value target
-    Â_t + V(s_t). λ = 1, γ = 1 gives Â_t = R − V(s_t) (Monte Carlo); λ = 0 gives δ_t (one-step TD).
-
-    Args: ``rewards`` (N,), ``values`` (N, T) V(s_t) at each completion token (detached: the sampler's value),
-    ``completion_mask`` (N, T), right padded. Returns ``(advantages, returns)``, both (N, T) and 0 on padding.
-
-    >>> adv, ret = gae(torch.tensor([1.0]), torch.tensor([[0.5, 0.25, 0.0]]), torch.tensor([[1, 1, 0]]), lam=1.0)
-    >>> adv.tolist(), ret.tolist()
-    ([[0.5, 0.75, 0.0]], [[1.0, 1.0, 0.0]])
-    """
-    if values.dim() != 2 or completion_mask.shape != values.shape:
-        raise ValueError(f"values and completion_mask must both be (N, T); got {tuple(values.shape)} and "
-                         f"{tuple(completion_mask.shape)}")
-    rewards = torch.as_tensor(rewards, dtype=values.dtype, device=values.device)
-    if rewards.shape != values.shape[:1]:
-        raise ValueError(f"rewards must be one per completion, shape ({values.shape[0]},); got {tuple(rewards.shape)}")
-    if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
-        raise ValueError(f"gamma and lam must be in [0, 1]; got gamma={gamma}, lam={lam}")
-    mask = completion_mask.to(values.dtype)  # (N, T)
-    lengths = mask.sum(dim=1).long()  # (N,)
-    if (lengths == 0).any():
-        raise ValueError("every completion needs at least one token (its EOS) to carry its reward")
-    values = values.detach() * mask
-    N, T = values.shape
-    per_token_reward = torch.zeros_like(values)
-    per_token_reward[torch.arange(N, device=values.device), lengths - 1] = rewards  # R after the last token
-    next_values = torch.cat([values[:, 1:], values.new_zeros(N, 1)], dim=1)  # V(s_{t+1}); 0 after the end
-    delta = (per_token_reward + gamma * next_values - values) * mask  # (N, T)
-    advantages = torch.zeros_like(values)
-    running = values.new_zeros(N)
-    for t in reversed(range(T)):  # Â_t = δ_t + γλ Â_{t+1}; padding has δ = 0 and lies after the end
-        running = delta[:, t] + gamma * lam * running
-        advantages[:, t] = running
-    advantages = advantages * mask
-    return advantages, (advantages + values) * mask
-
-
-def whiten(values: torch.Tensor, completion_mask: torch.Tensor, *, total: tuple[float, float, float] | None = None,
-           eps: float = 1e-8) -> torch.Tensor:
-    """``values`` shifted and scaled to mean 0, standard deviation 1 over the real tokens (Bessel-corrected, as
-    TRL's ``masked_whiten``), 0 on padding. ``total``: (count, sum, sum of squares) of a larger batch (all
-    data-parallel processes' tokens) to whiten with instead of this one's.
-
-    >>> whiten(torch.tensor([[1., 3., 9.]]), torch.tensor([[1, 1, 0]])).tolist()
-    [[-0.7071067690849304, 0.7071067690849304, 0.0]]
-    """
-    mask = completion_mask.to(values.dtype)
-    count, total_sum, total_sq = total if total is not None else whiten_sums(values, completion_mask)
-    mean = total_sum / max(count, 1.0)
-    var = (total_sq - count * mean**2) / max(count - 1.0, 1.0)
-    return (values - mean) / (max(var, 0.0) ** 0.5 + eps) * mask
-
-
-def whiten_sums(values: torch.Tensor, completion_mask: torch.Tensor) -> tuple[float, float, float]:
-    """(count, sum, sum of squares) of ``values`` over the real tokens: what :func:`whiten` needs of a batch."""
-    mask = completion_mask.to(torch.float64)
-    x = values.to(torch.float64) * mask
-    return mask.sum().item(), x.sum().item(), (x * x).sum().item()
-
-
-def value_loss(values: torch.Tensor, returns: torch.Tensor, completion_mask: torch.Tensor, *,
-               normalizer: str = "token", max_completion_length: int | None = None) -> torch.Tensor:
-    """½ (V(s_t) − target_t)², averaged over the real tokens with a length normaliser (:func:`aggregate`; the
-    policy loss's, so that micro-batch shares apply to both).
-
-    >>> value_loss(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]]), torch.tensor([[1, 1]])).item()
-    0.25
-    """
-    if values.shape != returns.shape:
-        raise ValueError(f"values {tuple(values.shape)} and returns {tuple(returns.shape)} must match")
-    per_token = 0.5 * (values - returns.detach()) ** 2
-    return aggregate(per_token, completion_mask, normalizer=normalizer,
-                     weights=completion_mask.any(dim=1).to(values.dtype), max_completion_length=max_completion_length)

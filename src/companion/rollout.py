@@ -40,6 +40,11 @@ class Rollout:
     def prompt_index(self) -> torch.Tensor:  # (B*G,) which prompt each row answers
         return torch.arange(len(self.texts)) // self.num_generations
 
+    def model_inputs(self, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompt ids and mask, completion ids and mask of ``rows`` (indices or a slice): what
+        :func:`per_token_logps` reads."""
+        return self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows], self.completion_mask[rows]
+
 
 def encode_prompts(tokenizer, prompts: list[str], device: torch.device | str = "cpu"):
     """Tokenize prompts left padded (generation appends on the right). Returns (ids, mask), each (B, P)."""
@@ -150,36 +155,6 @@ def per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_m
                  past_key_values=cache, use_cache=True, logits_to_keep=T).logits  # (N, T, V)
     rest_logps = selective_log_softmax(rest[:, :-1, :].float() / temperature, completion_ids[:, 1:])  # (N, T-1)
     return torch.cat([first_logps.unsqueeze(1), rest_logps], dim=1)
-
-
-class ValueHead(torch.nn.Module):
-    """PPO's critic: V(s_t) = w·h_t + b on the policy's final hidden state h_t at each completion token, the state
-    s_t = prompt + o_<t of chapter 1's MDP. It shares the policy's trunk (its squared error trains the trunk too,
-    scaled by ``value_coef``, as in TRL's older value-head models) and starts at V = 0 everywhere."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.linear = torch.nn.Linear(hidden_size, 1)
-        torch.nn.init.zeros_(self.linear.weight)
-        torch.nn.init.zeros_(self.linear.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (N, T, h) -> (N, T)
-        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
-
-
-def per_token_values(model, head: ValueHead, prompt_ids, prompt_mask, completion_ids, completion_mask):
-    """V(s_t) at each completion token: (N, T), with gradient through ``head`` and the policy's trunk.
-
-    The hidden state at the position that predicts token t (what :func:`per_token_logps` reads its logit from) is
-    the state before o_t. One forward of the trunk over each whole (prompt, completion) row, apart from the policy's.
-    """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (N, P+T)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    T = completion_ids.shape[1]
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                 use_cache=False).last_hidden_state  # (N, P+T, h)
-    return head(hidden[:, -(T + 1):-1])
 
 
 def generate(

@@ -12,8 +12,9 @@ Using the numbers [3, 5, 2], make 16 with + - * /, each number once. Answer in <
 
 from __future__ import annotations
 
+from companion.config import PROMPT_STYLES as STYLES
+
 TASKS = ("countdown", "tinygsm", "gsm8k")
-STYLES = ("base", "chat")
 
 THINK = "<think>"
 """Opens the assistant's turn in both styles, so completions look the same to the verifier."""

@@ -42,7 +42,7 @@ def condition(run: dict) -> Condition:
     """The :class:`Condition` of a run (a refresh interval of at least the run's steps is ``refresh = 0``: the
     samples are never refreshed)."""
     from companion.tasks import REWARDS
-    from companion.trainer import TrainConfig
+    from companion.train_config import TrainConfig
 
     lam = run.get("gae_lambda")
     lam = None if lam is None or lam == TrainConfig.gae_lambda else float(lam)

@@ -42,15 +42,15 @@ def _reproduce(data, out, *extra, capsys=None) -> tuple[int, str]:
     return code, capsys.readouterr().out if capsys else ""
 
 
-def test_the_comparison_is_four_algorithms_by_two_tasks_by_three_seeds_with_one_recipe():
+def test_the_comparison_is_four_algorithms_by_two_tasks_by_five_seeds_with_one_recipe():
     runs = experiments.comparison_configs()
     trained = {name: configs for name, configs in runs.items() if configs[0] is not None}
-    assert len(trained) == 24 and sorted(set(runs) - set(trained)) == ["countdown-base", "tinygsm-base"]
+    assert len(trained) == 40 and sorted(set(runs) - set(trained)) == ["countdown-base", "tinygsm-base"]
     recipes = {json.dumps({k: v for k, v in train.items() if k not in ("algo", "task", "seed")}, sort_keys=True)
                for train, _ in trained.values()}
     assert len(recipes) == 1
     assert {(t["algo"], t["task"], t["seed"]) for t, _ in trained.values()} == {
-        (a, t, s) for a in experiments.ALGOS for t in experiments.TASKS for s in experiments.SEEDS}
+        (a, t, s) for a in experiments.ALGOS for t in experiments.TASKS for s in experiments.COMPARE_SEEDS}
     for train, evaluation in trained.values():
         TrainConfig(**train)  # every generated config is valid
         EvalConfig(**evaluation)
@@ -140,11 +140,40 @@ def test_an_evaluation_names_the_reproduced_policy_and_falls_back_to_the_committ
     assert experiments.policy_for("tiny", runs, data) == "tiny"
 
 
+def test_the_claims_experiments_change_one_thing_each_against_the_comparison():
+    compare = experiments.comparison_configs()
+
+    def changed(train: dict) -> dict:
+        twin = compare[f"{train['task']}-grpo-seed{train['seed']}"][0]
+        return {k: v for k, v in train.items() if twin.get(k) != v}
+
+    negatives = experiments.negatives_configs()
+    trained = [t for t, _ in negatives.values() if t is not None]
+    assert len(trained) == 3 * 2 * 5 and {t["seed"] for t in trained} == set(experiments.COMPARE_SEEDS)
+    assert all(set(changed(t)) == {"algo"} for t in trained)
+    assert {e["model"] for t, e in negatives.values() if t is None} == {
+        f"runs/reproduce/negatives/{task}-{algo}-seed0/policy" for task in experiments.TASKS
+        for algo in experiments.NEGATIVE_ALGOS}
+    normalizers = experiments.normalizers_configs()
+    for name, (train, evaluation) in normalizers.items():
+        TrainConfig(**train) if train else None
+        EvalConfig(**evaluation)
+        assert evaluation["max_completion_length"] == experiments.LENGTH_CAP  # lengths judged with the same room
+        if train:
+            assert set(changed(train)) <= {"algo", "normalizer", "reward", "max_completion_length"}
+            assert train["reward"] == "binary" and train["max_completion_length"] == experiments.LENGTH_CAP
+    assert len(normalizers) == 1 + 2 * 3 * 5
+    for train, _ in experiments.dr_grpo_configs().values():
+        TrainConfig(**train)
+        variant = next(v for v in experiments.DR_GRPO_VARIANTS.values() if all(train.get(k) == x for k, x in v.items()))
+        assert set(changed(train)) <= set(variant)
+
+
 def test_init_writes_loadable_configs_and_keeps_what_is_there(tmp_path):
     written = experiments.init("compare", tmp_path)
-    assert len(written) == 26
+    assert len(written) == 42  # 4 algorithms x 2 tasks x 5 seeds, and the base on each task
     runs, broken = experiments.committed_runs(tmp_path)
-    assert broken == [] and len(runs) == 26
+    assert broken == [] and len(runs) == 42
     assert {r.name for r in runs if r.train is None} == {"countdown-base", "tinygsm-base"}
     assert {r.name for r in runs if r.keep_policy} == {r.name for r in runs if r.train and r.train["seed"] == 0}
     assert experiments.init("compare", tmp_path) == []  # nothing rewritten

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from companion.objectives import (
     ALGORITHMS,
+    FOLLOW_UPS,
     NORMALIZERS,
     aggregate,
     algorithm_table,
@@ -219,6 +220,21 @@ def test_weights_follow_their_samples_when_a_group_is_shuffled(case, lam, rnd):
     assert set(sample_weights(r, G, algo="fisft_pm", lam=lam).tolist()) <= allowed
 
 
+@settings(max_examples=60, deadline=None)
+@given(rewards_st, st.floats(min_value=0, max_value=3), st.floats(min_value=0, max_value=1))
+def test_the_follow_ups_rules_are_their_definitions(case, lam, positive):
+    """F-ISFT− is F-ISFT± without its positives; NSR weighs every wrong completion −1 and nothing else, in every
+    group; W-REINFORCE adds its positive weight to every right one (arXiv 2506.01347)."""
+    G, rewards = case
+    r = torch.tensor(rewards, dtype=F64)
+    right = r >= 1.0
+    pm = sample_weights(r, G, algo="fisft_pm", lam=lam)
+    torch.testing.assert_close(sample_weights(r, G, algo="fisft_minus", lam=lam), torch.where(right, 0.0, pm))
+    torch.testing.assert_close(sample_weights(r, G, algo="nsr"), torch.where(right, 0.0, -1.0).to(F64))
+    torch.testing.assert_close(sample_weights(r, G, algo="w_reinforce", positive_weight=positive),
+                               torch.where(right, positive, -1.0).to(F64))
+
+
 # --- 3. normalisers on hand-built tensors ------------------------------------------------------------
 
 
@@ -323,6 +339,9 @@ def test_registry_matches_the_design_table():
     for spec in ALGORITHMS.values():
         assert set(spec.knobs) <= params and spec.normalizer in NORMALIZERS
     assert [row["name"] for row in algorithm_table()] == list(ALGORITHMS)
+    assert [row["name"] for row in algorithm_table(FOLLOW_UPS)] == ["fisft_minus", "nsr", "w_reinforce"]
+    for spec in FOLLOW_UPS.values():
+        assert set(spec.knobs) <= params and spec.normalizer in NORMALIZERS and spec.name not in ALGORITHMS
 
 
 def test_unknown_algo_lists_the_known_ones():

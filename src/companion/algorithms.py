@@ -9,9 +9,9 @@ the same for all of them:
 * ``rows(weights, beta)``: the completions the update runs;
 * ``extra_loss(model, micro_batch)``: a loss added to the clipped surrogate, and its value for the record.
 
-:class:`GroupRule` is the four rules of the algorithm table (:data:`companion.objectives.ALGORITHMS`: a group's
-rewards become one weight per completion); :class:`companion.ppo.PPO` is the per-token one. A new rule is a row
-of that table, not a branch here.
+:class:`GroupRule` is every rule of the algorithm tables (:data:`companion.objectives.WEIGHT_RULES`: the book's
+four and the follow-ups', each turning a group's rewards into one weight per completion); :class:`companion.ppo.PPO`
+is the per-token one. A new rule is a row of a table, not a branch here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from companion.objectives import rows_with_weight, sample_weights
 
 
 class GroupRule:
-    """GRPO, Dr. GRPO, F-ISFT+ or F-ISFT±: each completion's weight from the rewards of its group of G."""
+    """GRPO, Dr. GRPO, F-ISFT+, F-ISFT± (or a follow-up's rule): each completion's weight from the rewards of its
+    group of G."""
 
     record_keys = ()
     state = None  # nothing to checkpoint
@@ -35,7 +36,8 @@ class GroupRule:
 
     def weights(self, model, rollout, rewards: torch.Tensor, processes) -> tuple[torch.Tensor, dict]:
         c = self.config
-        weights = sample_weights(rewards, c.num_generations, algo=c.algo, lam=c.lam, threshold=c.threshold, std=c.std)
+        weights = sample_weights(rewards, c.num_generations, algo=c.algo, lam=c.lam, threshold=c.threshold, std=c.std,
+                                 positive_weight=c.positive_weight)
         return weights.to(rollout.completion_mask.device), {}  # (B*G,)
 
     def rows(self, weights: torch.Tensor, beta: float) -> torch.Tensor:

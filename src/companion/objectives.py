@@ -40,6 +40,7 @@ PPO's per-token credit (GAE, whitening, the value loss) is :mod:`companion.ppo`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -128,12 +129,30 @@ def fisft_plus_weights(grouped: torch.Tensor, *, threshold: float) -> torch.Tens
     return (grouped >= threshold).to(grouped.dtype)
 
 
+def _mixed(correct: torch.Tensor) -> torch.Tensor:
+    """(B, G) bool -> (B, 1): groups that hold both a correct and a wrong sample."""
+    return correct.any(dim=1, keepdim=True) & ~correct.all(dim=1, keepdim=True)
+
+
 def fisft_pm_weights(grouped: torch.Tensor, *, threshold: float, lam: float) -> torch.Tensor:
     """+1 for a correct sample, −λ for a wrong one, in groups that hold both; 0 elsewhere; (B, G) -> (B, G)."""
     correct = grouped >= threshold  # (B, G)
-    mixed = correct.any(dim=1, keepdim=True) & ~correct.all(dim=1, keepdim=True)  # (B, 1)
     signed = torch.where(correct, torch.ones_like(grouped), torch.full_like(grouped, -lam))  # λ in the rewards' dtype
-    return signed * mixed
+    return signed * _mixed(correct)
+
+
+def fisft_minus_weights(grouped: torch.Tensor, *, threshold: float, lam: float) -> torch.Tensor:
+    """−λ for a wrong sample in a group that also holds a correct one, 0 elsewhere: F-ISFT± without its positives;
+    (B, G) -> (B, G)."""
+    correct = grouped >= threshold  # (B, G)
+    return torch.where(~correct & _mixed(correct), torch.full_like(grouped, -lam), torch.zeros_like(grouped))
+
+
+def reinforce_weights(grouped: torch.Tensor, *, threshold: float, positive_weight: float) -> torch.Tensor:
+    """``positive_weight`` for a correct sample, −1 for a wrong one, in every group (REINFORCE with rewards +1 / −1
+    and no baseline, its positive part scaled: Zhu et al.'s W-REINFORCE; 0 is their NSR); (B, G) -> (B, G)."""
+    correct = grouped >= threshold
+    return torch.where(correct, torch.full_like(grouped, positive_weight), -torch.ones_like(grouped))
 
 
 @dataclass(frozen=True)
@@ -180,6 +199,38 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
+FOLLOW_UPS: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        Algorithm(
+            "fisft_minus", fisft_minus_weights, ("threshold", "lam"), "sequence",
+            rule="0 / −λ",
+            groups="both correct and wrong samples",
+            source="F-ISFT− (RL in Name Only?, arXiv 2505.13697): F-ISFT± without its positives; rule as defined by "
+                   "this book",
+        ),
+        Algorithm(
+            "nsr", functools.partial(reinforce_weights, positive_weight=0.0), ("threshold",), "token",
+            rule="0 / −1",
+            groups="every completion (no groups)",
+            source="NSR, Zhu et al. 2025 (arXiv 2506.01347): only the −1 rewards of REINFORCE; token mean",
+        ),
+        Algorithm(
+            "w_reinforce", reinforce_weights, ("threshold", "positive_weight"), "token",
+            rule="+λ / −1 (λ = positive_weight, 0.1)",
+            groups="every completion (no groups)",
+            source="W-REINFORCE, Zhu et al. 2025 (arXiv 2506.01347): REINFORCE with the +1 rewards down-weighted",
+        ),
+    )
+}
+"""Rules of the papers that followed, which the book trains beside the four (chapter 6: negatives alone): F-ISFT−,
+NSR and W-REINFORCE. Their weights are one per completion, as the four's; they are kept apart from
+:data:`ALGORITHMS` because chapters 2 and 3 study exactly the four."""
+
+WEIGHT_RULES: dict[str, Algorithm] = {**ALGORITHMS, **FOLLOW_UPS}
+"""Every rule that turns rewards into one weight per completion (:func:`sample_weights`)."""
+
+
 PPO = Algorithm(
     "ppo", None, (), "token",
     rule="Â_t per token: GAE(γ, λ) of the terminal reward on a learned value, whitened",
@@ -191,15 +242,15 @@ Its weights are per token (:func:`gae` on the value head's estimates, then :func
 :data:`ALGORITHMS` (whose rules turn a group's rewards into one weight per completion, what chapters 2-3 study); the
 trainer knows it (:data:`TRAINABLE`). Its default normaliser is the token mean, as in TRL's PPOTrainer."""
 
-TRAINABLE: dict[str, Algorithm] = {**ALGORITHMS, PPO.name: PPO}
-"""Every algorithm the trainer runs: the weight rules of :data:`ALGORITHMS`, and :data:`PPO`."""
+TRAINABLE: dict[str, Algorithm] = {**WEIGHT_RULES, PPO.name: PPO}
+"""Every algorithm the trainer runs: the weight rules of :data:`WEIGHT_RULES`, and :data:`PPO`."""
 
 
 def get_algorithm(algo: str) -> Algorithm:
-    """The :data:`ALGORITHMS` entry for ``algo``, or a ValueError naming the known ones."""
-    if algo not in ALGORITHMS:
-        raise ValueError(f"unknown algo {algo!r}; known: {', '.join(ALGORITHMS)}")
-    return ALGORITHMS[algo]
+    """The :data:`WEIGHT_RULES` entry for ``algo``, or a ValueError naming the known ones."""
+    if algo not in WEIGHT_RULES:
+        raise ValueError(f"unknown algo {algo!r}; known: {', '.join(WEIGHT_RULES)}")
+    return WEIGHT_RULES[algo]
 
 
 def resolve_normalizer(algo: str, normalizer: str = "") -> str:
@@ -216,8 +267,9 @@ def resolve_normalizer(algo: str, normalizer: str = "") -> str:
     return normalizer or TRAINABLE[algo].normalizer
 
 
-def algorithm_table() -> list[dict[str, str]]:
-    """DESIGN.md §2's table, from the code: one record per algorithm.
+def algorithm_table(rules: dict[str, Algorithm] = ALGORITHMS) -> list[dict[str, str]]:
+    """DESIGN.md §2's table, from the code: one record per algorithm of ``rules`` (:data:`FOLLOW_UPS` for the
+    follow-ups' rules).
 
     >>> for row in algorithm_table():
     ...     print(f"{row['name']:<11}| {row['rule']:<44}| {row['groups']:<31}| {row['normalizer']}")
@@ -229,7 +281,7 @@ def algorithm_table() -> list[dict[str, str]]:
     return [
         dict(name=a.name, rule=a.rule, groups=a.groups, normalizer=a.normalizer,
              knobs=", ".join(a.knobs) or "-", source=a.source)
-        for a in ALGORITHMS.values()
+        for a in rules.values()
     ]
 
 
@@ -242,14 +294,16 @@ def sample_weights(
     threshold: float = 1.0,
     eps_std: float = 1e-4,
     std: str = "sample",
+    positive_weight: float = 0.1,
 ) -> torch.Tensor:
-    """Per-sample weights w_i, shape (B*G,), for ``algo`` (a key of :data:`ALGORITHMS`).
+    """Per-sample weights w_i, shape (B*G,), for ``algo`` (a key of :data:`WEIGHT_RULES`).
 
     Args:
         rewards: (B*G,) verifier rewards, prompt-major (row ``b * G + g``); tensor or list.
         num_generations: G, completions per prompt.
-        algo: ``"grpo"``, ``"dr_grpo"``, ``"fisft_plus"`` or ``"fisft_pm"``.
-        lam: λ ≥ 0, the weight magnitude of a wrong sample in ``fisft_pm``.
+        algo: ``"grpo"``, ``"dr_grpo"``, ``"fisft_plus"`` or ``"fisft_pm"``; or a follow-up's rule (``"fisft_minus"``,
+            ``"nsr"``, ``"w_reinforce"``).
+        lam: λ ≥ 0, the weight magnitude of a wrong sample in ``fisft_pm`` and ``fisft_minus``.
         threshold: a sample is *correct* when R ≥ threshold (``fisft_*`` only). The default 1.0 is the
             verifiers' full reward; the Countdown verifier gives 0.1 to a well-formed wrong answer, which
             must count as wrong.
@@ -257,6 +311,7 @@ def sample_weights(
         std: ``"sample"`` (default; G−1 denominator, what TRL does, so our ``grpo`` is the GRPO people
             run) or ``"population"`` (G denominator, the closed forms of DESIGN.md §2). Only the
             overall scale changes, by √((G−1)/G).
+        positive_weight: the weight of a correct sample in ``w_reinforce`` (0.1, Zhu et al.'s λ).
 
     Knobs an algorithm does not use are ignored (``ALGORITHMS[algo].knobs`` lists the ones it reads), so
     a trainer may pass its whole config. Groups listed by :func:`zero_spread_groups` get weight 0 under
@@ -269,6 +324,10 @@ def sample_weights(
     [1.0, -0.5, 0.0, 0.0]
     >>> sample_weights([1., 0.1, 1., 1.], 2, algo="fisft_plus").tolist()
     [1.0, 0.0, 1.0, 1.0]
+    >>> sample_weights([1., 0.1, 0., 0.], 2, algo="fisft_minus").tolist(), sample_weights([1., 0.1, 0., 0.], 2, algo="nsr").tolist()
+    ([0.0, -1.0, 0.0, 0.0], [0.0, -1.0, -1.0, -1.0])
+    >>> [round(w, 2) for w in sample_weights([1., 0.1, 0., 0.], 2, algo="w_reinforce").tolist()]
+    [0.1, -1.0, -1.0, -1.0]
     """
     spec = get_algorithm(algo)
     if lam < 0:
@@ -276,7 +335,7 @@ def sample_weights(
     if eps_std < 0:
         raise ValueError(f"eps_std must be >= 0; got {eps_std}")
     grouped = _grouped(rewards, num_generations)  # (B, G)
-    knobs = dict(lam=lam, threshold=threshold, eps_std=eps_std, std=std)
+    knobs = dict(lam=lam, threshold=threshold, eps_std=eps_std, std=std, positive_weight=positive_weight)
     weights = spec.weights(grouped, **{k: knobs[k] for k in spec.knobs})  # (B, G)
     return weights.reshape(-1)  # (B*G,)
 

@@ -111,10 +111,12 @@ class ObjectiveOptions:
     algo: str = field(default="grpo", metadata={"help": "weighting rule: " + ", ".join(TRAINABLE) + " (ppo: a learned "
                                                          "value head gives each token its own advantage)",
                                                  "choices": tuple(TRAINABLE)})
-    lam: float = field(default=1.0, metadata={"help": "fisft_pm: weight magnitude of a wrong completion"})
+    lam: float = field(default=1.0, metadata={"help": "fisft_pm, fisft_minus: weight magnitude of a wrong completion"})
+    positive_weight: float = field(default=0.1, metadata={
+        "help": "w_reinforce: weight of a right completion (a wrong one weighs -1; Zhu et al.'s lambda)"})
     threshold: float = field(default=CORRECT_REWARD, metadata={
-        "help": "fisft_plus, fisft_pm: a completion counts as right for the weighting when its reward >= threshold "
-                "(accuracy always counts reward 1.0)"})
+        "help": "every rule but grpo and dr_grpo: a completion counts as right for the weighting when its reward >= "
+                "threshold (accuracy always counts reward 1.0)"})
     std: str = field(default="sample", metadata={"help": "grpo: group std with G-1 (sample, TRL) or G (population)", "choices": STD_KINDS})
     normalizer: str = field(default="", metadata={"help": "length normaliser ('': the algorithm's own)",
                                                   "choices": ("",) + NORMALIZERS})
@@ -125,6 +127,7 @@ class ObjectiveOptions:
     def check(self) -> None:
         need(self.algo in TRAINABLE, f"unknown algo {self.algo!r}; choose one of {', '.join(TRAINABLE)}")
         need(self.lam >= 0, f"lam must be >= 0, got {self.lam}")
+        need(self.positive_weight >= 0, f"positive_weight must be >= 0, got {self.positive_weight}")
         need(self.std in STD_KINDS, f"std must be one of {STD_KINDS}, got {self.std!r}")
         resolve_normalizer(self.algo, self.normalizer)  # raises with the known normalisers
         need(self.beta >= 0, f"beta must be >= 0, got {self.beta}")

@@ -30,6 +30,9 @@ SWEEP = data_dir() / "sweeps" / "recipe.jsonl"
 ALGOS = ("grpo", "dr_grpo", "fisft_plus", "fisft_pm")
 TASKS = ("countdown", "tinygsm")
 SEEDS = (0, 1, 2)
+COMPARE_SEEDS = SEEDS + (3, 4)
+"""Chapter 6's comparison, and the experiments that test its claims, run five seeds: with three, a t-based 95%
+interval of a difference is about twice as wide (t = 4.30 at 2 degrees of freedom against 2.78 at 4)."""
 
 COMPARISON = dict(steps=100, prompts_per_step=16, num_generations=8, learning_rate=3e-4, eval_every=25,
                   eval_problems=100, eval_num_generations=4, save_every=25, num_threads=1)
@@ -42,20 +45,20 @@ FINAL_EVAL = dict(problems=200, problem_seed=2025, num_generations=16, temperatu
 OTHERS = ("tiny-base", "recipe")
 """Committed results that are not run directories (:func:`other_experiments`): reproduce runs them last."""
 
-POLICY_SEEDS = {"compare": (0,), "distill": (0,)}
+POLICY_SEEDS = {"compare": (0,), "distill": (0,), "negatives": (0,)}
 """Per experiment, the seeds whose trained policies are committed (in half precision): chapter 7 evaluates the
 comparison's again. The stability map keeps none (its runs are read for their training records only)."""
 
 
 def comparison_configs() -> dict[str, tuple[dict, dict]]:
-    """Run name -> (TrainConfig fields, EvalConfig fields) of chapter 6's comparison, 4 algos x 2 tasks x 3 seeds,
+    """Run name -> (TrainConfig fields, EvalConfig fields) of chapter 6's comparison, 4 algos x 2 tasks x 5 seeds,
     and per task the base model itself on the same problems (``<task>-base``: no training, ``None`` for its config).
 
     For one seed, every algorithm sees the same problems in the same order (the problem stream is a function of the
     seed only) and starts from the same weights.
     """
     runs = {f"{task}-base": (None, dict(FINAL_EVAL, task=task, model="tiny")) for task in TASKS}
-    for seed in SEEDS:
+    for seed in COMPARE_SEEDS:
         for task in TASKS:
             for algo in ALGOS:
                 train = dict(COMPARISON, algo=algo, task=task, seed=seed)
@@ -235,6 +238,9 @@ REWARD_TASK = "countdown"
 REWARD_SHAPES = ("binary", "graded")
 """GRPO under binary and graded Countdown rewards; the comparison's runs have the task's own (format: 1 / 0.1 / 0).
 F-ISFT± reads only right or wrong, so under every shape its runs are the comparison's."""
+REWARD_SEEDS = {"binary": COMPARE_SEEDS, "graded": SEEDS}
+"""The binary reward runs five seeds, as the comparison does: binary against format is chapter 6's test of the
+format score's own effect on length (claim 3)."""
 
 
 def refresh_configs() -> dict[str, tuple[dict, dict]]:
@@ -252,10 +258,11 @@ def refresh_configs() -> dict[str, tuple[dict, dict]]:
 
 def rewards_configs() -> dict[str, tuple[dict, dict]]:
     """Run name -> configs of chapter 9's non-binary-reward objection: GRPO on Countdown under each reward shape of
-    :data:`REWARD_SHAPES`, 3 seeds, the comparison's recipe otherwise. The final evaluation counts solves only."""
+    :data:`REWARD_SHAPES` (:data:`REWARD_SEEDS`), the comparison's recipe otherwise. The final evaluation counts
+    solves only."""
     runs = {}
     for shape in REWARD_SHAPES:
-        for seed in SEEDS:
+        for seed in REWARD_SEEDS[shape]:
             train = dict(COMPARISON, algo="grpo", task=REWARD_TASK, seed=seed, reward=shape)
             runs[f"{REWARD_TASK}-grpo-{shape}-seed{seed}"] = (train, dict(FINAL_EVAL, task=REWARD_TASK))
     return runs
@@ -308,10 +315,77 @@ def precision_configs() -> dict[str, tuple[dict, dict]]:
     return runs
 
 
+NEGATIVE_ALGOS = ("fisft_minus", "nsr", "w_reinforce")
+"""Chapter 6's rules with negatives alone (F-ISFT−, NSR) or mostly (W-REINFORCE): :data:`companion.objectives.FOLLOW_UPS`."""
+
+
+def negatives_configs() -> dict[str, tuple[dict | None, dict]]:
+    """Run name -> configs of chapter 6's negatives-alone claim: each rule of :data:`NEGATIVE_ALGOS` on both tasks,
+    five seeds, the comparison's recipe (its learning rate, chosen for GRPO); and each seed-0 policy evaluated again
+    at n = 256, T = 1 (chapter 7's second sampling), beside the comparison's policies."""
+    runs: dict[str, tuple[dict | None, dict]] = {}
+    for seed in COMPARE_SEEDS:
+        for task in TASKS:
+            for algo in NEGATIVE_ALGOS:
+                train = dict(COMPARISON, algo=algo, task=task, seed=seed)
+                runs[f"{task}-{algo}-seed{seed}"] = (train, dict(FINAL_EVAL, task=task))
+    for task in TASKS:
+        for algo in NEGATIVE_ALGOS:
+            policy = str(RUNS / "negatives" / f"{task}-{algo}-seed0" / "policy")
+            runs[f"{task}-{algo}-T1.0"] = (None, dict(FINAL_EVAL, task=task, model=policy, num_generations=256,
+                                                      **BOUNDARY_SAMPLING["T1.0"]))
+    return runs
+
+
+LENGTH_CAP = 336
+"""The completion budget of the normaliser experiment: as long as the tiny model's context allows (448 positions, the
+longest Countdown prompt 109 tokens), against the comparison's 256, so that the cap censors fewer of the lengths the
+experiment measures."""
+NORMALIZER_ALGOS = ("grpo", "fisft_pm")
+TESTED_NORMALIZERS = ("sequence", "token", "constant")
+
+
+def normalizers_configs() -> dict[str, tuple[dict | None, dict]]:
+    """Run name -> configs of chapter 6's length claim, isolated: GRPO's weights and F-ISFT±'s under each normaliser
+    of :data:`TESTED_NORMALIZERS`, on Countdown with the binary reward (no format score, which ranks a cut-off answer
+    below a well-formed wrong one) and :data:`LENGTH_CAP` tokens of room, five seeds, the comparison's recipe
+    otherwise; and the base model at the same cap (``countdown-base``), for lengths on matched problems."""
+    evaluation = dict(FINAL_EVAL, task="countdown", max_completion_length=LENGTH_CAP)
+    runs: dict[str, tuple[dict | None, dict]] = {"countdown-base": (None, dict(evaluation, model="tiny"))}
+    for seed in COMPARE_SEEDS:
+        for algo in NORMALIZER_ALGOS:
+            for normalizer in TESTED_NORMALIZERS:
+                train = dict(COMPARISON, algo=algo, normalizer=normalizer, task="countdown", seed=seed,
+                             reward="binary", max_completion_length=LENGTH_CAP)
+                runs[f"countdown-{algo}-{normalizer}-seed{seed}"] = (train, evaluation)
+    return runs
+
+
+DR_GRPO_VARIANTS = {"dr_grpo-sequence": dict(algo="dr_grpo", normalizer="sequence"),
+                    "grpo-constant": dict(algo="grpo", normalizer="constant"),
+                    "dr_grpo-binary": dict(algo="dr_grpo", reward="binary"),
+                    "dr_grpo-lr6e-4": dict(algo="dr_grpo", learning_rate=6e-4)}
+"""Why Dr. GRPO lags GRPO on Countdown, one candidate cause at a time: its weights without the std but GRPO's
+normaliser, GRPO's weights with Dr. GRPO's normaliser, Dr. GRPO without the format score, and at twice the learning
+rate. The comparison's GRPO and Dr. GRPO runs are the two ends."""
+
+
+def dr_grpo_configs() -> dict[str, tuple[dict, dict]]:
+    """Run name -> configs of each variant of :data:`DR_GRPO_VARIANTS` on Countdown, five seeds, the comparison's
+    recipe otherwise."""
+    runs = {}
+    for seed in COMPARE_SEEDS:
+        for variant, options in DR_GRPO_VARIANTS.items():
+            train = dict(COMPARISON, task="countdown", seed=seed, **options)
+            runs[f"countdown-{variant}-seed{seed}"] = (train, dict(FINAL_EVAL, task="countdown"))
+    return runs
+
+
 GENERATED = {"compare": comparison_configs, "stability": stability_configs, "distill": distill_configs,
              "boundary": boundary_configs, "length": length_configs, "kl": kl_configs,
              "iterations": iterations_configs, "refresh": refresh_configs, "rewards": rewards_configs,
-             "ppo": ppo_configs, "precision": precision_configs}
+             "ppo": ppo_configs, "precision": precision_configs, "negatives": negatives_configs,
+             "normalizers": normalizers_configs, "drgrpo": dr_grpo_configs}
 """Experiments whose configs the package generates (``--init``)."""
 
 
@@ -421,8 +495,8 @@ def model_key(model: str) -> str:
     ('base', 'grpo')
     """
     names = {evaluation["model"]: name.split("-")[1]
-             for configs in (boundary_configs, length_configs) for name, (train, evaluation) in configs().items()
-             if train is None}
+             for configs in (boundary_configs, length_configs, negatives_configs, normalizers_configs)
+             for name, (train, evaluation) in configs().items() if train is None}
     return names.get(model, model)
 
 

@@ -415,11 +415,27 @@ def finished(run: Run, out: Path, until_step: int | None = None) -> bool:
     return evaluated if until_step is None else steps >= min(until_step, run.steps)
 
 
-def _reproduce(runs: list[Run], out: Path, workers: int, until_step: int | None = None) -> list[str]:
-    """Run every unfinished run of ``runs``, ``workers`` at a time, with a progress bar; returns the failures.
-    ``until_step``: only the first steps of the runs that train (:func:`run_one`)."""
+def _show_progress(futures: list, todo: list[Run], out: Path, until_step: int | None) -> None:
+    """A progress bar over the runs of ``todo`` until their ``futures`` are done. Work is counted as training steps
+    plus evaluated problems, so that evaluation-only runs move the bar too."""
     from tqdm.auto import tqdm
 
+    def work_of(run: Run) -> int:
+        return run.steps + run.eval["problems"] if until_step is None else min(run.steps, until_step)
+
+    with tqdm(total=sum(map(work_of, todo)), unit=" steps+problems", desc=f"reproduce {len(todo)} runs") as bar:
+        while not all(f.done() for f in futures):
+            time.sleep(2)
+            states = [progress_of(r, out) for r in todo]
+            bar.n = sum(min(steps + problems, work_of(r)) for r, (steps, problems, _) in zip(todo, states))
+            bar.set_postfix(finished=f"{sum(finished(r, out, until_step) for r in todo)}/{len(todo)}")
+            bar.refresh()
+
+
+def _reproduce(runs: list[Run], out: Path, workers: int, until_step: int | None = None, after=None) -> list[str]:
+    """Run every unfinished run of ``runs``, ``workers`` at a time, with a progress bar; returns the failures.
+    ``until_step``: only the first steps of the runs that train (:func:`run_one`); ``after(run)``: called as each
+    run ends well."""
     todo = [r for r in runs if not finished(r, out, until_step)]
     failed: list[str] = []
     if not todo:
@@ -444,27 +460,18 @@ def _reproduce(runs: list[Run], out: Path, workers: int, until_step: int | None 
             with (logs / f"{run.experiment}-{run.name}.log").open("a") as log:
                 try:
                     run_one(run, out, log=log, until_step=until_step)
+                    if after is not None:
+                        after(run)
                 except subprocess.CalledProcessError as error:
                     failed.append(f"{run.key}: exit code {error.returncode}; see {log.name} in {logs}")
         finally:
             done[run.key].set()
 
-    # Work is counted as training steps plus evaluated problems, so that evaluation-only runs move the bar too.
-    work_of = ((lambda r: r.steps + r.eval["problems"]) if until_step is None else
-               (lambda r: min(r.steps, until_step)))
-    bar = tqdm(total=sum(map(work_of, todo)), unit=" steps+problems", desc=f"reproduce {len(todo)} runs")
     pool = ThreadPoolExecutor(workers)
     futures = [pool.submit(work, run) for run in todo]
     try:
-        while not all(f.done() for f in futures):
-            time.sleep(2)
-            states = [progress_of(r, out) for r in todo]
-            bar.n = sum(min(steps + problems, work_of(r)) for r, (steps, problems, _) in zip(todo, states))
-            bar.set_postfix(finished=f"{sum(finished(r, out, until_step) for r in todo)}/{len(todo)}")
-            bar.refresh()
-        bar.close()
+        _show_progress(futures, todo, out, until_step)
     except KeyboardInterrupt:
-        bar.close()
         stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
         stop_all()
@@ -504,19 +511,29 @@ def chosen(only: list[str] | None, data: Path) -> tuple[list[Run], list[str], li
     return (selected if not only or any(name not in OTHERS for name in only) else []), others, broken
 
 
-def report(runs: list[Run], out: Path, *, save_them: bool) -> None:
-    """What differs from the committed results, one line per finished run (and with ``save_them``, its copy into
-    data/)."""
+def difference_line(run: Run, out: Path) -> str:
+    """What differs between ``run``'s finished reproduction and its committed results, in one line."""
+    if not (run.committed / "eval" / "summary.json").exists():
+        return f"{run.key}: nothing committed to compare with (configs only)"
+    return describe(compare(run, out))
+
+
+def compare_and_save(run: Run, out: Path) -> str:
+    """``--save``, as soon as a run finishes: what differs, then its copy into data/ (so that a later failure or a
+    kill loses no finished run)."""
+    line = difference_line(run, out)
+    return f"{line}\n  saved to {save(run, out)}"
+
+
+def report(runs: list[Run], out: Path, saved: dict[str, str]) -> None:
+    """What differs from the committed results, one line per finished run (``saved``: the lines of the runs already
+    saved into data/, by key)."""
     print("what differs from the committed results:")
     for run in runs:
-        if not progress_of(run, out)[2]:
-            continue
-        if not (run.committed / "eval" / "summary.json").exists():
-            print(f"{run.key}: nothing committed to compare with (configs only)")
-        else:
-            print(describe(compare(run, out)))
-        if save_them:
-            print(f"  saved to {save(run, out)}")
+        if run.key in saved:
+            print(saved[run.key])
+        elif progress_of(run, out)[2]:
+            print(difference_line(run, out))
 
 
 def regenerate_others(names: list[str], out: Path) -> list[str]:
@@ -544,16 +561,18 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise RunError(f"--out {args.out} is a file; reproductions go into a directory: choose another --out")
 
 
-def run_selected(runs: list[Run], out: Path, args: argparse.Namespace) -> list[str]:
-    """Reproduce ``runs`` (with ``--steps``, the first steps of those that train); returns the failures."""
+def run_selected(runs: list[Run], out: Path, args: argparse.Namespace, saved: dict[str, str]) -> list[str]:
+    """Reproduce ``runs`` (with ``--steps``, the first steps of those that train; with ``--save``, each saved as it
+    ends, its line in ``saved``); returns the failures."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops the runs as Ctrl-C does
-    return _reproduce(runs, out, args.workers, args.steps)
+    after = (lambda run: saved.__setitem__(run.key, compare_and_save(run, out))) if args.save else None
+    return _reproduce(runs, out, args.workers, args.steps, after)
 
 
 def conclude(runs: list[Run], others: list[str], broken: list[str], failed: list[str], out: Path,
-             args: argparse.Namespace) -> int:
+             args: argparse.Namespace, saved: dict[str, str]) -> int:
     """Report what differs (and save, or regenerate the other results); the exit code."""
     for line in failed:
         print(f"companion reproduce: failed: {line}", file=sys.stderr)
@@ -561,7 +580,7 @@ def conclude(runs: list[Run], others: list[str], broken: list[str], failed: list
         for run in (r for r in runs if finished(r, out, args.steps)):
             print(describe_steps(run, out, args.steps))
         return 1 if failed else 0
-    report(runs, out, save_them=args.save)
+    report(runs, out, saved)
     failed = failed + regenerate_others(others, out)
     for line in broken:
         print(f"{line}: not reproduced")
@@ -570,7 +589,7 @@ def conclude(runs: list[Run], others: list[str], broken: list[str], failed: list
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out, data, runs = Path(args.out), Path(args.data), []
+    out, data, runs, saved = Path(args.out), Path(args.data), [], {}
     try:
         check_arguments(args)
         if args.init:
@@ -585,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                 _list(runs, out)
             _list_others(others, out)
             return 0
-        failed = run_selected(runs, out, args)
+        failed = run_selected(runs, out, args, saved)
     except RunError as error:
         print(f"companion reproduce: error: {error}", file=sys.stderr)
         return BAD_INPUT
@@ -594,4 +613,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: {done} of {len(runs)} runs finished and kept, the others keep their last "
               "checkpoint; run the same command to go on", file=sys.stderr)
         return 130
-    return conclude(runs, others, broken, failed, out, args)
+    return conclude(runs, others, broken, failed, out, args, saved)

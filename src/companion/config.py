@@ -45,6 +45,16 @@ def need(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def need_finite(config) -> None:
+    """Every float field of the dataclass ``config`` is a finite number (``--learning-rate inf`` or ``nan`` would
+    otherwise reach the optimizer, and ``config.json`` could not be read back as JSON)."""
+    import math
+
+    bad = [f"--{f.name.replace('_', '-')} {getattr(config, f.name)}" for f in dataclasses.fields(config)
+           if isinstance(getattr(config, f.name), float) and not math.isfinite(getattr(config, f.name))]
+    need(not bad, f"{', '.join(bad)}: must be a finite number")
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How completions are drawn: the fields a training run and an evaluation share, with one meaning and one check.

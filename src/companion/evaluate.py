@@ -55,9 +55,9 @@ from pathlib import Path
 import numpy as np
 
 from companion.config import (MAX_COMPLETION_LENGTH, SamplingOptions, add_dataclass_arguments, config_from_args,
-                              load_config, need, save_config)
+                              load_config, need, need_finite, save_config)
 from companion.runs import (BAD_INPUT, CONFIG_FILE, RunError, append_jsonl, jsonable, open_run_dir, read_jsonl,
-                            torch_threads, write_atomically)
+                            run_lock, torch_threads, write_atomically)
 from companion.verify import is_correct
 
 ROWS_FILE, SUMMARY_FILE, MODEL_FILE = "problems.jsonl", "summary.json", "model.json"
@@ -115,6 +115,7 @@ class EvalConfig(SamplingOptions):
                                                              "resuming it"})
 
     def __post_init__(self):
+        need_finite(self)
         SamplingOptions.check(self)
         need(bool(self.model), "model is empty: pass 'tiny', a model directory or a hub name")
         need(self.problems >= 1, f"problems must be at least 1, got {self.problems}")
@@ -363,8 +364,27 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def _claim_model(out: Path, model, config: EvalConfig, resuming: bool) -> None:
-    """Write the weights' fingerprint, or check that the rows already there were sampled from these weights."""
+def _weight_files(config: EvalConfig) -> str | None:
+    """A digest of the weight files ``config.model`` loads from (:func:`companion.models.weight_files_digest`)."""
+    from companion.models import weight_files_digest
+
+    return weight_files_digest(config.model)
+
+
+def _check_weight_files(out: Path, config: EvalConfig) -> None:
+    """Refuse to summarise rows again when the files of ``config.model`` changed since they were sampled (a run
+    that recorded no digest of its files, or a model without local files, cannot be checked this way)."""
+    path = out / MODEL_FILE
+    saved = json.loads(path.read_text()).get("files") if path.exists() else None
+    now = _weight_files(config) if saved else None
+    if saved and now and saved != now:
+        raise RunError(f"{out} holds samples of other weights than {config.model!r} has now (its files changed since "
+                       "they were sampled): use another --out, or --overwrite to sample these weights")
+
+
+def _claim_model(out: Path, model, config: EvalConfig, resuming: bool, files: str | None = None) -> None:
+    """Write the weights' fingerprint (and ``files``, the digest of the files they came from), or check that the
+    rows already there were sampled from these weights."""
     fingerprint = model_fingerprint(model)
     path = out / MODEL_FILE
     if path.exists():
@@ -376,7 +396,8 @@ def _claim_model(out: Path, model, config: EvalConfig, resuming: bool) -> None:
     elif resuming and (out / ROWS_FILE).exists():
         raise RunError(f"{out} holds rows but no {MODEL_FILE}, so which weights sampled them is unknown: use another "
                        "--out, or --overwrite to replace that run")
-    write_atomically(path, json.dumps({"model": config.model, "fingerprint": fingerprint}, indent=2) + "\n")
+    claim = {"model": config.model, "fingerprint": fingerprint, **({"files": files} if files else {})}
+    write_atomically(path, json.dumps(claim, indent=2) + "\n")
 
 
 def _finished_rows(path: Path, problems: list[dict]) -> dict[int, dict]:
@@ -487,58 +508,66 @@ def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool =
     """Run (or resume) the evaluation ``config`` describes; returns the summary also written to ``summary.json``.
 
     ``model`` and ``tokenizer`` evaluate a model already in memory (``config.model`` then only names it);
-    otherwise ``config.model`` is loaded with :func:`companion.models.load_policy`.
+    otherwise ``config.model`` is loaded with :func:`companion.models.load_policy`. The run directory is locked while
+    it runs (:func:`companion.runs.run_lock`): a second evaluation into it is refused, not mixed in.
     """
     from companion.tasks import get_task
 
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither (then config.model is loaded)")
-    out, resuming = open_run_dir(config.out, dataclasses.asdict(config), (CONFIG_FILE, MODEL_FILE, ROWS_FILE,
-                                 SUMMARY_FILE), overwrite=config.overwrite, may_differ=RESUMABLE_FIELDS,
-                                 defaults={f.name: f.default for f in dataclasses.fields(EvalConfig)
-                                           if f.default is not dataclasses.MISSING})
-    task = get_task(config.task)
-    problems = _load_problems(config, task)
-    done = _finished_rows(out / ROWS_FILE, problems)
-    todo = [i for i in range(len(problems)) if i not in done]
-    rows_per_batch = None
-    if todo:  # the model and the prompts are checked before anything is written: a failed start leaves no run
-        if model is None:  # behind that would refuse the corrected command as "a different config"
-            rows_per_batch = _gpu_rows(config, task, problems)  # on a GPU: what fits, before the weights load
-            model, tokenizer = _load_model(config)
-        _check_prompts(model, tokenizer, task, problems, config)
-        _claim_model(out, model, config, resuming)
-    save_config(config, out / CONFIG_FILE)
-    if todo:
-        device = next(model.parameters()).device
-        rows_per_batch = rows_per_batch or config.rows_per_batch(device)
-        n = config.num_generations
-        size = max(1, rows_per_batch // n)  # problems sampled together: as many as fit in a batch
-        with torch_threads(config.num_threads), out.joinpath(ROWS_FILE).open("a") as f, sampling_progress(
-                len(problems) * n, initial=(len(problems) - len(todo)) * n, desc=f"eval {config.task}",
-                disable=not progress) as on_finished:
-            for group in sorted({i // size for i in todo}):
-                # The whole group, even a problem already written (rare: only after a crash mid-group, or when
-                # --problems grew), so the batch is the uninterrupted run's batch, down to float rounding.
-                members = list(range(group * size, min((group + 1) * size, len(problems))))
-                redone = any(i in done for i in members)  # then the bar counts only the new rows, once written
-                rows = score_problems(model, tokenizer, task, [problems[i] for i in members], num_generations=n,
-                                      seed=config.seed, indices=members, temperature=config.temperature,
-                                      top_p=config.top_p, max_completion_length=config.max_completion_length,
-                                      batch_size=rows_per_batch, prompt_style=config.prompt_style,
-                                      save_completions=config.save_completions,
-                                      fast=config.fast_sampler,
-                                      on_finished=None if redone else on_finished)
-                for row in rows:
-                    if row["index"] not in done:
-                        append_jsonl(f, row)
-                        if redone:
-                            on_finished(n, sum(row["lengths"]))
-    rows = [row for row in load_results(out).rows if row["index"] < len(problems)]
-    summary = {"model": config.model, "task": config.task, "split": config.split, "temperature": config.temperature,
-               "top_p": config.top_p, **summarize(rows)}
-    write_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-    return summary
+    with run_lock(config.out, "companion eval"):
+        out, resuming = open_run_dir(config.out, dataclasses.asdict(config), (CONFIG_FILE, MODEL_FILE, ROWS_FILE,
+                                     SUMMARY_FILE), overwrite=config.overwrite, may_differ=RESUMABLE_FIELDS,
+                                     defaults={f.name: f.default for f in dataclasses.fields(EvalConfig)
+                                               if f.default is not dataclasses.MISSING})
+        task = get_task(config.task)
+        problems = _load_problems(config, task)
+        done = _finished_rows(out / ROWS_FILE, problems)
+        todo = [i for i in range(len(problems)) if i not in done]
+        rows_per_batch, loaded = None, model is None
+        if todo:  # the model and the prompts are checked before anything is written: a failed start leaves no run
+            if loaded:  # behind that would refuse the corrected command as "a different config"
+                rows_per_batch = _gpu_rows(config, task, problems)  # on a GPU: what fits, before the weights load
+                model, tokenizer = _load_model(config)
+            _check_prompts(model, tokenizer, task, problems, config)
+            _claim_model(out, model, config, resuming, files=_weight_files(config) if loaded else None)
+        elif loaded:  # nothing left to sample: still, these rows must be of the weights config.model names now
+            _check_weight_files(out, config)
+        save_config(config, out / CONFIG_FILE)
+        if todo:
+            _score(config, model, tokenizer, task, problems, done, todo, out, rows_per_batch, progress)
+        rows = [row for row in load_results(out).rows if row["index"] < len(problems)]
+        summary = {"model": config.model, "task": config.task, "split": config.split,
+                   "temperature": config.temperature, "top_p": config.top_p, **summarize(rows)}
+        write_atomically(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def _score(config: EvalConfig, model, tokenizer, task, problems: list[dict], done: dict, todo: list[int], out: Path,
+           rows_per_batch: int | None, progress: bool) -> None:
+    """Sample and score the problems of ``todo``, appending each problem's row to ``problems.jsonl`` as it ends."""
+    rows_per_batch = rows_per_batch or config.rows_per_batch(next(model.parameters()).device)
+    n = config.num_generations
+    size = max(1, rows_per_batch // n)  # problems sampled together: as many as fit in a batch
+    with torch_threads(config.num_threads), out.joinpath(ROWS_FILE).open("a") as f, sampling_progress(
+            len(problems) * n, initial=(len(problems) - len(todo)) * n, desc=f"eval {config.task}",
+            disable=not progress) as on_finished:
+        for group in sorted({i // size for i in todo}):
+            # The whole group, even a problem already written (rare: only after a crash mid-group, or when
+            # --problems grew), so the batch is the uninterrupted run's batch, down to float rounding.
+            members = list(range(group * size, min((group + 1) * size, len(problems))))
+            redone = any(i in done for i in members)  # then the bar counts only the new rows, once written
+            rows = score_problems(model, tokenizer, task, [problems[i] for i in members], num_generations=n,
+                                  seed=config.seed, indices=members, temperature=config.temperature,
+                                  top_p=config.top_p, max_completion_length=config.max_completion_length,
+                                  batch_size=rows_per_batch, prompt_style=config.prompt_style,
+                                  save_completions=config.save_completions, fast=config.fast_sampler,
+                                  on_finished=None if redone else on_finished)
+            for row in rows:
+                if row["index"] not in done:
+                    append_jsonl(f, row)
+                    if redone:
+                        on_finished(n, sum(row["lengths"]))
 
 
 # --- reading a run back ----------------------------------------------------------------------------------------
@@ -590,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     try:
         summary = evaluate(config)
-    except RunError as error:
+    except (RunError, OSError) as error:  # bad input; a directory or file that cannot be written
         print(f"companion eval: error: {error}", file=sys.stderr)
         return BAD_INPUT
     except KeyboardInterrupt:

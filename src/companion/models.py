@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from companion.runs import quiet_progress
+
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The Qwen2 / Llama projection layers that receive adapters: all attention and MLP matrices."""
 
@@ -115,12 +117,18 @@ def resolve_dtype(name: str, device: torch.device, *, load_in_4bit: bool = False
 
 
 def _load_pretrained(source: str, *, local_only: bool, quantization_config, dtype: torch.dtype, device: torch.device):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(local_files_only=local_only, dtype=dtype)
     if quantization_config is not None:
         kwargs.update(quantization_config=quantization_config, device_map={"": str(device)})
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    try:
+        with quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except SafetensorError as error:
+        raise OSError(f"cannot read the weights of {source} ({error}): the file is damaged or cut short (a copy or a "
+                      "download that did not finish); copy, download or save it again") from error
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     if quantization_config is None:
         model = model.to(device)
@@ -182,6 +190,33 @@ def load_policy(
                             target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
         model = get_peft_model(model, config)
     return model, tokenizer
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+
+
+def weight_files_digest(name_or_path: str) -> str | None:
+    """A sha256 over the weight files :func:`load_policy` reads for ``name_or_path`` (for saved adapters, their base's
+    too), to tell whether the weights on disk changed; None when they are not local files (a hub name).
+
+    >>> weight_files_digest("tiny") == weight_files_digest("tiny") != weight_files_digest("Org/not-a-local-dir")
+    True
+    """
+    import hashlib
+
+    path = _tiny_dir() if name_or_path == "tiny" and not Path("tiny").is_dir() else Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    if (path / POLICY_FILE).is_file():  # adapters: their base's weights count too
+        base = json.loads((path / POLICY_FILE).read_text()).get("base", "")
+        digest.update((weight_files_digest(base) or base).encode())
+    for file in sorted(f for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES):
+        digest.update(file.name.encode())
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -357,7 +392,8 @@ def save_policy(model, tokenizer, path: str | Path, *, base: str | None = None, 
     """Save a policy so :func:`load_policy` can rebuild it: the full model, or adapters plus their base."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path))
+    with quiet_progress():
+        model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     if is_lora(model):
         if base is None:

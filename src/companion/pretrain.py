@@ -35,7 +35,8 @@ from typing import NamedTuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from companion.config import MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, need, save_config
+from companion.config import (MAX_COMPLETION_LENGTH, add_dataclass_arguments, config_from_args, need, need_finite,
+                              save_config)
 from companion.runs import BAD_INPUT, RunError, jsonable, open_run_dir, torch_threads, write_atomically
 from companion.tiny import DEFAULT_CONTEXT, build_tokenizer, load_tiny, model_config, random_model
 from companion.traces import TASKS, Noise
@@ -108,6 +109,7 @@ class PretrainConfig:
     def __post_init__(self):
         if isinstance(self.noise, dict):  # read back from pretrain_config.json
             object.__setattr__(self, "noise", Noise(**self.noise))
+        need_finite(self)
         positive = ("num_threads", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                     "intermediate_size", "context", "num_examples", "batch_size", "eval_num_generations",
                     "max_completion_length", "eval_batch_size")
@@ -126,6 +128,7 @@ class PretrainConfig:
              f"{self.task_weights}")
         need(self.learning_rate > 0 and self.eval_temperature > 0, "--learning-rate and --eval-temperature must be "
                                                                    "positive")
+        need(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}")
         need(self.num_examples >= self.batch_size,
              f"--num-examples ({self.num_examples}) must be at least --batch-size ({self.batch_size})")
         need(self.traces_per_problem >= 1 and self.batch_size % self.traces_per_problem == 0,

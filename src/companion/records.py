@@ -139,19 +139,20 @@ class UpdateLog:
 
 def heldout_metrics(model, tokenizer, task, problems: list, *, max_completion_length: int, temperature: float = 1.0,
                     top_p: float = 1.0, num_generations: int = 4, seed: int = 0,
-                    batch_size: int = EVAL_BATCH_ROWS, prompt_style: str = "base") -> dict:
+                    batch_size: int = EVAL_BATCH_ROWS, prompt_style: str = "base", progress: str = "") -> dict:
     """Accuracy, reward and greedy length on held-out ``problems``: greedy (temperature 0) and sampled
     (``num_generations`` completions each), through the package's one evaluation path (:mod:`companion.evaluate`).
     Sampling uses its own seeded generators, so evaluating never moves the caller's random stream. ``batch_size``:
-    completions decoded together."""
-    from companion.evaluate import score_problems, summarize
+    completions decoded together; ``progress``: a progress bar with this title (none when empty)."""
+    from companion.evaluate import sampling_progress, score_problems, summarize
 
-    def summary(n: int, temp: float) -> dict:
-        return summarize(score_problems(model, tokenizer, task, problems, num_generations=n, seed=seed,
-                                        temperature=temp, top_p=top_p, max_completion_length=max_completion_length,
-                                        batch_size=batch_size, prompt_style=prompt_style))
+    with sampling_progress(len(problems) * (1 + num_generations), desc=progress, disable=not progress) as done:
+        def summary(n: int, temp: float) -> dict:
+            return summarize(score_problems(model, tokenizer, task, problems, num_generations=n, seed=seed,
+                                            temperature=temp, top_p=top_p, max_completion_length=max_completion_length,
+                                            batch_size=batch_size, prompt_style=prompt_style, on_finished=done))
 
-    greedy, sampled = summary(1, 0.0), summary(num_generations, temperature)
+        greedy, sampled = summary(1, 0.0), summary(num_generations, temperature)
     return {
         "eval_accuracy_greedy": greedy["accuracy"],
         "eval_accuracy_sampled": sampled["accuracy"],
@@ -183,6 +184,31 @@ def sft_gap(params: list, losses: list, processes: Processes = SINGLE) -> tuple[
         return 0.0, 1.0
     cosine = torch.nn.functional.cosine_similarity(update, sft, dim=0).item()
     return cosine, ((update - sft).norm() / sft.norm()).item()
+
+
+COLLAPSE_ENTROPY = 1e-3
+"""Entropy per token (nats) below which a policy samples, in effect, one completion per prompt."""
+
+
+def collapse(record: dict) -> str | None:
+    """Why the policy has collapsed, read from its step's record, or None: it samples (in effect) one completion per
+    prompt (entropy below :data:`COLLAPSE_ENTROPY`), none of them right, and nothing will move it again: the update
+    had no gradient at all, or every completion ran into the length cap. (A policy that is always right and
+    certain is done, not collapsed; the teacher's traces have no entropy and are never judged.)
+
+    >>> collapse({"entropy": 2e-5, "accuracy": 0.0, "grad_norm": 0.0, "frac_truncated": 0.0})
+    'entropy 2e-05 nats per token, accuracy 0, a gradient of exactly 0'
+    >>> collapse({"entropy": 2e-5, "accuracy": 1.0, "grad_norm": 0.0, "frac_truncated": 0.0}) is None
+    True
+    """
+    entropy = record.get("entropy")
+    if entropy is None or entropy >= COLLAPSE_ENTROPY or record["accuracy"] > 0:
+        return None
+    if record["grad_norm"] == 0:
+        return f"entropy {entropy:.2g} nats per token, accuracy 0, a gradient of exactly 0"
+    if record["frac_truncated"] == 1:
+        return f"entropy {entropy:.2g} nats per token, accuracy 0, every completion cut at the length cap"
+    return None
 
 
 def write_record(path: Path, record: dict) -> None:

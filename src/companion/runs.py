@@ -4,9 +4,12 @@
 took minutes or hours to make. They guard it the same way, once, here:
 
 * :func:`open_run_dir` refuses to mix two runs in one directory and never deletes a file no run wrote;
+* :func:`run_lock` keeps a second process out of a directory a run is writing (the operating system releases the
+  lock when the process ends, however it ends, so a killed run never leaves it stuck);
 * :func:`write_atomically` and :func:`append_jsonl` leave either the old file or the new one after a crash,
   never half of one (a half-written last line of a JSONL file is dropped by :func:`read_jsonl`);
-* :func:`torch_threads` sets the torch thread count for a run and restores the caller's afterwards;
+* :func:`torch_threads` sets the torch thread count for a run and restores the caller's afterwards
+  (:func:`auto_threads` chooses one when the run leaves it to the package);
 * :func:`hub_reachable` asks whether the Hugging Face hub answers, in seconds rather than a long hang.
 
 Every error about a run's inputs is a :class:`RunError` whose message says what to change; the commands
@@ -108,6 +111,33 @@ def jsonable(value):
     return json.loads(json.dumps(value))
 
 
+@contextmanager
+def run_lock(out: str | os.PathLike, command: str):
+    """Hold the run directory ``out`` (created if missing) while the block runs: an advisory ``flock`` on the
+    directory itself, which the operating system releases when this process ends, however it ends, and which leaves
+    no file behind. A second process (a second writer, or a ``--resume`` of a run still going) gets a
+    :class:`RunError` saying so."""
+    import fcntl
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a directory: choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    handle = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise RunError(f"{out} is in use by another process (a {command} or another companion command writing "
+                       "there): wait for it to end, or stop it, and run this again (two commands writing one run "
+                       "directory would mix their records)") from None
+    try:
+        yield out
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        os.close(handle)
+
+
 # --- files that survive a crash ----------------------------------------------------------------------------
 
 
@@ -186,6 +216,37 @@ def torch_threads(num_threads: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def auto_threads(parameters: int) -> int:
+    """The torch thread count for a run that leaves it to the package (``--num-threads 0``): one for a model of a few
+    million parameters or less, whose steps are many small operations that a second thread slows down (and, on a
+    busy machine, stalls: one generation of the tiny model took 82 s at two threads against ~1 s at one, with other
+    work on the cores); otherwise one per core that the machine's load leaves free, and at least one.
+
+    >>> auto_threads(625_000)
+    1
+    """
+    if parameters < 10_000_000:
+        return 1
+    cores = os.cpu_count() or 1
+    busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
+    return max(1, cores - busy)
+
+
+@contextmanager
+def quiet_progress():
+    """transformers' progress bars ("Loading weights", "Writing model shards") off while a model loads or saves:
+    they say nothing a reader needs, and a notebook keeps them in its saved outputs."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -166,7 +166,10 @@ def load_tiny(path: str | os.PathLike | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = tiny_dir(path)
-    rebuild = f"rebuild it with `companion pretrain --out {path} --overwrite` (minutes on a CPU)"
+    rebuild = (f"rebuild it with `companion pretrain --out {path} --overwrite` (minutes on a CPU)"
+               if os.access(path.parent, os.W_OK) and "site-packages" not in path.parts else
+               f"reinstall the package, or rebuild the model with `companion pretrain --out DIR` into a directory of "
+               f"yours and point ${TINY_ENV} at it")
     if not path.is_dir():
         raise FileNotFoundError(f"no tiny base checkpoint at {path}: {rebuild}, set ${TINY_ENV}, or pass the "
                                 "directory of one")
@@ -174,10 +177,15 @@ def load_tiny(path: str | os.PathLike | None = None):
                if not (path / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} is not a complete tiny checkpoint (missing {', '.join(missing)}): {rebuild}")
+    from safetensors import SafetensorError
+
+    from companion.runs import quiet_progress
+
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
+        with quiet_progress():
+            model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as error:  # transformers, safetensors and json each raise their own kind
+    except (OSError, ValueError, SafetensorError) as error:  # a damaged file (json's errors are ValueErrors)
         raise ValueError(f"{path} holds a corrupt checkpoint ({type(error).__name__}: {error}): {rebuild}") from error
     broken = info.get("missing_keys") or info.get("mismatched_keys")
     if broken or model.config.vocab_size != len(tokenizer) or tokenizer.eos_token_id is None:

@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"companion train: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        out = args.resume or args.out
+        print(f"\ncompanion train: interrupted; {out} keeps its last checkpoint (every --save-every steps): "
+              f"continue with `companion train --resume {out}`", file=sys.stderr)
+        return 130
     last = result.metrics[-1] if result.metrics else {}
     summary = ", ".join(f"{k}={last[k]:.3f}" for k in ("reward", "accuracy", "eval_accuracy_greedy")
                         if last.get(k) is not None)

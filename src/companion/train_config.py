@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from companion.config import SamplingOptions, need
+from companion.config import SamplingOptions, need, need_finite
 from companion.models import DTYPES
 from companion.objectives import NORMALIZERS, STD_KINDS, TRAINABLE, resolve_normalizer
 from companion.planner import EVAL_BATCH_ROWS
@@ -172,7 +172,8 @@ class OptimizerOptions:
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient to this global norm"})
 
     def check(self) -> None:
-        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        need(0 < self.learning_rate < 1e30, f"learning_rate must be > 0 and below 1e30 (AdamW's first steps scale it "
+                                             f"up tenfold, in float32), got {self.learning_rate}")
         need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         need(self.lr_scheduler in SCHEDULERS, f"lr_scheduler must be one of {SCHEDULERS}, got {self.lr_scheduler!r}")
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
@@ -182,8 +183,10 @@ class OptimizerOptions:
 class ResourceOptions:
     """Memory and processors: they change how fast a run goes and how much memory it takes, not what it learns."""
 
-    num_threads: int = field(default=0, metadata={"help": "torch CPU threads during the run (0 = leave as is); a tiny "
-                                                          "model on a busy machine is fastest with 1"})
+    num_threads: int = field(default=0, metadata={
+        "help": "torch CPU threads during the run; 0 chooses: 1 for a model of a few million parameters (the tiny "
+                "one is fastest with 1, and on a busy machine far faster than with 2), else one per core the "
+                "machine's load leaves free"})
     num_processes: int = field(default=1, metadata={
         "help": "data-parallel processes, each sampling its share of a step's prompts: set by the launch "
                 "(accelerate launch --multi_gpu --num_processes N -m companion.cli train ...); a run resumes only "
@@ -247,6 +250,7 @@ class TrainConfig(*reversed(GROUPS)):  # a dataclass lists the fields of its las
     """Everything that defines a training run. Defaults are the CPU world: the tiny model on Countdown."""
 
     def __post_init__(self):
+        need_finite(self)
         for group in GROUPS:
             group.check(self)
         self._check_across_groups()

@@ -6,11 +6,13 @@ schedule. :mod:`companion.trainer` runs the steps.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import math
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,31 +21,69 @@ import torch
 
 from companion.algorithms import algorithm_for
 from companion.batches import ProblemStream, batch_source
-from companion.checkpoint import load_checkpoint, save_checkpoint
+from companion.checkpoint import load_checkpoint, save_checkpoint, usable_checkpoint
 from companion.config import need, save_config
 from companion.decode import check_prompts_fit
 from companion.parallel import Processes, check_processes
 from companion.records import heldout_metrics, write_record
 from companion.rollout import per_token_logps
-from companion.runs import RunError, open_run_dir, read_jsonl, write_atomically
+from companion.runs import RunError, open_run_dir, read_jsonl, run_lock, write_atomically
 from companion.train_config import TrainConfig
 
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "policy")
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.previous.pt", "checkpoint.collapsed.pt",
+             "policy")
+OTHER_RUNS = {"problems.jsonl": "companion eval", "summary.json": "companion eval", "model.json": "companion eval",
+              "pretrain_config.json": "companion pretrain"}
+"""Files that mark a directory as another command's run, which a training run must not mix with (nor delete)."""
 
 
-def prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path:
-    """Claim ``config.out`` for this run: a new run, or the one ``resume`` continues (its config must match)."""
-    snapshots = tuple(p.name for p in Path(config.out).glob("policy-step*"))  # --policy-every's, replaced too
-    out, _ = open_run_dir(config.out, dataclasses.asdict(config), RUN_FILES + snapshots, overwrite=overwrite,
-                          resume=resume,
-                          # the same directory, however its path is spelled; the evaluation's batch changes
-                          # only its memory and float rounding
-                          may_differ=("steps", "out", "eval_batch_size"),
-                          defaults={f.name: f.default for f in dataclasses.fields(TrainConfig)
-                                    if f.default is not dataclasses.MISSING})
-    if resume and not (out / "checkpoint.pt").exists():
-        raise RunError(f"nothing to resume in {out}: it has no checkpoint.pt (start a new run there with --overwrite)")
-    return out
+def prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> bool:
+    """Claim ``config.out`` for this run: a new run, or the one ``resume`` continues (its config must match, and its
+    checkpoint and records be there). A run that stopped before its first checkpoint has nothing to resume and is
+    started again, whatever was asked. Returns whether the run resumes."""
+    out = Path(config.out)
+    other = sorted({command for name, command in OTHER_RUNS.items() if (out / name).exists()})
+    if other:
+        raise RunError(f"{out} holds a {' and a '.join(other)} run: choose another --out (--overwrite replaces only a "
+                       "training run)")
+    if (out / "config.json").exists() and not any((out / n).exists() for n in RUN_FILES[2:]) and not overwrite:
+        print(f"{out} holds a run that stopped before its first checkpoint (nothing to resume): starting it again",
+              file=sys.stderr)
+        overwrite, resume = True, False
+    snapshots = tuple(p.name for p in out.glob("policy-step*"))  # --policy-every's, replaced too
+    _, resuming = open_run_dir(out, dataclasses.asdict(config), RUN_FILES + snapshots, overwrite=overwrite,
+                               resume=resume,
+                               # the same directory, however its path is spelled; the evaluation's batch changes
+                               # only its memory and float rounding
+                               may_differ=("steps", "out", "eval_batch_size"),
+                               defaults={f.name: f.default for f in dataclasses.fields(TrainConfig)
+                                         if f.default is not dataclasses.MISSING})
+    if resume:
+        _, step, _ = usable_checkpoint(out)
+        need(config.steps >= step, f"{out} is at step {step}: --steps {config.steps} would end before it; pass "
+                                   f"--steps {step} or more to train further")
+        missing = set(range(1, step + 1)) - {r["step"] for r in read_jsonl(out / "metrics.jsonl")}
+        if missing:
+            raise RunError(f"{out}/metrics.jsonl lacks the records of steps {_ranges(missing)} (deleted or edited?): "
+                           "resuming would leave the run's history without them. Restore the file, or start the run "
+                           "again with --overwrite")
+    return resume
+
+
+def _ranges(steps: set[int]) -> str:
+    """Steps as ranges.
+
+    >>> _ranges({1, 2, 3, 7})
+    '1-3, 7'
+    """
+    ordered = sorted(steps)
+    runs, start, previous = [], ordered[0], ordered[0]
+    for step in ordered[1:] + [None]:
+        if step != previous + 1:
+            runs.append(f"{start}-{previous}" if previous > start else str(start))
+            start = step
+        previous = step if step is not None else previous
+    return ", ".join(runs)
 
 
 def _file_option(path: str) -> dict:
@@ -65,39 +105,42 @@ def run_problems(config: TrainConfig):
 # --- does it fit the GPU? ----------------------------------------------------------------------------------------
 
 
-def memory_plan(config: TrainConfig, model_config, prompt_length: int):
-    """:func:`companion.planner.plan` of one step of this run, for a model of ``model_config``'s shapes."""
+def memory_plan(config: TrainConfig, model_config, prompt_length: int, dtype_bytes: int = 2):
+    """:func:`companion.planner.plan` of one step of this run, for a model of ``model_config``'s shapes
+    (``dtype_bytes``: the compute dtype's, 2 on a GPU, 4 for float32 on a CPU)."""
     from companion.planner import ModelShape, plan
 
     return plan(ModelShape.from_config(model_config), prompts_per_step=config.prompts_per_step,
                 num_generations=config.num_generations, prompt_length=prompt_length,
                 completion_length=config.max_completion_length, micro_batch_size=config.micro_batch_size,
                 load_in_4bit=config.load_in_4bit, lora_r=config.lora_r if config.lora else None,
-                gradient_checkpointing=config.gradient_checkpointing, dtype_bytes=2,
+                gradient_checkpointing=config.gradient_checkpointing, dtype_bytes=dtype_bytes,
                 logit_chunk=config.logit_chunk_size, top_p=config.top_p,
                 **(dict(eval_problems=config.eval_problems, eval_num_generations=config.eval_num_generations,
                         eval_batch_size=config.eval_batch_size) if config.eval_every else {}))
 
 
-def longest_prompt(config: TrainConfig, tokenizer) -> int:
-    """Tokens in the longest prompt among (the first 200 of) this run's training problems: the prompt length
-    :func:`memory_plan` is asked with."""
+def longest_prompt(config: TrainConfig, tokenizer, problems: list[dict] | None = None) -> int:
+    """Tokens in the longest prompt among the first 200 of this run's training problems (``problems``, or drawn
+    again): the prompt length :func:`memory_plan` is asked with."""
     from companion.evaluate import longest_prompt as longest
     from companion.tasks import get_task
 
     task = get_task(config.task)
-    problems = task.generate(min(config.train_problems, 200), seed=config.seed, split="train",
-                             **_file_option(config.data_file))
-    return longest(config, task, problems, tokenizer)
+    problems = problems or task.generate(min(config.train_problems, 200), seed=config.seed, split="train",
+                                         **_file_option(config.data_file))
+    return longest(config, task, problems[:200], tokenizer)
 
 
-def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GPU", files=None) -> None:
+def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GPU", files=None,
+                     problems: list[dict] | None = None) -> None:
     """Stop before the weights load when the planner's estimate of a step does not fit in ``free_bytes``.
 
     ``free_bytes`` is what ``torch.cuda.mem_get_info`` reports, after this process's CUDA context exists, so the
     context (:data:`companion.planner.CONTEXT_BYTES`, part of the plan's peak) is not asked for a second time.
     Reads only the model's config and tokenizer (``files``, or :func:`companion.models.read_model_files`); when they
-    cannot be read here, the check is left to the loader, whose own error says what to do.
+    cannot be read here, the check is left to the loader, whose own error says what to do. ``problems``: the run's
+    training problems, when they are at hand (:func:`longest_prompt`).
     """
     from companion.models import read_model_files
     from companion.planner import CONTEXT_BYTES, GIB, check_fits, largest_fitting_batch
@@ -108,7 +151,7 @@ def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GP
     if files.lora_r is not None:  # saved adapters, trained further: plan them, on their base as it was saved
         config = dataclasses.replace(config, lora=True, lora_r=files.lora_r,
                                      load_in_4bit=config.load_in_4bit or files.load_in_4bit)
-    prompt = longest_prompt(config, files.tokenizer)
+    prompt = longest_prompt(config, files.tokenizer, problems)
 
     def planned(run: TrainConfig):
         estimate = memory_plan(run, files.config, prompt)
@@ -132,20 +175,69 @@ def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GP
     check_fits(estimate, free_bytes, gpu=gpu, in_4bit=config.load_in_4bit, what=what)
 
 
+def available_memory() -> int | None:
+    """The memory this machine can give a new allocation now (Linux's MemAvailable, in bytes), or None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_cpu_memory(config: TrainConfig, problems: list[dict] | None = None) -> None:
+    """On a CPU, stop before the weights load when the planner's estimate of a step (in float32) exceeds the memory
+    the machine has free, saying what to change; left to the loader when the model's files cannot be read here."""
+    from companion.models import read_model_files
+    from companion.planner import CONTEXT_BYTES, check_fits
+
+    free = available_memory()
+    files = read_model_files(config.model) if free else None
+    if files is None:
+        return
+    estimate = memory_plan(config, files.config, longest_prompt(config, files.tokenizer, problems), dtype_bytes=4)
+    estimate = dataclasses.replace(estimate, peak=estimate.peak - CONTEXT_BYTES)  # no CUDA context on a CPU
+    check_fits(estimate, free, gpu="this machine (free memory)", in_4bit=config.load_in_4bit,
+               what=f"training {config.model} ({config.prompts_per_step} x {config.num_generations} completions of "
+                    f"up to {config.max_completion_length} tokens per step)")
+
+
 # --- the policy, and the reference of the KL term ------------------------------------------------------------------
 
 
+def parameters_of(config: TrainConfig, model=None) -> int:
+    """The parameter count of ``model``, or of the model ``config.model`` names (read from its config, 0 when it
+    cannot be read here): what :func:`companion.runs.auto_threads` chooses by."""
+    from companion.models import read_model_files
+    from companion.planner import ModelShape
+
+    if model is not None:
+        return sum(p.numel() for p in model.parameters())
+    files = read_model_files(config.model)
+    return ModelShape.from_config(files.config).parameters if files else 0
+
+
+def check_memory(config: TrainConfig, device: torch.device, problems: list[dict]) -> None:
+    """Stop before anything is written or loaded when a step of the run (on its training ``problems``) would not fit
+    the device's free memory (a GPU's, or on a CPU the machine's), saying what to change (:func:`check_gpu_memory`,
+    :func:`check_cpu_memory`)."""
+    from companion.models import gpu_budget, resolve_dtype
+
+    resolve_dtype(config.dtype, device, load_in_4bit=config.load_in_4bit)  # a dtype the device cannot take: refused
+    budget = gpu_budget(config.model, device)
+    if budget is not None:
+        check_gpu_memory(config, budget.free_bytes, gpu=budget.gpu, files=budget.files, problems=problems)
+    elif device.type == "cpu":
+        check_cpu_memory(config, problems)
+
+
 def load_model(config: TrainConfig, model=None, tokenizer=None, device: torch.device | None = None):
-    """The model to train: the one passed in, or the one ``config.model`` names (on ``device``, or the config's),
-    checked against the GPU's free memory before its weights load."""
-    from companion.models import LoraSettings, gpu_budget, load_policy, resolve_device, resolve_dtype
+    """The model to train: the one passed in, or the one ``config.model`` names (on ``device``, or the config's)."""
+    from companion.models import LoraSettings, load_policy, resolve_device, resolve_dtype
 
     if model is None:
         device = device or resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device, load_in_4bit=config.load_in_4bit)  # refused here, before loading
-        budget = gpu_budget(config.model, device)
-        if budget is not None:
-            check_gpu_memory(config, budget.free_bytes, gpu=budget.gpu, files=budget.files)
+        dtype = resolve_dtype(config.dtype, device, load_in_4bit=config.load_in_4bit)
         lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
         return load_policy(config.model, load_in_4bit=config.load_in_4bit, lora=lora, device=device, dtype=dtype)
     need(tokenizer is not None, "train(model=...) needs its tokenizer too")
@@ -236,13 +328,15 @@ class Training:
         return dict(temperature=c.temperature, share_prompts=not c.gradient_checkpointing,
                     logit_chunk=c.logit_chunk_size)
 
-    def evaluate(self, number: int) -> dict:
-        """Accuracy on the held-out problems, sampled with a seed of the run's and step ``number``'s own."""
+    def evaluate(self, number: int, *, progress: bool = False) -> dict:
+        """Accuracy on the held-out problems, sampled with a seed of the run's and step ``number``'s own (with
+        ``progress``, a bar while it samples)."""
         c = self.config
         return heldout_metrics(self.model, self.tokenizer, self.task, self.held_out,
                                max_completion_length=c.max_completion_length, temperature=c.temperature,
                                top_p=c.top_p, num_generations=c.eval_num_generations, seed=c.seed * 1_000_003 + number,
-                               batch_size=c.eval_batch_size, prompt_style=c.prompt_style)
+                               batch_size=c.eval_batch_size, prompt_style=c.prompt_style,
+                               progress=f"held-out evaluation, step {number}" if progress else "")
 
     def checkpoint(self, number: int) -> None:
         """Save everything exact resume needs after step ``number`` (:func:`companion.checkpoint.save_checkpoint`)."""
@@ -259,9 +353,11 @@ class Training:
                     load_in_4bit=self.config.load_in_4bit)
 
 
-def start_run(config: TrainConfig, model=None, tokenizer=None, *, resume: bool = False,
-              overwrite: bool = False) -> tuple[Training, int]:
-    """Set a run up (or pick it up from its checkpoint); returns it and the last step it has done."""
+def start_run(config: TrainConfig, model=None, tokenizer=None, *, resume: bool = False, overwrite: bool = False,
+              held: contextlib.ExitStack, progress: bool = False) -> tuple[Training, int]:
+    """Set a run up (or pick it up from its checkpoint); returns it and the last step it has done. The run's
+    directory is locked (:func:`companion.runs.run_lock`) until ``held`` closes; ``progress``: a bar for the held-out
+    evaluation of step 0, the first thing a new run does."""
     from companion.models import resolve_device
 
     processes = Processes.launched(resolve_device(config.device) if model is None else next(model.parameters()).device)
@@ -269,9 +365,12 @@ def start_run(config: TrainConfig, model=None, tokenizer=None, *, resume: bool =
     # First, so that problems that cannot be had (GSM8K with no hub) stop the run before it writes or loads
     # anything. No task draws from the global generators, so this changes no seeded stream.
     task, pool, held_out = run_problems(config)
+    if model is None:
+        check_memory(config, processes.device or resolve_device(config.device), pool)
     if processes.is_main:
-        prepare_run_dir(config, resume=resume, overwrite=overwrite)
-    processes.wait()
+        held.enter_context(run_lock(config.out, "companion train"))
+        resume = prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    resume = processes.gather_object(resume)[0]  # every process resumes, or not, as the main one found
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -294,7 +393,7 @@ def start_run(config: TrainConfig, model=None, tokenizer=None, *, resume: bool =
         save_config(config, run.out / "config.json")  # only now: a run that failed to start leaves nothing to clobber
     start = resume_run(run) if resume else 0
     if not resume and config.eval_every and processes.is_main:
-        write_record(run.out / "metrics.jsonl", {"step": 0, **run.evaluate(0)})
+        write_record(run.out / "metrics.jsonl", {"step": 0, **run.evaluate(0, progress=progress)})
     processes.wait()
     return run, start
 
@@ -312,11 +411,14 @@ def enable_gradient_checkpointing(config: TrainConfig, model) -> None:
 
 
 def resume_run(run: Training) -> int:
-    """Restore the run's checkpoint; records written after it belong to the interrupted attempt and are dropped
-    (the resumed run writes them again). Returns the checkpoint's step."""
+    """Restore the run's checkpoint (the previous one when the last cannot be read); records written after it belong
+    to the interrupted attempt and are dropped (the resumed run writes them again). Returns the checkpoint's step."""
+    path, _, note = usable_checkpoint(run.out)
+    if note and run.processes.is_main:
+        print(note, file=sys.stderr)
     parts = tuple(run.source.state or ()) + tuple(run.algorithm.state or ())
-    state = load_checkpoint(run.out / "checkpoint.pt", model=run.model, optimizer=run.optimizer,
-                            scheduler=run.scheduler, processes=run.processes, parts=parts)
+    state = load_checkpoint(path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+                            processes=run.processes, parts=parts)
     run.stream.position = state["data_position"]
     run.source.load_state(state, next(run.model.parameters()).device)
     run.algorithm.load_state(state)

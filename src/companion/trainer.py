@@ -25,6 +25,7 @@ Decisions, and why:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +34,20 @@ from tqdm.auto import tqdm
 
 from companion.batches import Samples
 from companion.objectives import loss_denominators, policy_loss, weighted_nll
-from companion.records import Clock, UpdateLog, batch_metrics, sft_gap, weight_metrics, write_record
+from companion.checkpoint import roll_back
+from companion.records import Clock, UpdateLog, batch_metrics, collapse, sft_gap, weight_metrics, write_record
 from companion.rollout import per_token_logps
-from companion.runs import read_jsonl, torch_threads
+from companion.runs import auto_threads, read_jsonl, torch_threads
 from companion.train_config import TrainConfig
-from companion.train_setup import Training, start_run
+from companion.train_setup import Training, parameters_of, start_run
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient stopped being finite; training stopped before applying the bad update."""
+
+
+class TrainingCollapsed(TrainingDiverged):
+    """The policy collapsed (:func:`companion.records.collapse`); training stopped, its checkpoint from before."""
 
 
 @dataclass
@@ -218,8 +224,10 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, resume: bool = Fal
         until_step: stop after this step, checkpointing it, as if interrupted; ``resume`` continues.
         progress: show a tqdm bar.
     """
-    with torch_threads(config.num_threads):
-        run, start = start_run(config, model, tokenizer, resume=resume, overwrite=overwrite)
+    with torch_threads(config.num_threads or auto_threads(parameters_of(config, model))), \
+            contextlib.ExitStack() as held:
+        run, start = start_run(config, model, tokenizer, resume=resume, overwrite=overwrite, held=held,
+                               progress=progress)
         c, main_process = run.config, run.processes.is_main
         stop = c.steps if until_step is None else min(until_step, c.steps)
         bar = tqdm(total=c.steps, initial=start, desc=f"{c.algo} on {c.task}", disable=not (progress and main_process))
@@ -230,6 +238,7 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, resume: bool = Fal
                 record.update(timed_evaluation(run, number))
             if main_process:
                 write_record(run.out / "metrics.jsonl", record)
+            stop_if_collapsed(run, record)
             if c.policy_every and number % c.policy_every == 0 and number < c.steps and main_process:
                 run.save_policy(f"policy-step{number}")
             if (c.save_every and number % c.save_every == 0) or number == stop:
@@ -244,6 +253,23 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, resume: bool = Fal
         run.processes.wait()
         return TrainResult(out=run.out, metrics=read_jsonl(run.out / "metrics.jsonl"), model=run.model,
                            tokenizer=run.tokenizer)
+
+
+def stop_if_collapsed(run: Training, record: dict) -> None:
+    """Stop a run whose policy collapsed (its record says so), keeping the last checkpoint from before the update
+    that broke it: a checkpoint of the step just before holds that update, so the one before it comes back."""
+    reason = collapse(record)
+    if reason is None:
+        return
+    number, saved = record["step"], run.last_saved
+    if saved == number - 1 and run.processes.is_main:
+        kept = roll_back(run.out)
+    else:
+        kept = (f"{run.out / 'checkpoint.pt'} (step {saved}) is from before it" if saved
+                else "no checkpoint was saved yet")
+    raise TrainingCollapsed(
+        f"step {number}: the policy collapsed ({reason}), so training stopped: nothing it samples can be rewarded "
+        f"or move it again. {kept[0].upper() + kept[1:]}. Try a lower --learning-rate (now {run.config.learning_rate}).")
 
 
 def timed_evaluation(run: Training, number: int) -> dict:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from companion.experiments.catalogue import (DATA, GENERATED, OTHERS, RUNS, SWEEP, Run, committed_runs,
                                              generated_runs, policy_for, producer, relative_out, select)
-from companion.runs import BAD_INPUT, RunError, jsonable, read_jsonl, write_jsonl_gz
+from companion.runs import BAD_INPUT, RunError, jsonable, quiet_progress, read_jsonl, write_jsonl_gz
 
 def _companion() -> list[str]:
     return [sys.executable, "-m", "companion.cli"]
@@ -343,8 +343,9 @@ def save(run: Run, runs: Path = RUNS) -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(source / "policy", dtype=torch.float32)
-        model.to(torch.float16).save_pretrained(staging / "policy")
+        with quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(source / "policy", dtype=torch.float32)
+            model.to(torch.float16).save_pretrained(staging / "policy")
         AutoTokenizer.from_pretrained(source / "policy").save_pretrained(staging / "policy")
     if target.exists():
         shutil.rmtree(target)

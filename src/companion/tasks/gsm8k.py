@@ -32,6 +32,37 @@ def extract_gold(answer_text: str) -> str:
     return gold.strip().replace(",", "")
 
 
+def read_records(data_file: str | os.PathLike) -> list[dict]:
+    """The ``{"question", "answer"}`` records of a local JSONL file in GSM8K's format, each checked: a ValueError
+    naming the file and the line when a line is not JSON, lacks a field, or has no ``#### N`` gold answer, or when
+    the file holds no record at all."""
+    import json
+
+    if not os.path.isfile(data_file):
+        raise FileNotFoundError(f"GSM8K data file {data_file} does not exist; pass a JSONL file with question/answer "
+                                "fields")
+    shape = '{"question": ..., "answer": "... #### N"}'
+    records = []
+    with open(data_file, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{data_file}, line {number}, is not JSON ({error.msg}): each line must be {shape}")
+            if not isinstance(record, dict) or not {"question", "answer"} <= set(record):
+                raise ValueError(f"{data_file}, line {number}, lacks a question or an answer: each line must be {shape}")
+            try:
+                extract_gold(str(record["answer"]))
+            except ValueError as error:
+                raise ValueError(f"{data_file}, line {number}: {error}") from None
+            records.append({"question": str(record["question"]), "answer": str(record["answer"])})
+    if not records:
+        raise ValueError(f"{data_file} holds no problem: each line must be {shape}")
+    return records
+
+
 class GSM8KUnavailable(RuntimeError):
     """GSM8K could not be read: no hub and no local file. The message says what to pass instead."""
 
@@ -52,13 +83,7 @@ def load(split: str = "train", *, data_file: str | os.PathLike | None = None):
     import datasets  # heavy; only needed here
 
     if data_file is not None:
-        if not os.path.isfile(data_file):
-            raise FileNotFoundError(f"GSM8K data file {data_file} does not exist; pass a JSONL file with question/answer fields")
-        ds = datasets.load_dataset("json", data_files=str(data_file), split="train")
-        missing = {"question", "answer"} - set(ds.column_names)
-        if missing:
-            raise ValueError(f"{data_file} lacks the field(s) {sorted(missing)}; each line must be {{\"question\": ..., \"answer\": \"... #### N\"}}")
-        return ds
+        return datasets.Dataset.from_list(read_records(data_file))
     if split not in ("train", "test"):
         raise ValueError(f'GSM8K has splits "train" and "test", got {split!r}')
     offline_help = (

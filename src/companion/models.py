@@ -88,12 +88,16 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 """The compute dtypes a run may ask for (``--dtype``); ``auto`` is :func:`default_dtype`."""
 
 
-def resolve_dtype(name: str, device: torch.device, *, load_in_4bit: bool = False) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, *, load_in_4bit: bool = False,
+                  trains_weights: bool = False) -> torch.dtype:
     """The dtype ``--dtype name`` means on ``device``, or a ValueError that says what to ask for instead.
 
     On a CPU a half-precision dtype is taken only with ``load_in_4bit``: there it is the compute dtype of the 4-bit
     layers alone (bitsandbytes has CPU kernels for it; adapters, norms and embeddings stay float32), which is how
-    the book runs a T4's fp16 policy in the tiny world. Whole models in half precision are for GPUs.
+    the book runs a T4's fp16 policy in the tiny world. Whole models in half precision are for GPUs, and when the
+    run ``trains_weights`` (full-parameter training, not adapters) ``auto`` keeps them float32 there too: AdamW's
+    small updates round away in half precision, and fp16's range overflows (the tiny model trained in fp16 gives NaN
+    after one step); fp16 is refused for them, bf16 taken only when asked for.
 
     >>> resolve_dtype("auto", torch.device("cpu"))
     torch.float32
@@ -103,7 +107,7 @@ def resolve_dtype(name: str, device: torch.device, *, load_in_4bit: bool = False
     if name not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
     if name == "auto":
-        return default_dtype(device)
+        return torch.float32 if trains_weights else default_dtype(device)
     dtype = getattr(torch, name)
     if device.type != "cuda" and dtype != torch.float32:
         if load_in_4bit:
@@ -111,6 +115,10 @@ def resolve_dtype(name: str, device: torch.device, *, load_in_4bit: bool = False
         raise ValueError(f"--dtype {name} is for GPUs: on a CPU the package computes in float32 (half-precision "
                          "matmuls are slow there), except in 4-bit layers; use --dtype float32 or auto, or add "
                          "--lora --load-in-4bit to compute only those in it")
+    if trains_weights and dtype == torch.float16:
+        raise ValueError("--dtype float16 would train the model's own weights in fp16, which AdamW cannot do (small "
+                         "updates round away, and the range overflows to NaN): use --dtype float32 (auto picks it), "
+                         "bfloat16 on a GPU that has it, or --lora (adapters train in float32 on an fp16 base)")
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16 (a T4 has none): use "
                          "--dtype float16, float32, or auto (which picks float16 there)")

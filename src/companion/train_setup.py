@@ -135,14 +135,15 @@ def longest_prompt(config: TrainConfig, tokenizer, problems: list[dict] | None =
 
 
 def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GPU", files=None,
-                     problems: list[dict] | None = None) -> None:
+                     problems: list[dict] | None = None, dtype_bytes: int = 2) -> None:
     """Stop before the weights load when the planner's estimate of a step does not fit in ``free_bytes``.
 
     ``free_bytes`` is what ``torch.cuda.mem_get_info`` reports, after this process's CUDA context exists, so the
     context (:data:`companion.planner.CONTEXT_BYTES`, part of the plan's peak) is not asked for a second time.
     Reads only the model's config and tokenizer (``files``, or :func:`companion.models.read_model_files`); when they
     cannot be read here, the check is left to the loader, whose own error says what to do. ``problems``: the run's
-    training problems, when they are at hand (:func:`longest_prompt`).
+    training problems, when they are at hand (:func:`longest_prompt`); ``dtype_bytes``: the weights' and compute's
+    (2 in half precision, 4 when a full-parameter run keeps float32).
     """
     from companion.models import read_model_files
     from companion.planner import CONTEXT_BYTES, GIB, check_fits, largest_fitting_batch
@@ -156,7 +157,7 @@ def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GP
     prompt = longest_prompt(config, files.tokenizer, problems)
 
     def planned(run: TrainConfig):
-        estimate = memory_plan(run, files.config, prompt)
+        estimate = memory_plan(run, files.config, prompt, dtype_bytes)
         return dataclasses.replace(estimate, overhead=estimate.overhead - CONTEXT_BYTES,
                                    peak=estimate.peak - CONTEXT_BYTES)  # the context is already there
 
@@ -225,10 +226,11 @@ def check_memory(config: TrainConfig, device: torch.device, problems: list[dict]
     :func:`check_cpu_memory`)."""
     from companion.models import gpu_budget, resolve_dtype
 
-    resolve_dtype(config.dtype, device, load_in_4bit=config.load_in_4bit)  # a dtype the device cannot take: refused
+    dtype = resolve_dtype(config.dtype, device, load_in_4bit=config.load_in_4bit, trains_weights=not config.lora)
     budget = gpu_budget(config.model, device)
     if budget is not None:
-        check_gpu_memory(config, budget.free_bytes, gpu=budget.gpu, files=budget.files, problems=problems)
+        check_gpu_memory(config, budget.free_bytes, gpu=budget.gpu, files=budget.files, problems=problems,
+                         dtype_bytes=dtype.itemsize)
     elif device.type == "cpu":
         check_cpu_memory(config, problems)
 
@@ -239,7 +241,7 @@ def load_model(config: TrainConfig, model=None, tokenizer=None, device: torch.de
 
     if model is None:
         device = device or resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device, load_in_4bit=config.load_in_4bit)
+        dtype = resolve_dtype(config.dtype, device, load_in_4bit=config.load_in_4bit, trains_weights=not config.lora)
         lora = LoraSettings(r=config.lora_r, alpha=config.lora_alpha) if config.lora else None
         return load_policy(config.model, load_in_4bit=config.load_in_4bit, lora=lora, device=device, dtype=dtype)
     need(tokenizer is not None, "train(model=...) needs its tokenizer too")

@@ -7,12 +7,33 @@ Each function returns the widget; make it the last expression of a cell to show 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 from companion.lengthsim import LengthSimConfig, simulate
 from companion.objectives import ALGORITHMS
 from companion.viz.collapse import group_weight_records, group_weights_figure
 from companion.viz.length import length_drift_figure
+
+
+STATIC_NOTE = ("*A live widget stands here when the chapter runs in a kernel: open it on Colab (the rocket button at "
+               "the top of the page) or in Jupyter, and it redraws for any setting. The static page has the precomputed "
+               "figure above instead.*")
+
+
+def live(make):
+    """A widget-making function, which while the static book is built (:func:`companion.viz.static_build`) returns
+    :data:`STATIC_NOTE` instead: there is no kernel to redraw anything, and a page with no widget loads no widget
+    code (which would come from a CDN)."""
+    @functools.wraps(make)
+    def made(*args, **kwargs):
+        from IPython.display import Markdown
+
+        from companion.viz import static_build
+
+        return Markdown(STATIC_NOTE) if static_build() else make(*args, **kwargs)
+
+    return made
 
 
 def _live(draw, controls: dict):
@@ -33,6 +54,7 @@ def _live(draw, controls: dict):
     return widgets.VBox([widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap")), output])
 
 
+@live
 def collapse_widget(num_generations: int = 8, **weight_knobs):
     """Sliders for G and c (right samples in the group) over chapter 2's weight figure.
 
@@ -56,6 +78,7 @@ def collapse_widget(num_generations: int = 8, **weight_knobs):
     return _live(draw, {"G": group, "c": right})
 
 
+@live
 def length_widget(base: LengthSimConfig = LengthSimConfig()):
     """Sliders for chapter 3's simulation: G, base accuracy, the length-accuracy relation κ, the two
     approaches' accuracies, and the normaliser. Each change retrains the four algorithms (about a second)."""
@@ -89,6 +112,7 @@ def length_widget(base: LengthSimConfig = LengthSimConfig()):
     return _live(draw, controls)
 
 
+@live
 def verifier_widget(completion: str = "<think>3+5=8, 8*2=16</think>\n<answer>(3+5)*2</answer>"):
     """A text box scored by chapter 4's verifiers as the reader types: the reward, the verdict and the answer
     the verifier read. The task's problem (numbers and target, or the gold number) is set above the box."""

@@ -5,6 +5,7 @@ One module per chapter; :func:`setup_plotly` picks a renderer that works where t
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -111,6 +112,10 @@ def _register_book_renderer() -> None:
     from plotly.io._base_renderers import NotebookRenderer
 
     class BookRenderer(NotebookRenderer):
+        def activate(self):
+            if not static_build():  # the static site loads plotly.js once, beside the pages; a kernel needs it here
+                super().activate()
+
         def to_mimebundle(self, fig_dict):
             # a figure may bring a script to run once it is drawn (layout.meta["post_script"]; see viz.length)
             meta = (fig_dict.get("layout") or {}).get("meta")
@@ -123,12 +128,22 @@ def _register_book_renderer() -> None:
     pio.renderers["book"] = BookRenderer()
 
 
+BUILD_ENV = "COMPANION_BOOK_BUILD"
+"""Set (by ``scripts/build_book.sh``) while the static book executes its chapters."""
+
+
+def static_build() -> bool:
+    """Whether this kernel executes a chapter for the static book (no reader, no kernel afterwards)."""
+    return os.environ.get(BUILD_ENV, "") not in ("", "0")
+
+
 def setup_plotly() -> str:
     """Choose the plotly renderer for this kernel and return its name.
 
-    The book's HTML needs figures written as HTML with plotly.js embedded once per page (the default mimetype
-    renderer is dropped by the static site, and "notebook_connected" needs the network). Colab has a renderer
-    of its own.
+    The book's HTML needs figures written as HTML (the default mimetype renderer is dropped by the static site, and
+    "notebook_connected" needs the network). While the static book is built, no figure carries plotly.js: every page
+    loads the site's one copy (``plotly.min.js``, which the build script puts beside the pages). In a live Jupyter
+    kernel the notebook renderer embeds it once. Colab has a renderer of its own.
     """
     import plotly.io as pio
 

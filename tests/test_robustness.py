@@ -102,15 +102,35 @@ def test_an_evaluation_whose_weights_changed_on_disk_is_refused_not_reused(tiny_
 
 
 def test_a_collapsed_policy_stops_the_run_with_exit_1_and_no_checkpoint_of_it(tmp_path):
+    import re
+
+    from companion.checkpoint import usable_checkpoint
+
     out = tmp_path / "collapse"
     result = companion("train", "--learning-rate", "10", "--steps", "10", "--prompts-per-step", "4",
                        "--num-generations", "4", "--max-completion-length", "64", "--save-every", "1",
                        "--eval-every", "0", "--num-threads", "1", "--quiet", "--out", str(out))
     assert result.returncode == 1 and "the policy collapsed" in result.stderr, result.stderr
+    collapsed_at = int(re.search(r"step (\d+): the policy collapsed", result.stderr).group(1))
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["entropy"] < 1e-3 and last["accuracy"] == 0
-    assert not (out / "checkpoint.pt").exists()  # the only checkpoint held the broken policy: moved aside
-    assert (out / "checkpoint.collapsed.pt").exists() and "--overwrite" in result.stderr
+    assert last["step"] == collapsed_at and last["entropy"] < 1e-3 and last["accuracy"] == 0
+    if (out / "checkpoint.pt").exists():  # the checkpoint left in place is from before the update that broke it
+        assert usable_checkpoint(out)[1] < collapsed_at and "holds step" in result.stderr
+    else:
+        assert (out / "checkpoint.collapsed.pt").exists() and "--overwrite" in result.stderr
+
+
+def test_a_collapse_with_no_earlier_checkpoint_moves_the_broken_one_aside(tiny_policy, tmp_path):
+    from companion.checkpoint import roll_back, save_checkpoint
+
+    model, _ = tiny_policy
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda u: 1.0)
+    save_checkpoint(tmp_path / "checkpoint.pt", model=model, optimizer=optimizer, scheduler=scheduler, step=1,
+                    data_position=0)
+    message = roll_back(tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists() and (tmp_path / "checkpoint.collapsed.pt").exists()
+    assert "--overwrite" in message
 
 
 def test_rolling_back_puts_the_checkpoint_before_the_last_in_its_place(tiny_policy, tmp_path):

@@ -163,6 +163,19 @@ def test_seed_makes_sampling_reproducible_and_leaves_the_global_stream_alone(tin
     assert not torch.equal(torch.get_rng_state(), before)
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_with_a_seed_per_prompt_a_sample_depends_on_its_prompt_and_seed_alone(tiny_policy, fast):
+    """The trainer's sampler (seeds from the run's seed and each problem's place in the stream): the same prompt and
+    seed give the same completions whatever else is in the batch, and the global stream is left alone."""
+    model, tok = tiny_policy
+    before = torch.get_rng_state()
+    both = generate(model, tok, PROMPTS[:2], num_generations=3, max_completion_length=12, seeds=[11, 12], fast=fast)
+    alone = generate(model, tok, PROMPTS[1:2], num_generations=3, max_completion_length=12, seeds=[12], fast=fast)
+    assert both.texts[3:] == alone.texts and torch.equal(torch.get_rng_state(), before)
+    other = generate(model, tok, PROMPTS[1:2], num_generations=3, max_completion_length=12, seeds=[13], fast=fast)
+    assert other.texts != alone.texts
+
+
 def test_generate_leaves_train_mode_as_it_found_it(tiny_policy):
     model, tok = tiny_policy
     model.train()

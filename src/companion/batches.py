@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from companion.decode import problem_seed
 from companion.rollout import Rollout, generate, teacher_rollout
 
 
@@ -72,19 +73,31 @@ class PolicySource:
         self.config, self.model, self.tokenizer, self.task = config, model, tokenizer, task
         self.stream, self.processes = stream, processes
 
-    def problems(self) -> list[dict]:
-        """The step's problems (every process draws them all) and this process's share of them."""
-        return self.processes.share(self.stream.take(self.config.prompts_per_step))
+    def problems(self) -> tuple[list[dict], list[int]]:
+        """The step's problems (every process draws them all): this process's share of them, and their positions
+        in the run's stream of problems."""
+        start = self.stream.position
+        problems = self.stream.take(self.config.prompts_per_step)
+        return self.processes.share(problems), self.processes.share(list(range(start, start + len(problems))))
 
     def prompts(self, problems: list[dict]) -> list[str]:
         """The problems as the model is prompted with them (``prompt_style``: plain, or the chat template)."""
         return [self.task.prompt(p, style=self.config.prompt_style, tokenizer=self.tokenizer) for p in problems]
 
+    def draws(self, positions: list[int]) -> dict:
+        """How the sampler draws (``fast_sampler``): each problem's tokens from uniforms seeded by the run's seed and
+        the problem's position in the stream, so that a sample depends on nothing else (not the batching, the
+        processes or the global generator); or, as every run committed before that, the exponential race on the
+        global generator (bit for bit ``model.generate``'s)."""
+        if not self.config.fast_sampler:
+            return {}
+        return {"fast": True, "seeds": [problem_seed(self.config.seed, position) for position in positions]}
+
     def sample(self, step: int) -> Samples:
-        c, problems = self.config, self.problems()
+        c, (problems, positions) = self.config, self.problems()
         rollout = generate(self.model, self.tokenizer, self.prompts(problems),
                            num_generations=c.num_generations, max_completion_length=c.max_completion_length,
-                           temperature=c.temperature, top_p=c.top_p)
+                           temperature=c.temperature, top_p=c.top_p, **self.draws(positions))
         return Samples(problems, rollout, int(rollout.completion_mask.sum()))
 
     def load_state(self, state, device) -> None:
@@ -96,7 +109,7 @@ class TeacherSource(PolicySource):
     path, drawn from a seed of the run's seed, the step and the process: an interrupted run redraws the same)."""
 
     def sample(self, step: int) -> Samples:
-        c, problems, world, rank = self.config, self.problems(), self.processes.world, self.processes.rank
+        c, (problems, _), world, rank = self.config, self.problems(), self.processes.world, self.processes.rank
         device = next(self.model.parameters()).device
         rollout = teacher_rollout(self.tokenizer, c.task, problems, self.prompts(problems),
                                   num_generations=c.num_generations, max_completion_length=c.max_completion_length,

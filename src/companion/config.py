@@ -73,6 +73,13 @@ class SamplingOptions:
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling: keep the most likely tokens up to this "
                                                         "probability mass (1 = off)"})
 
+    fast_sampler: bool = field(default=True, metadata={
+        "help": "sample with each prompt's keys and values kept once, not once per sample, each token drawn with "
+                "one seeded uniform (not a vocabulary of exponentials), and the top-p nucleus found without sorting "
+                "the vocabulary: the same distribution up to float rounding, faster, and each sample a function of "
+                "the model, its prompt and its seed alone. --no-fast-sampler: transformers' attention and the "
+                "exponential race of model.generate, bit for bit, which every run committed before it existed used"})
+
     def check(self) -> None:
         need(self.prompt_style in PROMPT_STYLES, f"prompt_style must be one of {', '.join(PROMPT_STYLES)}, got "
                                                  f"{self.prompt_style!r}")
@@ -160,10 +167,18 @@ def save_config(config: Any, path: str | Path) -> None:
 
 
 def load_config(cls: type, path: str | Path):
-    """Read a config written by :func:`save_config` (JSON lists become tuples)."""
+    """Read a config written by :func:`save_config` (JSON lists become tuples). A field the file lacks takes its
+    default, or, when ``cls.LEGACY`` names it, the value every config written before the field existed meant (a
+    new default must not change what an old run was)."""
     raw = json.loads(Path(path).read_text())
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ValueError(f"{path}: unknown config fields {unknown}; was it written by another version of companion?")
+    raw = {**legacy(cls), **raw}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def legacy(cls: type) -> dict:
+    """The values the fields of ``cls`` added later had, in effect, in configs written before them."""
+    return dict(getattr(cls, "LEGACY", {}))

@@ -132,6 +132,17 @@ def nucleus_probs(logits: torch.Tensor, *, top_p: float) -> torch.Tensor:
     return out
 
 
+def problem_seed(seed: int, index: int) -> int:
+    """The sampling seed of problem ``index``: a hash of ``(seed, index)``, the same on every machine.
+
+    >>> problem_seed(0, 0) == problem_seed(0, 0) != problem_seed(0, 1)
+    True
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
 def uniforms_for(seed: int, num_generations: int, max_completion_length: int) -> torch.Tensor:
     """The (num_generations, max_completion_length) uniforms that fix every token a prompt's samples draw."""
     generator = torch.Generator(device="cpu").manual_seed(seed)

@@ -58,6 +58,7 @@ from companion.config import (MAX_COMPLETION_LENGTH, SamplingOptions, add_datacl
                               load_config, need, need_finite, save_config)
 from companion.runs import (BAD_INPUT, CONFIG_FILE, RunError, append_jsonl, jsonable, open_run_dir, read_jsonl,
                             run_lock, torch_threads, write_atomically)
+from companion.decode import problem_seed
 from companion.verify import is_correct
 
 ROWS_FILE, SUMMARY_FILE, MODEL_FILE = "problems.jsonl", "summary.json", "model.json"
@@ -104,10 +105,6 @@ class EvalConfig(SamplingOptions):
                                                           "One decodes the tiny model fastest when other processes "
                                                           "share the cores (see bench/bench_eval.py)"})
     device: str = field(default="auto", metadata={"help": "'auto' (a GPU if there is one), 'cpu' or 'cuda'"})
-    fast_sampler: bool = field(default=True, metadata={
-        "help": "sample with each prompt's keys and values kept once, not once per sample, and the top-p nucleus "
-                "found without sorting the vocabulary: about 1.8x faster at n = 256, the same distribution up to "
-                "float rounding. --no-fast-sampler: transformers' attention and a full sort, as the trainers sample"})
     save_completions: bool = field(default=False, metadata={"help": "also write every completion's text to "
                                                                     "problems.jsonl (large for big n)"})
     out: str = field(default="runs/eval", metadata={"help": "output directory: config.json, model.json, "
@@ -138,15 +135,6 @@ class EvalConfig(SamplingOptions):
         import torch
 
         return self.batch_size or (1024 if torch.device(device).type == "cpu" else GPU_BATCH_SIZE)
-
-
-def problem_seed(seed: int, index: int) -> int:
-    """The sampling seed of problem ``index``: a hash of ``(seed, index)``, the same on every machine.
-
-    >>> problem_seed(0, 0) == problem_seed(0, 0) != problem_seed(0, 1)
-    True
-    """
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 # --- 1. score: problems -> rows --------------------------------------------------------------------------------

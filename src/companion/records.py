@@ -139,18 +139,21 @@ class UpdateLog:
 
 def heldout_metrics(model, tokenizer, task, problems: list, *, max_completion_length: int, temperature: float = 1.0,
                     top_p: float = 1.0, num_generations: int = 4, seed: int = 0,
-                    batch_size: int = EVAL_BATCH_ROWS, prompt_style: str = "base", progress: str = "") -> dict:
+                    batch_size: int = EVAL_BATCH_ROWS, prompt_style: str = "base", fast: bool = False,
+                    progress: str = "") -> dict:
     """Accuracy, reward and greedy length on held-out ``problems``: greedy (temperature 0) and sampled
     (``num_generations`` completions each), through the package's one evaluation path (:mod:`companion.evaluate`).
     Sampling uses its own seeded generators, so evaluating never moves the caller's random stream. ``batch_size``:
-    completions decoded together; ``progress``: a progress bar with this title (none when empty)."""
+    completions decoded together; ``fast``: the fast sampler (:mod:`companion.sampler`); ``progress``: a progress bar
+    with this title (none when empty)."""
     from companion.evaluate import sampling_progress, score_problems, summarize
 
     with sampling_progress(len(problems) * (1 + num_generations), desc=progress, disable=not progress) as done:
         def summary(n: int, temp: float) -> dict:
             return summarize(score_problems(model, tokenizer, task, problems, num_generations=n, seed=seed,
                                             temperature=temp, top_p=top_p, max_completion_length=max_completion_length,
-                                            batch_size=batch_size, prompt_style=prompt_style, on_finished=done))
+                                            batch_size=batch_size, prompt_style=prompt_style, fast=fast,
+                                            on_finished=done))
 
         greedy, sampled = summary(1, 0.0), summary(num_generations, temperature)
     return {

@@ -168,12 +168,16 @@ def generate(
     top_p: float = 1.0,
     top_k: int = 0,
     seed: int | None = None,
+    seeds: list[int] | None = None,
+    fast: bool = False,
     return_logps: bool = True,
 ) -> Rollout:
     """Sample ``num_generations`` completions for each prompt.
 
     ``temperature=0`` means greedy decoding. With ``seed`` the sampling is reproducible and the global RNG is
-    left untouched; without it the global torch RNG is used (and advanced). ``return_logps`` also fills
+    left untouched; without it the global torch RNG is used (and advanced). ``seeds`` (one per prompt) draws each
+    token by inverse CDF from the prompt's own uniforms instead, so a sample depends on its model, prompt and seed
+    alone; ``fast`` is :func:`companion.decode.decode`'s fast path. ``return_logps`` also fills
     ``per_token_logps`` and ``entropies`` (both of the temperature-scaled distribution, before top-k/top-p).
     """
     if num_generations < 1 or max_completion_length < 1:
@@ -182,13 +186,13 @@ def generate(
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got {temperature}, {top_p}, {top_k}")
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
-    # 1. encode each prompt once; 2. sample its G rows, all B*G in one batch, by the exponential race
+    # 1. encode each prompt once; 2. sample its G rows, all B*G in one batch
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, next(model.parameters()).device)  # (B, P)
     check_context(model, prompt_ids.shape[1], max_completion_length)
     stop_ids = stop_token_ids(model, tokenizer)
     (batch,) = decode(model, prompt_ids, prompt_mask, num_generations, max_completion_length=max_completion_length,
-                      stop_ids=stop_ids, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                      return_logps=return_logps)
+                      stop_ids=stop_ids, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, seeds=seeds,
+                      fast=fast, return_logps=return_logps)
     # 3. keep tokens up to and including the first EOS; pad the rest
     completion_mask = completion_mask_from_ids(batch.tokens, stop_ids)  # (N, T), T = the longest completion
     completion_ids = batch.tokens.masked_fill(completion_mask == 0, tokenizer.pad_token_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from companion.config import SamplingOptions, need, need_finite
 from companion.models import DTYPES
@@ -250,6 +251,10 @@ GROUPS = (ModelOptions, DataOptions, SamplingOptions, ObjectiveOptions, PPOOptio
 @dataclass(frozen=True)
 class TrainConfig(*reversed(GROUPS)):  # a dataclass lists the fields of its last base first
     """Everything that defines a training run. Defaults are the CPU world: the tiny model on Countdown."""
+
+    LEGACY: ClassVar[dict] = {"fast_sampler": False}
+    """What a config written before a field existed meant by it (:func:`companion.config.load_config`): every run
+    committed before the fast sampler sampled with the exact one, and reproduces only with it."""
 
     def __post_init__(self):
         need_finite(self)

@@ -58,8 +58,8 @@ def prepare_run_dir(config: TrainConfig, *, resume: bool, overwrite: bool) -> bo
                                # the same directory, however its path is spelled; the evaluation's batch changes
                                # only its memory and float rounding
                                may_differ=("steps", "out", "eval_batch_size"),
-                               defaults={f.name: f.default for f in dataclasses.fields(TrainConfig)
-                                         if f.default is not dataclasses.MISSING})
+                               defaults={**{f.name: f.default for f in dataclasses.fields(TrainConfig)
+                                            if f.default is not dataclasses.MISSING}, **TrainConfig.LEGACY})
     if resume:
         _, step, _ = usable_checkpoint(out)
         need(config.steps >= step, f"{out} is at step {step}: --steps {config.steps} would end before it; pass "
@@ -339,7 +339,7 @@ class Training:
         return heldout_metrics(self.model, self.tokenizer, self.task, self.held_out,
                                max_completion_length=c.max_completion_length, temperature=c.temperature,
                                top_p=c.top_p, num_generations=c.eval_num_generations, seed=c.seed * 1_000_003 + number,
-                               batch_size=c.eval_batch_size, prompt_style=c.prompt_style,
+                               batch_size=c.eval_batch_size, prompt_style=c.prompt_style, fast=c.fast_sampler,
                                progress=f"held-out evaluation, step {number}" if progress else "")
 
     def checkpoint(self, number: int) -> None:

@@ -3,4 +3,9 @@
 Every figure and number in the book comes from this package.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("companion")  # pyproject.toml's, the one place it is written
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "unknown"

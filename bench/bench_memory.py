@@ -43,8 +43,9 @@ for bitsandbytes' CPU path)."""
 
 BASE = dict(task="countdown", algo="grpo", lora=True, lora_r=16, load_in_4bit=False, gradient_checkpointing=False,
             micro_batch_size=0, logit_chunk_size=0, prompts_per_step=2, num_generations=4,
-            max_completion_length=32, learning_rate=1e-5, dtype="float32")
-"""The first config: 8 completions of 32 tokens in one pass, float32, LoRA r 16, no memory savers."""
+            max_completion_length=32, learning_rate=1e-5, dtype="float32", fast_sampler=True)
+"""The first config: 8 completions of 32 tokens in one pass, float32, LoRA r 16, no memory savers, the trainer's
+default (fast) sampler."""
 
 HELD_OUT = dict(eval_every=1, eval_problems=8, eval_num_generations=4, gradient_checkpointing=True,
                 micro_batch_size=2, logit_chunk_size=8)
@@ -59,6 +60,8 @@ CONFIGS = {
     "fp32-long": dict(max_completion_length=96, micro_batch_size=2, logit_chunk_size=16),
     "fp32-sampling": dict(prompts_per_step=4, num_generations=8, max_completion_length=16, micro_batch_size=4,
                           logit_chunk_size=4, gradient_checkpointing=True),
+    "fp32-sampling-exact": dict(prompts_per_step=4, num_generations=8, max_completion_length=16, micro_batch_size=4,
+                                logit_chunk_size=4, gradient_checkpointing=True, fast_sampler=False),
     "fp32-sampling-top-p": dict(prompts_per_step=4, num_generations=8, max_completion_length=16, micro_batch_size=4,
                                 logit_chunk_size=4, gradient_checkpointing=True, top_p=0.9),
     "bf16-base": dict(dtype="bfloat16"),
@@ -175,7 +178,7 @@ def planned(settings: dict, shape, prompt_length: int) -> dict:
                         lora_r=settings["lora_r"] if settings["lora"] else None,
                         gradient_checkpointing=settings["gradient_checkpointing"],
                         dtype_bytes=DTYPE_BYTES[settings["dtype"]], logit_chunk=settings["logit_chunk_size"],
-                        top_p=settings.get("top_p", 1.0),
+                        top_p=settings.get("top_p", 1.0), fast=settings.get("fast_sampler", True),
                         eval_problems=settings.get("eval_problems", 0) if evaluating else 0,
                         eval_num_generations=settings.get("eval_num_generations", 0) if evaluating else 0,
                         eval_batch_size=settings.get("eval_batch_size", EVAL_BATCH_ROWS))

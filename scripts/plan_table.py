@@ -21,7 +21,8 @@ about what a step's sampling does)."""
 # completions of 256 tokens, LoRA r 32 in bf16, 8-bit AdamW, Liger's fused loss, no fp32 upcast; prompts assumed
 # 256 tokens. It printed "Peak reserved memory = 8.832 GB" (torch's max_memory_reserved / 2**30).
 TRL_T4 = dict(prompts_per_step=1, num_generations=8, prompt_length=256, completion_length=256, micro_batch_size=8,
-              lora_r=32, gradient_checkpointing=True, upcast=False, bytes_per_trainable=6, logit_bytes=0)
+              lora_r=32, gradient_checkpointing=True, upcast=False, bytes_per_trainable=6, logit_bytes=0,
+              fast=False)  # TRL samples with model.generate: every row its own cache
 
 
 def main() -> None:

@@ -36,6 +36,19 @@ def load_bench(name: str):
     return module
 
 
+def script_tables_in_readme(script: str, capsys) -> list[str]:
+    """Run ``scripts/<script>.py`` and check that every table line it prints is in README.md (so the README's
+    table changes with the committed runs it is made from); the lines, for further checks."""
+    import runpy
+
+    runpy.run_path(str(CHECKOUT / "scripts" / f"{script}.py"), run_name="__main__")
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    readme = (CHECKOUT / "README.md").read_text().splitlines()
+    missing = [line for line in printed if line not in readme]
+    assert not missing, f"rerun scripts/{script}.py into README.md: {missing[:2]}"
+    return printed
+
+
 # ~80k parameters: big enough to exercise every Qwen2 code path (grouped-query attention, rotary positions,
 # tied embeddings, the KV cache), small enough that a forward/backward pass takes milliseconds.
 TINY_RANDOM_SIZES = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

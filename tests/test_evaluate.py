@@ -158,6 +158,24 @@ def test_shared_prompt_attention_equals_the_standard_path_on_another_model_famil
     assert shared == standard
 
 
+def test_the_fast_path_samples_a_bfloat16_model_under_left_padding(chatty_policy, monkeypatch):
+    """A model in bfloat16 (a GPU's compute dtype, or --dtype bfloat16): the prompts' padding mask is added in the
+    keys' dtype (it was float32, and the product refused the mix); each row starts with the exact path's token (the
+    prefill is the same), after which bf16 rounds the two attentions differently."""
+    from companion import decode
+
+    model, tokenizer = chatty_policy
+    model.to(torch.bfloat16)
+    made, original = [], decode.SharedPrompt
+    monkeypatch.setattr(decode, "SharedPrompt", lambda *args: made.append(original(*args)) or made[-1])
+    kwargs = dict(max_completion_length=12, temperature=1.0, top_p=1.0, batch_size=6)
+    fast = sample_completions(model, tokenizer, PROMPTS, 2, seeds=[1, 2, 3], fast=True, **kwargs)
+    exact = sample_completions(model, tokenizer, PROMPTS, 2, seeds=[1, 2, 3], **kwargs)
+    assert made and made[0].padding is not None and made[0].padding.dtype == torch.bfloat16
+    assert [len(samples) for samples in fast] == [2, 2, 2]
+    assert [a.token_ids[0] for x in fast for a in x] == [b.token_ids[0] for y in exact for b in y]
+
+
 def test_shared_prompt_falls_back_where_attention_is_not_pluggable(chatty_policy, monkeypatch):
     from companion import decode
 

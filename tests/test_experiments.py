@@ -398,12 +398,13 @@ def test_committed_jsonl_is_compressed_the_same_way_every_time_and_read_back(tmp
 
 
 def test_the_committed_data_stays_small():
-    """The repository stays light: data/ (base model, experiments, sweeps) within 25 MB, no file over 10 MB."""
+    """The repository stays light: data/ (base model, experiments, sweeps, benches) within 50 MB (this wave's limit,
+    with room for the real model's adapters), no file over 10 MB."""
     from companion.shipped import data_dir
 
     files = [p for p in data_dir().rglob("*") if p.is_file()]
     sizes = {p: p.stat().st_size for p in files}
-    assert sum(sizes.values()) <= 25 * 2**20, f"data/ holds {sum(sizes.values()) / 2**20:.1f} MB"
+    assert sum(sizes.values()) <= 50 * 2**20, f"data/ holds {sum(sizes.values()) / 2**20:.1f} MB"
     big = [str(p) for p, size in sizes.items() if size > 10 * 2**20]
     assert not big, big
     policies = [p for p in data_dir().glob("experiments/*/*/policy/config.json")]

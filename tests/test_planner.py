@@ -129,7 +129,7 @@ def test_the_table_has_a_row_per_model_and_a_verdict_per_gpu():
 # (NuminaMath-TIR with a system prompt) are not truncated; 256 tokens is our assumption for them.
 TRL_T4 = dict(prompts_per_step=1, num_generations=8, prompt_length=256, completion_length=256, micro_batch_size=8,
               lora_r=32, gradient_checkpointing=True, dtype_bytes=2, upcast=False, bytes_per_trainable=6,
-              logit_bytes=0)
+              logit_bytes=0, fast=False)  # TRL samples with model.generate: every row its own cache
 
 
 def test_the_plan_of_trl_s_t4_notebook_is_near_its_published_peak():
@@ -171,13 +171,17 @@ def test_the_held_out_evaluation_is_planned_and_can_be_the_peak():
     # the trainer's defaults: 100 problems x 4, decoded together: six times the step's 64 rows
     heldout = planner.plan(shape, **settings, eval_problems=100, eval_num_generations=4)
     assert heldout.evaluation == planner.sampling_bytes(shape, rows=400, prompts=100, prompt_length=128,
-                                                        completion_length=256)
+                                                        completion_length=256, shared_prompt=True)
+    exact = planner.plan(shape, **settings, eval_problems=100, eval_num_generations=4, fast=False)
+    assert exact.evaluation == planner.sampling_bytes(shape, rows=400, prompts=100, prompt_length=128,
+                                                      completion_length=256) > heldout.evaluation
     assert heldout.evaluation > 5 * step.sampling and heldout.peak > step.peak
     assert heldout.allocated == heldout.weights + heldout.trainable + heldout.evaluation
     assert heldout.peak == heldout.allocated + heldout.overhead
     # more completions than a batch: the batch is the part that counts
     assert planner.plan(shape, **settings, eval_problems=1000, eval_num_generations=4).evaluation == \
-        planner.sampling_bytes(shape, rows=512, prompts=129, prompt_length=128, completion_length=256)
+        planner.sampling_bytes(shape, rows=512, prompts=129, prompt_length=128, completion_length=256,
+                               shared_prompt=True)
     smaller = planner.plan(shape, **settings, eval_problems=100, eval_num_generations=4, eval_batch_size=64)
     assert smaller.evaluation < heldout.evaluation / 5
     with pytest.raises(ValueError, match="--eval-batch-size"):
@@ -221,13 +225,10 @@ def test_the_readme_s_planner_table_is_what_its_script_prints(capsys):
     """README's table and the sentence after it are scripts/plan_table.py's output, so they change with the planner."""
     import runpy
 
-    from conftest import CHECKOUT
+    from conftest import CHECKOUT, script_tables_in_readme
 
-    runpy.run_path(str(CHECKOUT / "scripts" / "plan_table.py"), run_name="__main__")
-    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert len(script_tables_in_readme("plan_table", capsys)) == 2 + len(MODELS)
     readme = (CHECKOUT / "README.md").read_text()
-    assert len(printed) == 2 + len(MODELS)
-    assert all(line in readme.splitlines() for line in printed), "rerun scripts/plan_table.py into README.md"
     whole = planner.table(**{**runpy.run_path(str(CHECKOUT / "scripts" / "plan_table.py"))["SETTINGS"],
                              "eval_batch_size": planner.EVAL_BATCH_ROWS})
     assert f"{whole[0]['evaluation']:.2f} GiB for 0.5B (peak {whole[0]['peak']:.1f})" in readme

@@ -69,8 +69,11 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
 
 def test_ctrl_c_stops_a_run_with_its_resume_command(tiny_policy_dir, tmp_path):
     out = tmp_path / "run"
+    # the run starts with Ctrl-C's default handling even where this test's own runner ignores SIGINT (a job a shell
+    # put in the background does, and the child would inherit that)
     run = subprocess.Popen([sys.executable, "-m", "companion.cli", *_train_args(tiny_policy_dir, out, "--steps", "500")],
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and not ((out / "metrics.jsonl").exists() and _steps(out)):
         time.sleep(0.2)

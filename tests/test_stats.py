@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from companion.stats import MARGIN, difference, equivalence, verdict
+from companion.stats import MARGIN, compare, difference, equivalence, mean_interval, problem_bootstrap, verdict
 
 seeds = st.lists(st.floats(min_value=0.0, max_value=1.0, allow_nan=False), min_size=2, max_size=8)
 
@@ -63,7 +63,53 @@ def test_the_three_verdicts():
     assert wide.startswith("cannot tell A from B")
 
 
+@settings(max_examples=60, deadline=None)
+@given(seeds)
+def test_the_mean_interval_is_students(values):
+    if np.var(values) < 1e-9:
+        return
+    m = mean_interval(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert (m.low, m.high) == (pytest.approx(low), pytest.approx(high))
+    assert m.estimate == pytest.approx(np.mean(values)) and m.n == len(values)
+
+
+def test_a_mean_whose_seeds_all_agree_is_that_value():
+    assert mean_interval([0.5, 0.5, 0.5])[:3] == (0.5, 0.5, 0.5)
+
+
+def test_compare_names_the_outcome_the_verdict_states():
+    cases = {"greater": ([0.33, 0.34, 0.30, 0.33, 0.32], [0.27, 0.26, 0.27, 0.28, 0.27]),
+             "less": ([0.27, 0.26, 0.27, 0.28, 0.27], [0.33, 0.34, 0.30, 0.33, 0.32]),
+             "equivalent": ([0.300, 0.305, 0.301, 0.304, 0.302], [0.301, 0.303, 0.300, 0.304, 0.303]),
+             "cannot tell": ([0.30, 0.36, 0.28], [0.31, 0.27, 0.35])}
+    for outcome, (a, b) in cases.items():
+        c = compare(a, b)
+        assert c.outcome == outcome
+        assert c.difference == difference(a, b) and c.equivalence == equivalence(a, b, alpha=0.05)
+        sentence = verdict(a, b, names=("A", "B"))
+        assert sentence.startswith({"greater": "A > B", "less": "A < B", "equivalent": "A ≈ B",
+                                    "cannot tell": "cannot tell"}[outcome])
+
+
+def test_the_problem_bootstrap_is_the_mean_gap_with_the_normal_approximations_width():
+    rng = np.random.default_rng(1)
+    a = rng.binomial(1, 0.4, size=(400, 5)).astype(float)  # 400 problems, 5 seeds, scores 0/1
+    b = rng.binomial(1, 0.3, size=(400, 5)).astype(float)
+    d = problem_bootstrap(a, b, n_resamples=4000)
+    gaps = a.mean(axis=1) - b.mean(axis=1)
+    assert d.estimate == pytest.approx(gaps.mean())
+    half = 1.96 * gaps.std(ddof=1) / len(gaps) ** 0.5
+    assert (d.low, d.high) == (pytest.approx(gaps.mean() - half, abs=0.1 * half),
+                               pytest.approx(gaps.mean() + half, abs=0.1 * half))
+    assert d == problem_bootstrap(a, b, n_resamples=4000)  # seeded
+    assert problem_bootstrap([[1.0], [1.0]], [[0.0], [0.0]])[:3] == (1.0, 1.0, 1.0)  # no spread: the gap itself
+
+
 @pytest.mark.parametrize("call, message", [
+    (lambda: problem_bootstrap([[1.0, 0.0]], [[0.0, 1.0]]), "one row per problem"),
+    (lambda: problem_bootstrap([[1.0], [0.0]], [[0.0], [1.0], [1.0]]), "one row per problem"),
+    (lambda: mean_interval([0.3]), "at least two values"),
     (lambda: difference([0.3], [0.2, 0.1]), "at least two values"),
     (lambda: difference([0.3, 0.2], [0.2, 0.1], confidence=1.0), "confidence"),
     (lambda: equivalence([0.3, 0.2], [0.2, 0.1], margin=0), "margin"),

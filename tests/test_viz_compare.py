@@ -57,24 +57,51 @@ def test_smoothing_skips_steps_without_a_value():
     assert viz.smoothed([{"step": 1, "x": None}], "x") == ([1], [None])
 
 
-def test_final_table_reports_mean_sd_and_each_seed(runs):
-    base = {"eval": {"countdown": {"pass_at_k": [{"estimate": 0.18}]}, "tinygsm": {"pass_at_k": [{"estimate": 0.44}]}}}
+def _base(task, rate, n=256, temperature=1.0):
+    return {"task": task, "algo": "base", "temperature": temperature, "num_generations": n,
+            "summary": {"pass_at_k": [{"k": 1, "estimate": rate}]}}
+
+
+def test_final_table_reports_mean_sd_each_seed_and_the_ratio_to_the_base_with_its_interval(runs):
+    from scipy import stats
+
+    evaluations = [_base("countdown", 0.20), _base("tinygsm", 0.40), _base("countdown", 0.1, temperature=0.6),
+                   dict(_base("countdown", 0.1), algo="grpo")]
+    base = viz.base_evaluations(evaluations)
+    assert {t: b["summary"]["pass_at_k"][0]["estimate"] for t, b in base.items()} == {"countdown": 0.2, "tinygsm": 0.4}
     rows = {(r["task"], r["algo"]): r for r in viz.final_table(runs, base)}
     grpo = rows[("countdown", "grpo")]
     assert grpo["pass@1"] == pytest.approx(0.40) and grpo["sd"] == pytest.approx(0.01)
-    assert grpo["per_seed"] == pytest.approx([0.39, 0.40, 0.41]) and grpo["base_pass@1"] == 0.18
+    assert grpo["per_seed"] == pytest.approx([0.39, 0.40, 0.41]) and grpo["base_pass@1"] == 0.2
+    assert grpo["per_seed_ratio"] == pytest.approx([1.95, 2.0, 2.05]) and grpo["base_n"] == 256
+    half = stats.t.ppf(0.975, 2) * 0.05 / 3 ** 0.5  # sd of the ratios 0.05, three seeds
+    assert (grpo["ratio"].low, grpo["ratio"].high) == (pytest.approx(2.0 - half), pytest.approx(2.0 + half))
+    assert "ratio" not in viz.final_table(runs)[0]  # no base given: no ratio
     fig = viz.final_figure(runs, base)
     assert len(fig.data) == 2 * (1 + 4)  # per task: the bars, and each algorithm's seed dots
 
 
 def test_the_claims_follow_the_numbers(runs):
     claims = {(c["task"], c["claim"]): c for c in viz.accuracy_claims(runs)}
-    assert claims[("countdown", 1)]["holds"]  # 0.40 vs 0.41 with sd 0.01 each: within noise
-    assert claims[("countdown", 2)]["holds"] and claims[("countdown", 2)]["b"] == "fisft_pm"
+    one = claims[("countdown", 1)]  # 0.40 vs 0.41, sd 0.01 each: the 90% interval [-0.027, 0.007] is inside ±0.03
+    assert one["holds"] and one["outcome"] == "equivalent" and one["verdict"].startswith("GRPO ≈ F-ISFT±")
+    assert one["low"] < -0.01 < one["high"] and one["seeds"] == (3, 3)
+    two = claims[("countdown", 2)]
+    assert two["holds"] and two["b"] == "fisft_pm" and two["outcome"] == "less" and two["high"] < 0
     lengths = {(c["task"], c["algo"]): c for c in viz.length_claims(runs)}
     assert lengths[("tinygsm", "grpo")]["grows"] and lengths[("tinygsm", "fisft_pm")]["grows"]
     assert not lengths[("tinygsm", "dr_grpo")]["grows"] and not lengths[("tinygsm", "fisft_plus")]["grows"]
     assert lengths[("tinygsm", "fisft_pm")]["wrong_change"] == pytest.approx(2.0 * (STEPS - 10))
+
+
+def test_a_wide_interval_is_a_verdict_of_its_own(runs):
+    for r in runs:
+        if r["algo"] == "fisft_pm":  # seeds 0.41 +- 0.06: the difference's interval reaches past the margin both ways
+            r["summary"]["pass_at_k"][0]["estimate"] = 0.41 + 6 * (r["seed"] - 1) * 0.01
+    c = viz.comparison(runs, "countdown", "grpo", "fisft_pm", claim=1, holds_when="equivalent")
+    assert c["outcome"] == "cannot tell" and c["holds"] is None and c["low"] < -0.03 and c["high"] > 0.03
+    assert c["verdict"].startswith("cannot tell GRPO from F-ISFT±")
+    assert viz.comparison(runs, "countdown", "grpo", "ppo", claim=1) is None  # no PPO run: nothing to compare
 
 
 def test_a_claim_fails_when_the_numbers_say_so(runs):
@@ -82,9 +109,12 @@ def test_a_claim_fails_when_the_numbers_say_so(runs):
         if r["algo"] == "fisft_pm":
             r["summary"]["pass_at_k"][0]["estimate"] += 0.2  # F-ISFT± now clearly ahead of GRPO
     claims = {(c["task"], c["claim"]): c for c in viz.accuracy_claims(runs)}
-    assert not claims[("countdown", 1)]["holds"]
+    assert claims[("countdown", 1)]["holds"] is False and claims[("countdown", 1)]["outcome"] == "less"
     assert viz.distinguishable([0.1, 0.11, 0.12], [0.3, 0.31, 0.29])
     assert not viz.distinguishable([0.1], [0.3])  # one seed says nothing about the spread
+    # 2 x SE said "apart" here; Welch's t at ~2 degrees of freedom (4.3 x SE) does not
+    a, b = [0.30, 0.32, 0.31], [0.27, 0.30, 0.28]
+    assert abs(0.31 - 0.2833) > 2 * (0.01 ** 2 / 3 + 0.01528 ** 2 / 3) ** 0.5 and not viz.distinguishable(a, b)
 
 
 def test_the_stability_map_marks_where_lengths_explode():
@@ -124,10 +154,55 @@ def test_matched_wrong_lengths_use_only_problems_every_run_gets_wrong(runs):
     grpo = matched["algos"]["grpo"]
     assert grpo["mean"] == pytest.approx((100 + 101) / 2) and grpo["low"] == grpo["high"]
     assert matched["algos"]["dr_grpo"]["mean"] == pytest.approx((50 + 51) / 2)
+    assert "vs_base" not in grpo  # no base among the runs
+
+
+def test_matched_wrong_lengths_against_the_base_carry_an_interval(runs):
+    base = dict(_run("grpo", "countdown", 0, final=0.2), algo="base")
+    for i, r in enumerate(runs + [base]):
+        wrong = 50 if r["algo"] == "base" else 60 + r["seed"] * 2  # trained seeds 60, 62, 64
+        r["rows"] = [{"index": 0, "rewards": [0.0], "lengths": [wrong]}]
+    algos = viz.matched_wrong_lengths(runs + [base], "countdown")["algos"]
+    gap = algos["grpo"]["vs_base"]
+    assert gap.estimate == pytest.approx(12.0) and gap.low > 0 and gap.high < 24
 
 
 def test_a_claim_with_one_seed_is_not_judged(runs):
     one = [r for r in runs if not (r["algo"] == "fisft_pm" and r["seed"] > 0)]
     claims = {(c["task"], c["claim"]): c for c in viz.accuracy_claims(one)}
     assert claims[("countdown", 1)]["holds"] is None  # F-ISFT± has one seed: no spread to compare with
+    assert claims[("countdown", 1)]["verdict"].startswith("one seed")
     assert claims[("countdown", 2)]["b"] == "fisft_pm" and claims[("countdown", 2)]["holds"] is None
+
+
+def test_problem_scores_are_each_problems_share_of_right_samples_per_seed(runs):
+    for r in runs:
+        r["rows"] = [{"index": 2, "rewards": [1.0, 0.0, 0.1, 1.0], "lengths": [1] * 4},
+                     {"index": 0, "rewards": [float(r["seed"] == 1)] * 4, "lengths": [1] * 4}]
+    indices, rows = viz.problem_scores(runs, "countdown", "grpo")
+    assert indices == [0, 2] and rows == [[0.0, 1.0, 0.0], [0.5, 0.5, 0.5]]
+
+
+def test_the_format_score_effect_compares_grpo_with_and_without_it_and_fisft_pm(runs):
+    base = dict(_run("grpo", "countdown", 0, final=0.2), algo="base")
+    binary = [dict(_run("grpo", "countdown", seed, final=0.35, truncated=0.4), reward="binary") for seed in range(3)]
+    graded = dict(_run("grpo", "countdown", 0, final=0.1), reward="graded")  # another shape: left out
+    lengths = {"base": 100, "grpo": 150, "fisft_pm": 180}
+    for r in runs + [base] + binary + [graded]:
+        wrong = 178 + r["seed"] if r in binary else lengths.get(r["algo"], 120)
+        r["rows"] = [{"index": 0, "rewards": [0.0, 1.0], "lengths": [wrong, 10]}]
+    effect = viz.format_score_effect(runs + [base], binary + [graded])
+    assert effect["problems"] == 1 and effect["base_length"] == 100
+    assert effect["arms"]["GRPO, binary"]["wrong_length"] == [178, 179, 180]
+    assert effect["arms"]["GRPO, binary"]["truncated"] == [0.4] * 3
+    d = effect["differences"][("GRPO, binary", "GRPO, format score", "wrong_length")]
+    assert d.estimate == pytest.approx(29.0) and d.low > 0
+    same = effect["differences"][("F-ISFT±", "GRPO, binary", "wrong_length")]
+    assert same.estimate == pytest.approx(1.0) and same.low < 0 < same.high
+
+
+def test_the_readme_s_comparison_tables_are_what_their_script_prints(capsys):
+    """README's comparison and claims tables are scripts/comparison_table.py's output on the committed runs."""
+    from conftest import script_tables_in_readme
+
+    assert len(script_tables_in_readme("comparison_table", capsys)) > 10

@@ -99,13 +99,12 @@ def test_precision_rows_compare_each_training_path_with_full_parameters():
     assert [r["variant"] for r in rows] == ["full", "lora", "4bit-fp16"]  # the book's order, absent paths left out
     full, lora, fp16 = rows
     assert full["seeds"] == 3 and full["per_seed"] == [0.84, 0.85, 0.86] and "vs_full" not in full
-    assert abs(lora["vs_full"]) < 1e-12 and not lora["distinguishable"]
-    assert round(fp16["vs_full"], 6) == -0.15 and fp16["distinguishable"]
+    assert abs(lora["vs_full"]) < 1e-12 and not lora["distinguishable"] and lora["outcome"] == "equivalent"
+    assert round(fp16["vs_full"], 6) == -0.15 and fp16["distinguishable"] and fp16["outcome"] == "less"
+    assert fp16["vs_full_interval"].high < 0 < lora["vs_full_interval"].high
+    assert (round(lora["vs_full_interval"].low, 3), round(lora["vs_full_interval"].high, 3)) == (-0.023, 0.023)
     assert fp16["eval_step"] == 10 and round(fp16["heldout_sampled"], 6) == 0.81 and fp16["heldout_greedy"] == 0.6
     assert [r["step_time"] for r in rows] == [2.0, 3.0, 9.0]
-    table = vgpu.precision_table(rows).splitlines()
-    assert len(table) == 4 and "-0.150*" in table[3] and table[2].split()[-4] == "+0.000"
-    assert [line.split()[-1] for line in table] == ["s/step", "2.0", "3.0", "9.0"]
 
 
 def test_the_precision_figure_draws_a_band_and_a_mean_per_path():
@@ -118,12 +117,6 @@ def test_the_precision_figure_draws_a_band_and_a_mean_per_path():
 
 def test_the_readme_s_precision_table_is_what_its_script_prints(capsys):
     """README's table is scripts/precision_table.py's output on the committed runs, so it changes with them."""
-    import runpy
+    from conftest import script_tables_in_readme
 
-    from conftest import CHECKOUT
-
-    runpy.run_path(str(CHECKOUT / "scripts" / "precision_table.py"), run_name="__main__")
-    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
-    assert len(printed) == 2 + len(vgpu.VARIANT_NAMES)
-    readme = (CHECKOUT / "README.md").read_text().splitlines()
-    assert all(line in readme for line in printed), "rerun scripts/precision_table.py into README.md"
+    assert len(script_tables_in_readme("precision_table", capsys)) == 2 + len(vgpu.VARIANT_NAMES)

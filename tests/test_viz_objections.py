@@ -109,3 +109,10 @@ def test_refresh_intervals_and_reward_shapes_are_conditions_judged_against_the_o
         "F-ISFT+", "F-ISFT+, refreshed every 5 steps", "F-ISFT+, static"]
     static_line = next(t for t in fig.data if t.name == "F-ISFT+, static")
     assert list(static_line.x) == [0, 50, 100] and list(static_line.y) == pytest.approx([0.4, 0.5, 0.6])
+
+
+def test_the_readme_s_objections_table_is_what_its_script_prints(capsys):
+    """README's table is scripts/objections_table.py's output on the committed runs, so it changes with them."""
+    from conftest import script_tables_in_readme
+
+    assert len(script_tables_in_readme("objections_table", capsys)) > 10

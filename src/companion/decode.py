@@ -249,8 +249,9 @@ class SharedPrompt:
         self.dense = bool((counts == self.width).all())
         self.batch_layers = [(keys[self.prompts], values[self.prompts]) for keys, values in self.layers]
         padding = ~self.prompt_mask[self.prompts]  # (J_b, P)
-        self.padding = torch.zeros(padding.shape, device=padding.device).masked_fill_(padding, float("-inf"))[
-            :, None, None, :] if padding.any() else None  # (J_b, 1, 1, P): 0, or -inf where a prompt is padding
+        dtype = self.layers[0][0].dtype if self.layers else torch.float32  # the keys' (bf16 models: bf16)
+        self.padding = torch.zeros(padding.shape, device=padding.device, dtype=dtype).masked_fill_(
+            padding, float("-inf"))[:, None, None, :] if padding.any() else None  # (J_b, 1, 1, P): 0 or -inf
 
 
 def _shared_prompt_attention(module, query, key, value, attention_mask, *, scaling, dropout=0.0, shared=None,

@@ -223,14 +223,15 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
          completion_length: int, micro_batch_size: int = 0, load_in_4bit: bool = True, lora_r: int | None = 16,
          gradient_checkpointing: bool = True, dtype_bytes: int = 2, upcast: bool = True,
          bytes_per_trainable: int = 16, logit_bytes: int = LOGIT_BYTES, logit_chunk: int = 0,
-         top_p: float = 1.0, eval_problems: int = 0, eval_num_generations: int = 0,
+         top_p: float = 1.0, fast: bool = True, eval_problems: int = 0, eval_num_generations: int = 0,
          eval_batch_size: int = EVAL_BATCH_ROWS) -> Plan:
     """Estimate one training step's peak GPU memory (see the module docstring for what is counted).
 
     ``micro_batch_size`` 0 means every completion of the step in one pass, as :class:`companion.train_config.TrainConfig`
     does; ``lora_r`` None is full-parameter training; ``dtype_bytes`` is the compute dtype's (2 for bf16 or fp16);
     ``logit_chunk`` is ``--logit-chunk-size`` (completion positions whose logits are held at once; 0 = all);
-    ``top_p`` is the sampler's (below 1 its nucleus filter holds more copies of the logits);
+    ``top_p`` is the sampler's (below 1 its nucleus filter holds more copies of the logits); ``fast`` is
+    ``--fast-sampler`` (each prompt's keys and values kept once, in the step's sampling and the held-out evaluation);
     ``eval_problems`` x ``eval_num_generations`` completions are the held-out evaluation's (0: the run does not
     evaluate), decoded ``eval_batch_size`` at a time.
     ``upcast``, ``bytes_per_trainable`` and ``logit_bytes`` describe other trainers than this package's, to check the planner against their published runs:
@@ -256,9 +257,9 @@ def plan(shape: ModelShape, *, prompts_per_step: int, num_generations: int, prom
         trainable_parameters = lora_parameters(shape, lora_r)
         trainable = bytes_per_trainable * trainable_parameters
 
-    # 1. sampling: every row's KV cache at full length, and the float32 (rows, vocabulary) tensors of a step
+    # 1. sampling: every row's KV cache, and the float32 (rows, vocabulary) tensors of a step
     decoding = dict(prompt_length=prompt_length, completion_length=completion_length, dtype_bytes=dtype_bytes,
-                    top_p=top_p)
+                    top_p=top_p, shared_prompt=fast)
     sampling = sampling_bytes(shape, rows=rows, prompts=prompts_per_step, **decoding)
     evaluation = 0
     if eval_problems and eval_num_generations:  # the same decoder, on the evaluation's batch

@@ -101,6 +101,69 @@ def equivalence(a: Sequence[float], b: Sequence[float], margin: float = MARGIN, 
     return Equivalence(p, p < alpha, margin, alpha)
 
 
+class Comparison(NamedTuple):
+    """What two arms' per-seed values say together: the difference with its interval, the equivalence test, and the
+    outcome: ``"greater"`` or ``"less"`` (the interval excludes 0), ``"equivalent"`` (within ±margin by TOST at the
+    matching level), or ``"cannot tell"``."""
+
+    difference: Difference
+    equivalence: Equivalence
+    outcome: str
+
+
+def compare(a: Sequence[float], b: Sequence[float], *, margin: float = MARGIN, confidence: float = 0.95) -> Comparison:
+    """Compare ``a`` with ``b``: a difference when the ``confidence`` interval excludes 0, else an equivalence when
+    TOST at ``1 - confidence`` shows it inside ±``margin``, else "cannot tell".
+
+    >>> compare([0.33, 0.34, 0.30, 0.33, 0.32], [0.27, 0.26, 0.27, 0.28, 0.27]).outcome
+    'greater'
+    """
+    d = difference(a, b, confidence)
+    e = equivalence(a, b, margin, alpha=round(1 - confidence, 12))
+    outcome = ("greater" if d.estimate > 0 else "less") if d.excludes_zero else "equivalent" if e.equivalent \
+        else "cannot tell"
+    return Comparison(d, e, outcome)
+
+
+class Mean(NamedTuple):
+    """A mean over seeds with its t-based interval (one sample)."""
+
+    estimate: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Mean:
+    """The mean of ``values`` (at least two) with its Student t interval (scipy's ``ttest_1samp``).
+
+    >>> m = mean_interval([1.0, 2.0, 3.0])
+    >>> m.estimate, round(m.low, 3), round(m.high, 3)
+    (2.0, -0.484, 4.484)
+    """
+    from scipy import stats
+
+    if len(values) < 2:
+        raise ValueError(f"a t interval needs at least two values, got {len(values)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if statistics.pvariance(values) == 0:  # every seed the same: the interval is that value (scipy would say nan)
+        return Mean(values[0], values[0], values[0], len(values))
+    interval = stats.ttest_1samp(values, 0.0).confidence_interval(confidence)
+    return Mean(statistics.fmean(values), float(interval.low), float(interval.high), len(values))
+
+
+def interval_text(estimate: float, low: float, high: float, digits: int = 3, signed: bool = True) -> str:
+    """``+0.054 [+0.035, +0.073]``: an estimate with its interval, as the book prints them."""
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    estimate, low, high = (round(x, digits) + 0.0 for x in (estimate, low, high))  # + 0.0: no "-0.000"
+    return f"{f.format(estimate)} [{f.format(low)}, {f.format(high)}]"
+
+
 def verdict(a: Sequence[float], b: Sequence[float], *, margin: float = MARGIN, names: tuple[str, str] = ("a", "b"),
             confidence: float = 0.95) -> str:
     """One sentence: whether ``a`` and ``b`` differ (the 95% interval excludes 0), are equivalent within ±``margin``
@@ -109,10 +172,42 @@ def verdict(a: Sequence[float], b: Sequence[float], *, margin: float = MARGIN, n
     >>> verdict([0.33, 0.34, 0.30, 0.33, 0.32], [0.27, 0.26, 0.27, 0.28, 0.27], names=("GRPO", "Dr. GRPO"))
     'GRPO > Dr. GRPO: +0.054 [+0.035, +0.073]'
     """
-    d = difference(a, b, confidence)
-    interval = f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
-    if d.excludes_zero:
-        return f"{names[0]} {'>' if d.estimate > 0 else '<'} {names[1]}: {interval}"
-    if equivalence(a, b, margin, alpha=1 - confidence).equivalent:
+    c = compare(a, b, margin=margin, confidence=confidence)
+    d = c.difference
+    interval = interval_text(d.estimate, d.low, d.high)
+    if c.outcome in ("greater", "less"):
+        return f"{names[0]} {'>' if c.outcome == 'greater' else '<'} {names[1]}: {interval}"
+    if c.outcome == "equivalent":
         return f"{names[0]} ≈ {names[1]} (within ±{margin:g}): {interval}"
     return f"cannot tell {names[0]} from {names[1]}: {interval}, which includes 0 and reaches past ±{margin:g}"
+
+
+def problem_bootstrap(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], *, confidence: float = 0.95,
+                      n_resamples: int = 10_000, seed: int = 0) -> Difference:
+    """The difference of two arms' mean score when the *problems* are what varies: ``a`` and ``b`` hold one row per
+    problem (the same problems, in the same order, for both), each row one score per seed; the statistic is the
+    mean over problems of (mean over ``a``'s seeds − mean over ``b``'s), and its interval a percentile bootstrap
+    over problems (scipy's ``bootstrap`` of the per-problem gaps: resampling a problem resamples both arms on it). It answers another question than
+    :func:`difference`: how far another draw of held-out problems could move the gap of *these* trained policies,
+    where :func:`difference` asks how far another draw of training runs could move it on *these* problems.
+    ``se`` is the bootstrap's standard error, ``df`` infinite.
+
+    >>> d = problem_bootstrap([[1, 1], [0, 1], [1, 1], [0, 0]], [[0, 0], [0, 0], [1, 1], [0, 0]])
+    >>> d.estimate, d.low >= 0, d.high <= 0.75
+    (0.375, True, True)
+    """
+    import numpy as np
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"need one row per problem (at least two, the same number for both arms) of per-seed scores, "
+                         f"got shapes {a.shape} and {b.shape}")
+    gaps = a.mean(axis=1) - b.mean(axis=1)  # (P,): per problem, the seeds' mean of a minus b's
+    estimate = float(gaps.mean())
+    if np.ptp(gaps) == 0:  # every problem the same gap: no spread to resample
+        return Difference(estimate, estimate, estimate, 0.0, float("inf"), confidence)
+    result = stats.bootstrap((gaps,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                             method="percentile", rng=np.random.default_rng(seed))
+    return Difference(estimate, float(result.confidence_interval.low), float(result.confidence_interval.high),
+                      float(result.standard_error), float("inf"), confidence)

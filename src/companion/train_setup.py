@@ -117,7 +117,7 @@ def memory_plan(config: TrainConfig, model_config, prompt_length: int, dtype_byt
                 completion_length=config.max_completion_length, micro_batch_size=config.micro_batch_size,
                 load_in_4bit=config.load_in_4bit, lora_r=config.lora_r if config.lora else None,
                 gradient_checkpointing=config.gradient_checkpointing, dtype_bytes=dtype_bytes,
-                logit_chunk=config.logit_chunk_size, top_p=config.top_p,
+                logit_chunk=config.logit_chunk_size, top_p=config.top_p, fast=config.fast_sampler,
                 **(dict(eval_problems=config.eval_problems, eval_num_generations=config.eval_num_generations,
                         eval_batch_size=config.eval_batch_size) if config.eval_every else {}))
 

@@ -155,6 +155,25 @@ def setup_plotly() -> str:
     return pio.renderers.default
 
 
+def html_table(rows: list[dict], *, formats: dict[str, str] | None = None, numbers: tuple[str, ...] = ()):
+    """``rows`` (dicts with the same keys, in column order) as a table for a chapter: a pandas ``Styler`` that a
+    notebook shows as HTML (class ``companion-table``, styled by the book's ``_static/companion.css``), without
+    the index. ``formats``: column -> format string (``"{:.3f}"``), a missing value shown as "–"; ``numbers``:
+    columns aligned right in figures of equal width.
+
+    >>> html = html_table([{"rule": "GRPO", "pass@1": 0.3141}], formats={"pass@1": "{:.3f}"}, numbers=("pass@1",))
+    >>> "0.314" in html.to_html() and 'class="companion-table"' in html.to_html()
+    True
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    classes = pd.DataFrame([["number" if column in numbers else "" for column in frame.columns]] * len(frame),
+                           index=frame.index, columns=frame.columns)
+    style = frame.style.hide(axis="index").set_table_attributes('class="companion-table"').set_td_classes(classes)
+    return style.format(formats or {}, na_rep="–")
+
+
 def show_source(obj):
     r"""The package's own code for ``obj`` (a function or class), as a Markdown code block for a chapter to
     display: the book shows the code that runs, never a pasted copy of it. The signature and body are shown

@@ -15,13 +15,16 @@ from plotly.subplots import make_subplots
 
 from companion.viz.base_model import RIGHT, WRONG, TASK_TITLES, _layout
 
-ALGO_ORDER = ("grpo", "dr_grpo", "fisft_plus", "fisft_pm", "distill")
+ALGO_ORDER = ("grpo", "dr_grpo", "fisft_plus", "fisft_pm", "fisft_minus", "nsr", "w_reinforce", "distill")
 ALGO_NAMES = {"grpo": "GRPO", "dr_grpo": "Dr. GRPO", "fisft_plus": "F-ISFT+", "fisft_pm": "F-ISFT±",
-              "distill": "distilled", "ppo": "PPO"}
+              "fisft_minus": "F-ISFT−", "nsr": "NSR", "w_reinforce": "W-REINFORCE", "distill": "distilled",
+              "ppo": "PPO"}
 ALGO_COLORS = {"grpo": "#264653", "dr_grpo": "#8ab17d", "fisft_plus": "#e9c46a", "fisft_pm": "#e76f51",
-               "distill": "#7b2cbf", "ppo": "#2a9df4"}
-"""The training rules, in the book's order; ``distill`` is chapter 7's stronger teacher (``--source teacher``),
-``ppo`` chapter 9's PPO with a value head."""
+               "fisft_minus": "#9d0208", "nsr": "#6d597a", "w_reinforce": "#b56576", "distill": "#7b2cbf",
+               "ppo": "#2a9df4"}
+"""The training rules, in the book's order; ``fisft_minus``, ``nsr`` and ``w_reinforce`` learn (mostly) from wrong
+answers (chapter 6's negatives); ``distill`` is chapter 7's stronger teacher (``--source teacher``), ``ppo``
+chapter 9's PPO with a value head."""
 SMOOTH = 10
 """Steps in the trailing window that smooths per-step training curves (one step is only 128 completions)."""
 
@@ -89,10 +92,20 @@ def accuracy_figure(runs: list[dict], tasks=("countdown", "tinygsm"), *, base: d
     return _layout(fig, "Held-out accuracy during training (mean and range of the seeds)", 300 * len(tasks) + 120)
 
 
-def final_table(runs: list[dict], base_metrics: dict | None = None) -> list[dict]:
+def base_evaluations(results: list[dict], *, temperature: float = 1.0) -> dict[str, dict]:
+    """Task -> the base model's evaluation at ``temperature`` among ``results`` (chapter 7's n = 256 one, on the
+    same 200 held-out problems as the final policies): the base rate every "× base" ratio divides by. Sixteen
+    samples per problem leave that rate ±0.02 uncertain; 256 samples, ±0.006."""
+    return {r["task"]: r for r in results if r["algo"] == "base" and r["temperature"] == temperature}
+
+
+def final_table(runs: list[dict], base: dict[str, dict] | None = None) -> list[dict]:
     """One row per task and algorithm: pass@1 of the final policies on the 200 held-out problems (n = 16, T = 1),
-    mean and sample standard deviation over seeds, each seed's value, lengths, and the base model's pass@1: from
-    its own evaluation among ``runs`` (same problems and sampling) when there is one, else ``base_metrics``."""
+    mean and sample standard deviation over seeds, each seed's value, lengths, and, with ``base`` (task -> the base
+    model's evaluation on the same problems, :func:`base_evaluations`), the base's pass@1 and each seed's ratio to
+    it with the t interval of their mean (``ratio``, a :class:`companion.stats.Mean`; None with one seed)."""
+    from companion.stats import mean_interval
+
     rows = []
     for task in dict.fromkeys(r["task"] for r in runs if r["algo"] != "base"):
         for algo, group in by_algo(runs, task).items():
@@ -104,18 +117,18 @@ def final_table(runs: list[dict], base_metrics: dict | None = None) -> list[dict
                    "length_right": mean(x for x in right if x is not None) if any(right) else None,
                    "length_wrong": mean(x for x in wrong if x is not None) if any(wrong) else None,
                    "truncated": mean(r["summary"]["truncated_fraction"] for r in group)}
-            base_run = next((r for r in runs if r["task"] == task and r["algo"] == "base"), None)
-            if base_run:  # the base scored like the trained policies: same problems, n, temperature
-                row["base_pass@1"] = base_run["summary"]["pass_at_k"][0]["estimate"]
-            elif base_metrics:
-                row["base_pass@1"] = base_metrics["eval"][task]["pass_at_k"][0]["estimate"]
+            if base and task in base:
+                rate = base[task]["summary"]["pass_at_k"][0]["estimate"]
+                ratios = [v / rate for v in values]
+                row.update({"base_pass@1": rate, "base_n": base[task]["num_generations"], "per_seed_ratio": ratios,
+                            "ratio": mean_interval(ratios) if len(ratios) > 1 else None})
             rows.append(row)
     return rows
 
 
-def final_figure(runs: list[dict], base_metrics: dict | None = None) -> go.Figure:
+def final_figure(runs: list[dict], base: dict[str, dict] | None = None) -> go.Figure:
     """Final held-out pass@1 per algorithm and task: one dot per seed, a bar for their mean, the base as a line."""
-    table = final_table(runs, base_metrics)
+    table = final_table(runs, base)
     tasks = list(dict.fromkeys(r["task"] for r in table))
     fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=[TASK_TITLES.get(t, t) for t in tasks])
     for col, task in enumerate(tasks, start=1):
@@ -128,7 +141,7 @@ def final_figure(runs: list[dict], base_metrics: dict | None = None) -> go.Figur
             fig.add_trace(go.Scatter(x=[ALGO_NAMES[r["algo"]]] * len(r["per_seed"]), y=r["per_seed"], mode="markers",
                                      marker=dict(color="black", size=7, symbol="circle-open"), showlegend=False,
                                      hovertemplate="one seed: %{y:.3f}<extra></extra>"), row=1, col=col)
-        if base_metrics:
+        if "base_pass@1" in rows[0]:
             fig.add_hline(y=rows[0]["base_pass@1"], line=dict(color="gray", dash="dash"), row=1, col=col,
                           annotation_text="base", annotation_position="bottom right")
         fig.update_yaxes(rangemode="tozero", row=1, col=col)
@@ -268,53 +281,85 @@ def _sd(values: list[float]) -> float:
 
 
 def distinguishable(a: list[float], b: list[float]) -> bool:
-    """Whether two algorithms' per-seed scores differ by more than twice the standard error of the difference of
-    their means (the seeds' sample standard deviations): a rough two-sided test at about 95%."""
-    if len(a) < 2 or len(b) < 2:
-        return False
-    se = math.sqrt(_sd(a) ** 2 / len(a) + _sd(b) ** 2 / len(b))
-    return abs(mean(a) - mean(b)) > 2 * se
+    """Whether two arms' per-seed scores differ: Welch's 95% t interval of the difference of their means excludes 0
+    (:func:`companion.stats.difference`). False with fewer than two values on a side (no spread to judge by)."""
+    from companion.stats import difference
+
+    return len(a) >= 2 and len(b) >= 2 and difference(a, b).excludes_zero
 
 
-def _judged(a: list[float], b: list[float], verdict: bool) -> bool | None:
-    return verdict if len(a) >= 2 and len(b) >= 2 else None
+def comparison(runs: list[dict], task: str, a: str, b: str, *, claim, holds_when: str | None = None) -> dict | None:
+    """Algorithm ``a`` against ``b`` on ``task``'s final pass@1, seed by seed: the means, the difference with its
+    95% interval, the TOST equivalence within :data:`companion.stats.MARGIN`, the outcome ("greater", "less",
+    "equivalent", "cannot tell") and the verdict sentence (:func:`companion.stats.compare`). ``holds``: whether the
+    outcome is ``holds_when`` (True or False), None when it is "cannot tell" or a side has fewer than two seeds.
+    None when either algorithm has no run on ``task``."""
+    from companion.stats import compare, verdict
+
+    values_a, values_b = _pass1(runs, task, a), _pass1(runs, task, b)
+    if not (values_a and values_b):
+        return None
+    row = {"task": task, "claim": claim, "a": a, "b": b, "mean_a": mean(values_a), "mean_b": mean(values_b),
+           "sd_a": _sd(values_a), "sd_b": _sd(values_b), "difference": mean(values_a) - mean(values_b),
+           "seeds": (len(values_a), len(values_b)), "outcome": None, "holds": None, "low": None, "high": None,
+           "verdict": "one seed on a side: no spread to judge a difference by"}
+    if min(len(values_a), len(values_b)) >= 2:
+        c = compare(values_a, values_b)
+        row.update(outcome=c.outcome, low=c.difference.low, high=c.difference.high, comparison=c,
+                   verdict=verdict(values_a, values_b, names=(ALGO_NAMES[a], ALGO_NAMES[b])))
+        if holds_when is not None and c.outcome != "cannot tell":
+            row["holds"] = c.outcome == holds_when
+    return row
+
+
+def problem_scores(runs: list[dict], task: str, algo: str) -> tuple[list[int], list[list[float]]]:
+    """The final evaluation's pass@1 of each held-out problem (its share of right samples), one row per problem
+    (sorted by index) and one column per seed of ``algo`` on ``task``: the input of
+    :func:`companion.stats.problem_bootstrap`. Returns ``(problem indices, rows)``."""
+    from companion.verify import is_correct
+
+    group = by_algo(runs, task).get(algo, []) or [r for r in runs if r["task"] == task and r["algo"] == algo]
+    scores = [{row["index"]: mean(float(is_correct(x)) for x in row["rewards"]) for row in r["rows"]} for r in group]
+    indices = sorted(set.intersection(*(set(s) for s in scores))) if scores else []
+    return indices, [[s[i] for s in scores] for i in indices]
 
 
 def accuracy_claims(runs: list[dict]) -> list[dict]:
-    """Claims (1) GRPO ≈ F-ISFT± and (2) F-ISFT+ lags, per task: the means, their difference, and the verdict:
-    ``holds`` True or False, or None when a side has fewer than two seeds (no spread to judge a difference by)."""
+    """Claims (1) GRPO ≈ F-ISFT± (holds when their equivalence within ±MARGIN is shown) and (2) F-ISFT+ lags the
+    better of the two (holds when its deficit's 95% interval lies below 0), per task, as :func:`comparison` rows;
+    ``holds`` is None when the data cannot tell."""
     out = []
     for task in dict.fromkeys(r["task"] for r in runs if r["algo"] != "base"):
         grpo, pm, plus = (_pass1(runs, task, a) for a in ("grpo", "fisft_pm", "fisft_plus"))
         if not (grpo and pm and plus):  # a task without all three has nothing to judge
             continue
-        out.append({"task": task, "claim": 1, "a": "grpo", "b": "fisft_pm", "mean_a": mean(grpo), "mean_b": mean(pm),
-                    "difference": mean(grpo) - mean(pm), "sd_a": _sd(grpo), "sd_b": _sd(pm),
-                    "holds": _judged(grpo, pm, not distinguishable(grpo, pm))})
-        best = max(("grpo", grpo), ("fisft_pm", pm), key=lambda x: mean(x[1]))
-        out.append({"task": task, "claim": 2, "a": "fisft_plus", "b": best[0], "mean_a": mean(plus),
-                    "mean_b": mean(best[1]), "difference": mean(plus) - mean(best[1]), "sd_a": _sd(plus),
-                    "sd_b": _sd(best[1]),
-                    "holds": _judged(plus, best[1], mean(plus) < mean(best[1]) and distinguishable(plus, best[1]))})
+        out.append(comparison(runs, task, "grpo", "fisft_pm", claim=1, holds_when="equivalent"))
+        best = max(("grpo", grpo), ("fisft_pm", pm), key=lambda x: mean(x[1]))[0]
+        out.append(comparison(runs, task, "fisft_plus", best, claim=2, holds_when="less"))
     return out
 
 
 def length_claims(runs: list[dict], *, window: int = 10) -> list[dict]:
-    """Claim (3), per task and algorithm: does the wrong-answer length grow over training on every seed?
+    """Claim (3) in the training batches, per task and algorithm: the change of the wrong answers' length (the mean
+    of the last ``window`` steps minus that of the first), with the t interval over seeds (``wrong``, a
+    :class:`companion.stats.Mean`), and the same for how much more it changed than the right answers' (``excess``,
+    seed by seed). ``grows`` when both intervals lie above 0 (None with fewer than two seeds)."""
+    from companion.stats import mean_interval
 
-    ``grows`` is True when every seed's change (last ``window`` steps minus first ``window``) is positive and the
-    mean change exceeds the right answers' by more than a token.
-    """
     out = []
     for task in dict.fromkeys(r["task"] for r in runs):
         changes = {(row["algo"], row["side"]): row for row in length_change(runs, task, window=window)}
         for algo in by_algo(runs, task):
             wrong, right = changes.get((algo, "wrong")), changes.get((algo, "right"))
-            if not wrong or not right:
+            if not wrong or not right or len(wrong["per_seed"]) != len(right["per_seed"]):
                 continue
-            grows = all(c > 0 for c in wrong["per_seed"]) and wrong["change"] - right["change"] > 1
-            out.append({"task": task, "algo": algo, "wrong_change": wrong["change"], "wrong_low": wrong["low"],
-                        "wrong_high": wrong["high"], "right_change": right["change"], "grows": grows})
+            excess = [w - r for w, r in zip(wrong["per_seed"], right["per_seed"])]
+            row = {"task": task, "algo": algo, "wrong_change": wrong["change"], "wrong_low": wrong["low"],
+                   "wrong_high": wrong["high"], "right_change": right["change"], "grows": None}
+            if len(excess) > 1:
+                row["wrong"], row["excess"] = mean_interval(wrong["per_seed"]), mean_interval(excess)
+                row["grows"] = row["wrong"].low > 0 and row["excess"].low > 0
+            out.append(row)
     return out
 
 
@@ -324,27 +369,64 @@ def matched_wrong_lengths(runs: list[dict], task: str) -> dict:
     Training-batch lengths mix two things: how long a policy writes, and which problems it still gets wrong (as
     accuracy rises, the wrong answers left are those of harder problems). Here every run is scored on the problems
     where every run of ``task`` (all algorithms, all seeds, and the base model when its evaluation is among
-    ``runs``, as ``"base"``) has at least one wrong sample, so the problem mix is the same for all. Returns ``{"problems": count, "algos": {algo: {"mean", "low", "high", "per_seed"}}}``.
+    ``runs``, as ``"base"``) has at least one wrong sample, so the problem mix is the same for all. Returns
+    ``{"problems": count, "algos": {algo: {"mean", "low", "high", "per_seed"}}}``; with the base among the runs,
+    each trained algorithm also has ``vs_base``: its seeds' lengths minus the base's, with their t interval (a
+    :class:`companion.stats.Mean`; None with one seed).
     """
-    from companion.verify import is_correct
-
     groups = by_algo(runs, task)
     base = [r for r in runs if r["task"] == task and r["algo"] == "base"]
-    if base:
-        groups = {"base": base, **groups}
+    return matched_lengths({"base": base, **groups} if base else groups)
+
+
+def matched_lengths(groups: dict[str, list[dict]]) -> dict:
+    """:func:`matched_wrong_lengths` for any named groups of runs of one task (``"base"``: the base model's)."""
+    from companion.stats import mean_interval
+    from companion.verify import is_correct
+
     per_run = {}
-    for algo, group in groups.items():
-        for r in group:
+    for name, group in groups.items():
+        for i, r in enumerate(group):
             wrong = {}
             for row in r["rows"]:
                 lengths = [n for n, reward in zip(row["lengths"], row["rewards"]) if not is_correct(reward)]
                 if lengths:
                     wrong[row["index"]] = mean(lengths)
-            per_run[(algo, r["seed"])] = wrong
+            per_run[(name, i)] = wrong
     common = set.intersection(*(set(w) for w in per_run.values())) if per_run else set()
     out = {}
-    for algo, group in groups.items():
-        values = [mean(per_run[(algo, r["seed"])][i] for i in common) for r in group] if common else []
+    for name, group in groups.items():
+        values = [mean(per_run[(name, i)][j] for j in common) for i in range(len(group))] if common else []
         if values:
-            out[algo] = {"mean": mean(values), "low": min(values), "high": max(values), "per_seed": values}
+            out[name] = {"mean": mean(values), "low": min(values), "high": max(values), "per_seed": values}
+    if "base" in out:
+        for name, m in out.items():
+            if name != "base":
+                gaps = [v - out["base"]["mean"] for v in m["per_seed"]]
+                m["vs_base"] = mean_interval(gaps) if len(gaps) > 1 else None
     return {"problems": len(common), "algos": out}
+
+
+def format_score_effect(results: list[dict], reward_results: list[dict], task: str = "countdown") -> dict:
+    """What Countdown's format score (0.1 for a well-formed wrong answer) does to GRPO, beside F-ISFT± (which
+    treats a 0.1 as wrong): per arm (``GRPO, format score`` from chapter 6's runs, ``GRPO, binary`` from chapter
+    9's, ``F-ISFT±``), the final pass@1, share cut off and wrong-answer length on the problems every run and the
+    base get wrong (:func:`matched_lengths`), each seed's; and the differences between arms with Welch intervals
+    (``differences``: (a, b, metric) -> :class:`companion.stats.Difference`)."""
+    from companion.stats import difference
+
+    arms = {"base": [r for r in results if r["task"] == task and r["algo"] == "base"],
+            "GRPO, format score": by_algo(results, task).get("grpo", []),
+            "GRPO, binary": sorted((r for r in reward_results if r["task"] == task and r["algo"] == "grpo"
+                                    and r["reward"] == "binary"), key=lambda r: r["seed"]),
+            "F-ISFT±": by_algo(results, task).get("fisft_pm", [])}
+    matched = matched_lengths(arms)
+    rows = {name: {"pass1": [r["summary"]["pass_at_k"][0]["estimate"] for r in group],
+                   "truncated": [r["summary"]["truncated_fraction"] for r in group],
+                   "wrong_length": matched["algos"][name]["per_seed"]}
+            for name, group in arms.items() if name != "base"}
+    pairs = (("GRPO, binary", "GRPO, format score"), ("F-ISFT±", "GRPO, format score"), ("F-ISFT±", "GRPO, binary"))
+    differences = {(a, b, metric): difference(rows[a][metric], rows[b][metric])
+                   for a, b in pairs for metric in ("pass1", "truncated", "wrong_length")}
+    return {"problems": matched["problems"], "base_length": matched["algos"]["base"]["mean"], "arms": rows,
+            "differences": differences}

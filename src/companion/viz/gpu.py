@@ -17,10 +17,10 @@ CHANGES = {
     "gradient_checkpointing": "checkpointing", "max_completion_length": "{} tokens",
     "prompts_per_step": "{} prompts", "num_generations": "G {}", "dtype": "{}", "load_in_4bit": "4-bit",
     "top_p": "top-p {}", "eval_every": "held-out {eval_problems} x {eval_num_generations}",
-    "eval_batch_size": "{} at a time",
+    "eval_batch_size": "{} at a time", "fast_sampler": "exact sampler",
 }
 """How a training config's change from the bench's first config reads in a label (``{}``: the new value; a
-named field: that setting's)."""
+named field: that setting's; ``fast_sampler`` only ever changes to off)."""
 
 EVAL_CHANGES = {"fast_sampler": "plain sampler", "top_p": "top-p {}", "batch_size": "batch {}"}
 """The same for ``companion eval``'s configs (``fast_sampler`` only ever changes to off)."""
@@ -116,22 +116,28 @@ def variant(run: dict) -> str:
 
 
 def _variants(runs: list[dict], algo: str, task: str) -> dict[str, list[dict]]:
+    """The runs of each training path, seeds sorted; full-parameter training (chapter 6's runs) only with the seeds
+    the other paths were run with, which share its problem streams."""
     groups: dict[str, list[dict]] = {}
     for run in runs:
         if run["algo"] == algo and run["task"] == task and run["seed"] is not None:
             groups.setdefault(variant(run), []).append(run)
+    seeds = {r["seed"] for name, group in groups.items() if name != "full" for r in group}
+    if seeds and "full" in groups:
+        groups["full"] = [r for r in groups["full"] if r["seed"] in seeds]
     return {v: sorted(groups[v], key=lambda r: r["seed"]) for v in VARIANT_NAMES if v in groups}
 
 
 def precision_rows(runs: list[dict], *, algo: str = "grpo", task: str = "tinygsm") -> list[dict]:
     """One row per training path (:func:`variant`) of ``algo`` on ``task``: the final policies' pass@1 on the held-out
     problems (their ``companion eval``, which computes in float32), mean, standard deviation and each seed's; its
-    difference from full-parameter training and whether that is distinguishable
-    (:func:`companion.viz.compare.distinguishable`); the last in-training held-out evaluation, sampled and greedy,
+    difference from full-parameter training, its Welch 95% interval (``vs_full_interval``), whether that
+    excludes 0 (``distinguishable``) and the verdict (``outcome``: :func:`companion.stats.compare`'s greater, less,
+    equivalent within its margin, or cannot tell); the last in-training held-out evaluation, sampled and greedy,
     which ran in the run's own compute dtype (mean over seeds); and the mean seconds per training step."""
     from statistics import mean, stdev
 
-    from companion.viz.compare import distinguishable
+    from companion.stats import compare
 
     groups = _variants(runs, algo, task)
     scores = {name: [r["summary"]["pass_at_k"][0]["estimate"] for r in group] for name, group in groups.items()}
@@ -146,22 +152,12 @@ def precision_rows(runs: list[dict], *, algo: str = "grpo", task: str = "tinygsm
                "eval_step": last[0]["step"], "heldout_sampled": mean(x["eval_accuracy_sampled"] for x in last),
                "heldout_greedy": mean(x["eval_accuracy_greedy"] for x in last),
                "step_time": mean(times) if times else None}
-        if name != "full" and full:
-            row["vs_full"] = mean(values) - mean(full)
-            row["distinguishable"] = distinguishable(values, full)
+        if name != "full" and min(len(values), len(full)) >= 2:
+            verdict = compare(values, full)
+            row.update(vs_full=verdict.difference.estimate, vs_full_interval=verdict.difference,
+                       distinguishable=verdict.difference.excludes_zero, outcome=verdict.outcome)
         rows.append(row)
     return rows
-
-
-def precision_table(rows: list[dict]) -> str:
-    """:func:`precision_rows` as fixed-width text."""
-    lines = [f"{'':>31} {'pass@1':>6} {'sd':>5} {'vs full':>8} {'held-out':>8} {'greedy':>6} {'s/step':>6}"]
-    for r in rows:
-        diff = "" if "vs_full" not in r else f"{r['vs_full']:+.3f}" + ("*" if r["distinguishable"] else " ")
-        time = "-" if r["step_time"] is None else f"{r['step_time']:.1f}"
-        lines.append(f"{r['label']:>31} {r['pass1']:6.3f} {r['sd']:5.3f} {diff:>8} {r['heldout_sampled']:8.3f} "
-                     f"{r['heldout_greedy']:6.3f} {time:>6}")
-    return "\n".join(lines)
 
 
 def precision_figure(runs: list[dict], *, algo: str = "grpo", task: str = "tinygsm",

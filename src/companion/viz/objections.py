@@ -15,6 +15,7 @@ from typing import NamedTuple
 import plotly.graph_objects as go
 
 from companion.viz.base_model import _layout
+from companion.stats import difference
 from companion.viz.compare import ALGO_COLORS, ALGO_NAMES, _band, distinguishable, smoothed
 
 DASHES = (None, "dash", "dot", "dashdot")
@@ -79,6 +80,13 @@ def conditions(runs: list[dict], task: str, algos: tuple[str, ...] | None = None
     return {k: sorted(groups[k], key=lambda r: r["seed"]) for k in order}
 
 
+def paired(groups: dict[Condition, list[dict]], key: Condition, value) -> list[float]:
+    """Seed by seed, ``value(run)`` for condition ``key`` minus ``value`` of its baseline's run of the same seed
+    (the two share their problem stream): the per-seed differences behind "on every seed"."""
+    base = {r["seed"]: r for r in groups[key.baseline]}
+    return [value(r) - value(base[r["seed"]]) for r in groups[key] if r["seed"] in base]
+
+
 def _pass1(run: dict) -> float:
     return run["summary"]["pass_at_k"][0]["estimate"]
 
@@ -99,8 +107,11 @@ def condition_rows(runs: list[dict], task: str, algos: tuple[str, ...] | None = 
     None where it was not measured) and its mean over the last ``last`` measurements, the share of tokens the clip
     removed and the KL to the reference over the last ``last`` steps; over all steps, the share of completions
     with a weight (``frac_weighted``: those an SFT rule trains on) and of wrong ones pushed up (``wrong_up``, None
-    where not recorded); and whether pass@1 is distinguishable from the same algorithm's baseline
-    (:attr:`Condition.baseline`) by :func:`companion.viz.compare.distinguishable`."""
+    where not recorded); and pass@1's difference from the same algorithm's baseline (:attr:`Condition.baseline`), its
+    runs of the condition's own seeds (the same problem streams; chapter 6's baselines have more seeds than most
+    conditions):
+    ``vs_baseline``, its Welch 95% interval ``vs_baseline_interval`` (:func:`companion.stats.difference`, None with
+    one seed on a side) and whether that interval excludes 0 (``distinguishable``)."""
     groups = conditions(runs, task, algos)
     rows = []
     for key, group in groups.items():
@@ -120,10 +131,13 @@ def condition_rows(runs: list[dict], task: str, algos: tuple[str, ...] | None = 
                "frac_weighted": _mean_or_none(_mean_or_none(r.get("frac_weighted") for r in s) for s in steps),
                "wrong_up": _mean_or_none(_mean_or_none(r.get("frac_wrong_up") for r in s) for s in steps)}
         baseline = groups.get(key.baseline)
-        if baseline is not None and key != key.baseline:
-            base_values = [_pass1(r) for r in baseline]
+        if baseline is not None and key != key.baseline:  # the baseline's runs of this condition's seeds
+            seeds = {r["seed"] for r in group}
+            base_values = [_pass1(r) for r in baseline if r["seed"] in seeds]
             row["vs_baseline"] = mean(values) - mean(base_values)
             row["distinguishable"] = distinguishable(values, base_values)
+            row["vs_baseline_interval"] = (difference(values, base_values)
+                                           if min(len(values), len(base_values)) >= 2 else None)
         rows.append(row)
     return rows
 

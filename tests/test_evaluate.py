@@ -158,6 +158,20 @@ def test_shared_prompt_attention_equals_the_standard_path_on_another_model_famil
     assert shared == standard
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_progress_counts_every_decoded_token_as_it_is_decoded(chatty_policy, fast):
+    """The progress callback hears of each decoding step's tokens when they are decoded, not when their sample
+    ends: over the run they add up to the samples' lengths, and samples to their number."""
+    model, tokenizer = chatty_policy
+    calls = []
+    results = sample_completions(model, tokenizer, PROMPTS, 4, seeds=[1, 2, 3], max_completion_length=20,
+                                 batch_size=5, fast=fast, on_progress=lambda n, tokens: calls.append((n, tokens)))
+    lengths = [c.length for samples in results for c in samples]
+    assert sum(n for n, _ in calls) == 12 and sum(t for _, t in calls) == sum(lengths)
+    assert max(lengths) == 20 and len(calls) > 20  # a call per step of each batch, not one per finished sample
+    assert calls[0][1] == 5  # the first step of the first batch: a token for each of its 5 rows
+
+
 def test_the_fast_path_samples_a_bfloat16_model_under_left_padding(chatty_policy, monkeypatch):
     """A model in bfloat16 (a GPU's compute dtype, or --dtype bfloat16): the prompts' padding mask is added in the
     keys' dtype (it was float32, and the product refused the mix); each row starts with the exact path's token (the

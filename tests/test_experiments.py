@@ -233,6 +233,10 @@ def test_reproduce_runs_resumes_compares_and_saves(tmp_path, capsys):
     # A finished reproduction is not run again; --list shows the committed cost and the status.
     code, out = _reproduce(data, second, capsys=capsys)
     assert code == 0 and "tiny/run: pass@1" in out
+    # --save after the run finished in an earlier invocation without it: copied now, not only compared
+    (committed / "eval" / "summary.json").unlink()
+    code, out = _reproduce(data, second, "--save", capsys=capsys)
+    assert code == 0 and "saved to" in out and (committed / "eval" / "summary.json").exists()
     code, out = _reproduce(data, second, "--list", capsys=capsys)
     assert "reproduced" in out and " min" in out
 

@@ -375,12 +375,13 @@ def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
 def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_generations: int, *, max_completion_length: int,
            stop_ids: list[int], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
            seeds: list[int] | None = None, batch_size: int | None = None, return_logps: bool = False,
-           fast: bool = False, on_finished: Callable[[int, int], None] | None = None) -> Iterator[Batch]:
+           fast: bool = False, on_progress: Callable[[int, int], None] | None = None) -> Iterator[Batch]:
     """``num_generations`` completions of each of the J prompts ``prompt_ids`` (J, P), left padded, batch by batch.
 
     ``seeds`` (one per prompt) draws by inverse CDF; without them the exponential race draws from a generator
     seeded with ``seed`` (None: the global torch RNG, advanced). ``batch_size`` rows are decoded together (all
-    by default). ``on_finished(samples, tokens)`` is called whenever samples finish, for progress bars. Callers
+    by default). ``on_progress(samples, tokens)`` is called after every decoding step with the samples that ended
+    in it and the tokens it decoded (one per row still running), for progress bars that show the decoding rate. Callers
     check the context first (:func:`check_context`). ``fast`` keeps each prompt's keys and values once instead of
     once per row (:func:`_shared_prompt_attention`, for models where :func:`supports_shared_prompt`) and finds the
     top-p nucleus without sorting the vocabulary (:func:`nucleus_probs`): the same distributions up to float
@@ -410,13 +411,13 @@ def decode(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, num_gener
                 model, prompt_cache, prompt_logits, mask, torch.searchsorted(needed, prompt_of).to(device),
                 max_completion_length, stop_ids, uniforms=uniforms, generator=generator, temperature=temperature,
                 top_k=top_k, top_p=top_p, return_logps=return_logps, shared_prompt=shared_prompt,
-                on_finished=on_finished))
+                on_progress=on_progress))
     finally:
         model.train(was_training)
 
 
 def _decode_batch(model, prompt_cache, prompt_logits, prompt_mask, prompt_of, max_len, stop_ids, *, uniforms, generator,
-                  temperature, top_k, top_p, return_logps, on_finished, shared_prompt=False):
+                  temperature, top_k, top_p, return_logps, on_progress, shared_prompt=False):
     """Sample R rows to the end, row r continuing prompt ``prompt_of[r]`` of the prefill. Returns tokens,
     lengths, finished, logps and entropies, as :class:`Batch`."""
     from transformers.cache_utils import Cache
@@ -435,7 +436,7 @@ def _decode_batch(model, prompt_cache, prompt_logits, prompt_mask, prompt_of, ma
     try:
         return _decode_loop(model, cache, prompt_logits, prompt_mask, prompt_of, max_len, stop_ids, uniforms=uniforms,
                             generator=generator, temperature=temperature, top_k=top_k, top_p=top_p,
-                            return_logps=return_logps, on_finished=on_finished,
+                            return_logps=return_logps, on_progress=on_progress,
                             shared=shared if shared_prompt else None)
     finally:
         if shared_prompt:
@@ -468,7 +469,7 @@ def _logp_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch
 
 
 def _decode_loop(model, cache, prompt_logits, prompt_mask, prompt_of, max_len, stop_ids, *, uniforms, generator,
-                 temperature, top_k, top_p, return_logps, on_finished, shared):
+                 temperature, top_k, top_p, return_logps, on_progress, shared):
     """The steps of :func:`_decode_batch`, on a cache made for them (``shared``: the shared-prompt path's)."""
     num_rows, prompt_len, device = len(prompt_of), prompt_mask.shape[1], prompt_of.device
     tokens = torch.zeros(num_rows, max_len, dtype=torch.long, device=device)  # (R, T) valid up to each length
@@ -498,12 +499,12 @@ def _decode_loop(model, cache, prompt_logits, prompt_mask, prompt_of, max_len, s
         if return_logps:  # the sampling policy's log-prob of its token, and its entropy
             logps[live, t], entropies[live, t] = _logp_and_entropy(logits, next_tokens)
         ends = running & torch.isin(next_tokens, stop_ids)  # (A,)
+        if on_progress is not None:  # the samples that ended, and a token for every row still running (EOS too)
+            on_progress(int(ends.sum()), int(running.sum()))
         if ends.any():
             ended = live[ends]
             lengths[ended], finished[ended] = t + 1, True
             running &= ~ends
-            if on_finished is not None:
-                on_finished(int(ends.sum()), int(lengths[ended].sum()))
         if t == max_len - 1 or not running.any():
             break
         # 3. drop finished rows once enough of the batch is dead weight
@@ -522,8 +523,8 @@ def _decode_loop(model, cache, prompt_logits, prompt_mask, prompt_of, max_len, s
             attention_mask=mask[:, :prompt_len + t + 1])
         logits = model(input_ids=next_tokens[:, None], position_ids=(positions + t)[:, None], past_key_values=cache,
                        use_cache=True, logits_to_keep=1, **step).logits[:, -1]  # (A, V)
-    if on_finished is not None and not finished.all():
-        on_finished(int((~finished).sum()), int(lengths[~finished].sum()))
+    if on_progress is not None and not finished.all():  # the rows cut at the cap: their tokens are counted already
+        on_progress(int((~finished).sum()), 0)
     steps = t + 1
     return (tokens[:, :steps], lengths, finished, None if logps is None else logps[:, :steps],
             None if entropies is None else entropies[:, :steps])

@@ -144,14 +144,15 @@ def score_problems(model, tokenizer, task, problems: list[dict], *, num_generati
                    indices: list[int] | None = None, temperature: float = 1.0, top_p: float = 1.0,
                    max_completion_length: int = MAX_COMPLETION_LENGTH, batch_size: int = 512,
                    prompt_style: str = "base", save_completions: bool = False, fast: bool = False,
-                   on_finished=None) -> list[dict]:
+                   on_progress=None) -> list[dict]:
     """Sample ``num_generations`` completions of each problem and score them: one row per problem.
 
     Problem ``indices[j]`` (default ``j``) is sampled with :func:`problem_seed` ``(seed, indices[j])``, so its
     samples do not depend on which problems share the call. A row holds ``index``, ``problem``, ``num_correct``,
     ``rewards``, ``lengths`` (tokens, EOS included), ``finished`` (ended with EOS within the budget), ``seconds``
     (sampling time per problem) and, with ``save_completions``, ``completions`` (the texts).
-    ``on_finished(samples, tokens)`` is called as samples finish, for progress bars. ``fast``: the sampler's fast
+    ``on_progress(samples, tokens)`` is called after every decoding step (samples ended, tokens decoded), for
+    progress bars. ``fast``: the sampler's fast
     path (:func:`companion.sampler.sample_completions`); off by default, so that the trainers' and pretraining's
     evaluations stay bit for bit what their committed runs recorded.
     """
@@ -163,7 +164,7 @@ def score_problems(model, tokenizer, task, problems: list[dict], *, num_generati
     samples = sampler.sample_completions(
         model, tokenizer, prompts, num_generations, seeds=[problem_seed(seed, i) for i in indices],
         max_completion_length=max_completion_length, temperature=temperature, top_p=top_p, batch_size=batch_size,
-        fast=fast, on_finished=on_finished)
+        fast=fast, on_progress=on_progress)
     seconds = (time.perf_counter() - start) / max(len(problems), 1)
     rows = []
     for index, problem, completions in zip(indices, problems, samples):
@@ -217,21 +218,21 @@ def perplexity_under(scorer, model, tokenizer, task, problems: list[dict], *, nu
 
 @contextmanager
 def sampling_progress(total: int, *, desc: str, initial: int = 0, disable: bool = False):
-    """A tqdm bar over samples with a tokens-per-second readout; yields the ``on_finished`` callback."""
+    """A tqdm bar over samples with a tokens-per-second readout; yields the ``on_progress`` callback."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=initial, unit="sample", smoothing=0.05, desc=desc, disable=disable,
                dynamic_ncols=True)
     tokens = 0
 
-    def on_finished(samples: int, new_tokens: int) -> None:
+    def on_progress(samples: int, new_tokens: int) -> None:
         nonlocal tokens
         tokens += new_tokens
         bar.update(samples)
         bar.set_postfix(tokens_per_s=f"{tokens / max(bar.format_dict['elapsed'], 1e-9):.0f}", refresh=False)
 
     try:
-        yield on_finished
+        yield on_progress
     finally:
         bar.close()
 
@@ -543,7 +544,7 @@ def _score(config: EvalConfig, model, tokenizer, task, problems: list[dict], don
     size = max(1, rows_per_batch // n)  # problems sampled together: as many as fit in a batch
     with torch_threads(config.num_threads), out.joinpath(ROWS_FILE).open("a") as f, sampling_progress(
             len(problems) * n, initial=(len(problems) - len(todo)) * n, desc=f"eval {config.task}",
-            disable=not progress) as on_finished:
+            disable=not progress) as on_progress:
         for group in sorted({i // size for i in todo}):
             # The whole group, even a problem already written (rare: only after a crash mid-group, or when
             # --problems grew), so the batch is the uninterrupted run's batch, down to float rounding.
@@ -554,12 +555,12 @@ def _score(config: EvalConfig, model, tokenizer, task, problems: list[dict], don
                                   top_p=config.top_p, max_completion_length=config.max_completion_length,
                                   batch_size=rows_per_batch, prompt_style=config.prompt_style,
                                   save_completions=config.save_completions, fast=config.fast_sampler,
-                                  on_finished=None if redone else on_finished)
+                                  on_progress=None if redone else on_progress)
             for row in rows:
                 if row["index"] not in done:
                     append_jsonl(f, row)
                     if redone:
-                        on_finished(n, sum(row["lengths"]))
+                        on_progress(n, sum(row["lengths"]))
 
 
 # --- reading a run back ----------------------------------------------------------------------------------------

@@ -481,7 +481,7 @@ def evaluate_checkpoint(directory: str | os.PathLike, config: PretrainConfig, *,
                                   num_generations=config.eval_num_generations, seed=config.seed + 1000 * k,
                                   temperature=config.eval_temperature,
                                   max_completion_length=config.max_completion_length,
-                                  batch_size=config.eval_batch_size, on_finished=bar)
+                                  batch_size=config.eval_batch_size, on_progress=bar)
         seconds = round(time.perf_counter() - start, 1)
         with deterministic(config.seed, config.num_threads):
             greedy = summarize(score_problems(model, tokenizer, get_task(task), problems, num_generations=1,

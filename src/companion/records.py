@@ -153,7 +153,7 @@ def heldout_metrics(model, tokenizer, task, problems: list, *, max_completion_le
             return summarize(score_problems(model, tokenizer, task, problems, num_generations=n, seed=seed,
                                             temperature=temp, top_p=top_p, max_completion_length=max_completion_length,
                                             batch_size=batch_size, prompt_style=prompt_style, fast=fast,
-                                            on_finished=done))
+                                            on_progress=done))
 
         greedy, sampled = summary(1, 0.0), summary(num_generations, temperature)
     return {

@@ -52,7 +52,7 @@ def sample_completions(
     top_p: float = 1.0,
     batch_size: int = 256,
     fast: bool = False,
-    on_finished: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[list[Completion]]:
     """``num_generations`` completions of each prompt; ``result[j][i]`` is sample ``i`` of ``prompts[j]``.
 
@@ -69,7 +69,8 @@ def sample_completions(
         fast: the fast path of :func:`companion.decode.decode` (each prompt's keys and values kept once, not
             once per sample; the nucleus found without a sort): the same distributions up to float rounding, so
             not bit for bit the samples of the default path, which the trainers use.
-        on_finished: called as ``on_finished(samples, tokens)`` whenever samples finish, for progress bars.
+        on_progress: called as ``on_progress(samples, tokens)`` after every decoding step, with the samples that
+            ended in it and the tokens it decoded, for progress bars.
     """
     if len(seeds) != len(prompts):
         raise ValueError(f"need one seed per prompt: got {len(seeds)} seeds for {len(prompts)} prompts")
@@ -82,7 +83,7 @@ def sample_completions(
     results: list[list[Completion | None]] = [[None] * num_generations for _ in prompts]
     for batch in decode(model, prompt_ids, prompt_mask, num_generations, max_completion_length=max_completion_length,
                         stop_ids=stop_token_ids(model, tokenizer), temperature=temperature, top_p=top_p, seeds=seeds,
-                        batch_size=batch_size, fast=fast, on_finished=on_finished):
+                        batch_size=batch_size, fast=fast, on_progress=on_progress):
         token_ids = [row[:n] for row, n in zip(batch.tokens.tolist(), batch.lengths.tolist())]
         texts = tokenizer.batch_decode(token_ids, skip_special_tokens=True)
         for row, text, ids, done in zip(batch.rows.tolist(), texts, token_ids, batch.finished.tolist()):

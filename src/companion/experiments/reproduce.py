@@ -581,6 +581,10 @@ def conclude(runs: list[Run], others: list[str], broken: list[str], failed: list
         for run in (r for r in runs if finished(r, out, args.steps)):
             print(describe_steps(run, out, args.steps))
         return 1 if failed else 0
+    if args.save:  # runs that an earlier invocation finished without --save are copied too, not only compared
+        for run in runs:
+            if run.key not in saved and progress_of(run, out)[2]:
+                saved[run.key] = compare_and_save(run, out)
     report(runs, out, saved)
     failed = failed + regenerate_others(others, out)
     for line in broken:

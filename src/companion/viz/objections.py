@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from companion.viz.base_model import _layout
 from companion.stats import difference
-from companion.viz.compare import ALGO_COLORS, ALGO_NAMES, _band, distinguishable, smoothed
+from companion.viz.compare import ALGO_COLORS, ALGO_NAMES, _band, smoothed
 
 DASHES = (None, "dash", "dot", "dashdot")
 
@@ -134,10 +134,10 @@ def condition_rows(runs: list[dict], task: str, algos: tuple[str, ...] | None = 
         if baseline is not None and key != key.baseline:  # the baseline's runs of this condition's seeds
             seeds = {r["seed"] for r in group}
             base_values = [_pass1(r) for r in baseline if r["seed"] in seeds]
+            interval = difference(values, base_values) if min(len(values), len(base_values)) >= 2 else None
             row["vs_baseline"] = mean(values) - mean(base_values)
-            row["distinguishable"] = distinguishable(values, base_values)
-            row["vs_baseline_interval"] = (difference(values, base_values)
-                                           if min(len(values), len(base_values)) >= 2 else None)
+            row["vs_baseline_interval"] = interval
+            row["distinguishable"] = interval is not None and interval.excludes_zero  # as compare.distinguishable
         rows.append(row)
     return rows
 

@@ -412,7 +412,7 @@ def test_crossover_finds_the_first_k_where_the_base_catches_up_and_brackets_it()
     base = _counts(rng.binomial(256, np.repeat([0.05, 0.0], [320, 80])))
     ks = [1, 2, 4, 8, 16, 32, 64, 128, 256]
     curves = [pass_at_k_curve(c, 256, ks, n_bootstrap=0) for c in (trained, base)]
-    expected = next(k for k in ks if curves[1][k].estimate >= curves[0][k].estimate)
+    expected = next(k for k in ks if curves[1][k].estimate > curves[0][k].estimate)
     result = crossover(trained, base, 256, ks, n_bootstrap=300, seed=1)
     assert result.k == expected and 1 < expected < 256
     assert result.low <= result.k <= result.high and result.never == 0.0
@@ -420,6 +420,11 @@ def test_crossover_finds_the_first_k_where_the_base_catches_up_and_brackets_it()
     # Curves that never meet: the bound past the largest k is open, and so is the point.
     stronger = _counts(np.full(400, 256))
     assert crossover(stronger, base, 256, ks, n_bootstrap=100) == (None, None, None, 1.0)
+    # Curves level at the ceiling are a tie: the base does not overtake a model it only matches.
+    everything = _counts(np.full(400, 256))
+    assert crossover(everything, everything, 256, ks, n_bootstrap=100) == (None, None, None, 1.0)
+    level_at_top = _counts(np.full(400, 200))  # solves every problem, at pass@1 0.78 instead of 1
+    assert crossover(stronger, level_at_top, 256, ks, n_bootstrap=0).k is None
 
 
 @pytest.mark.parametrize("trained, base, n, ks, message", [

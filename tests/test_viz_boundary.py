@@ -53,6 +53,16 @@ def test_figures_have_a_band_per_model_and_bars_at_never_and_always(records):
     assert grpo.y[0] + grpo.y[-1] > 0.5 * 100  # the sharp model piles up at 0 and 1
 
 
+def test_the_missed_share_is_one_minus_pass_at_k_on_a_log_axis_and_stops_at_zero(records):
+    plain, missed = viz.passk_figure(records, n_bootstrap=0), viz.passk_figure(records, n_bootstrap=0, missed=True)
+    for a, b in zip(plain.data, missed.data):
+        assert [1 - v for v in a.y] == pytest.approx(list(b.y))
+    assert missed.layout.yaxis.type == "log"
+    everything = {"base": _record("base", [1.0] * 10), "grpo": _record("grpo", [0.5] * 10)}
+    base_line = viz.passk_figure(everything, n_bootstrap=0, missed=True).data[0]
+    assert list(base_line.y) == [None] * 7  # every problem solved at every k: nothing to draw on a log axis
+
+
 def test_curves_over_different_problems_or_n_are_refused(records):
     short = dict(records["grpo"], rows=records["grpo"]["rows"][:50])
     with pytest.raises(ValueError, match="different problems"):

@@ -277,10 +277,15 @@ def _bootstrap_means(matrix: np.ndarray, n_bootstrap: int, rng: np.random.Genera
 # --- where two curves cross ----------------------------------------------------------------------------------
 
 
+TIE = 1e-9
+"""Mean pass@k gaps no larger than this are a tie (float rounding of two curves that are level)."""
+
+
 class Crossover(NamedTuple):
-    """Where the base model's pass@k curve reaches a trained model's: the smallest k (of the ks compared) with
-    base pass@k ≥ trained pass@k, and its bootstrap interval over problems. ``k`` is None when the curves do not
-    cross up to the largest k; ``low``/``high`` are None when a bound lies past it (the interval is open there)."""
+    """Where the base model's pass@k curve overtakes a trained model's: the smallest k (of the ks compared) with
+    base pass@k > trained pass@k, strictly (two curves level at the ceiling of 1 are a tie, not an overtaking), and
+    its bootstrap interval over problems. ``k`` is None when the base is not ahead at any k up to the largest;
+    ``low``/``high`` are None when a bound lies past it (the interval is open there)."""
 
     k: int | None
     low: int | None
@@ -318,8 +323,8 @@ def crossover(trained: Mapping[Hashable, int], base: Mapping[Hashable, int], n: 
     >>> diffuse = {p: c for p, c in enumerate([4] * 8 + [0] * 2)}     # often a little: pass@1 = 0.2
     >>> crossover(sharp, diffuse, 16, n_bootstrap=0).k                # base ahead from k = 4 (0.58 vs 0.40)
     4
-    >>> crossover(sharp, sharp, 16, n_bootstrap=0).k                  # equal curves meet at once
-    1
+    >>> crossover(sharp, sharp, 16, n_bootstrap=0).k is None          # equal curves: a tie, never an overtaking
+    True
     >>> crossover(sharp, {p: 0 for p in sharp}, 16, n_bootstrap=0)   # a base that solves nothing never catches up
     Crossover(k=None, low=None, high=None, never=1.0)
     """
@@ -328,7 +333,7 @@ def crossover(trained: Mapping[Hashable, int], base: Mapping[Hashable, int], n: 
     gap = rows[1] - rows[0]  # (P, K) base minus trained, per problem
 
     def first_crossing(mean_gap: np.ndarray) -> np.ndarray:  # (..., K) -> (...,) index of the first k, K if none
-        ahead = mean_gap >= 0
+        ahead = mean_gap > TIE  # strictly ahead: level curves (both at 1, say) do not count
         return np.where(ahead.any(axis=-1), ahead.argmax(axis=-1), len(ks))
 
     point = int(first_crossing(gap.mean(axis=0)))

@@ -50,22 +50,34 @@ def curves(records: dict[str, dict], ks: list[int] | None = None, *, n_bootstrap
     return {m: passk.pass_at_k_curve(counts(r), n, ks, n_bootstrap=n_bootstrap) for m, r in records.items()}
 
 
-def passk_figure(records: dict[str, dict], *, title: str = "", n_bootstrap: int = 1000) -> go.Figure:
-    """pass@k against k (log scale), a line and its 95% band per model."""
+def passk_figure(records: dict[str, dict], *, title: str = "", n_bootstrap: int = 1000,
+                 missed: bool = False) -> go.Figure:
+    """pass@k against k (log scale), a line and its 95% band per model. ``missed``: plot the share of problems not
+    yet solved, 1 − pass@k, on a log axis instead, which spreads out curves that all end near 1 (a curve that
+    reaches 0, every problem solved, stops there)."""
+    def y(value):
+        return value if not missed else (1 - value if value is not None and 1 - value > passk.TIE else None)
+
     fig = go.Figure()
     for model, curve in curves(records, n_bootstrap=n_bootstrap).items():
         ks = list(curve)
         color, name = MODEL_COLORS.get(model, "#333333"), MODEL_NAMES.get(model, model)
-        low, high = [curve[k].low for k in ks], [curve[k].high for k in ks]
-        if low[0] is not None:
-            fig.add_trace(go.Scatter(x=ks + ks[::-1], y=high + low[::-1], fill="toself", mode="lines",
-                                     line=dict(width=0), fillcolor=_rgba(color, 0.15), hoverinfo="skip",
-                                     showlegend=False, legendgroup=model))
-        fig.add_trace(go.Scatter(x=ks, y=[curve[k].estimate for k in ks], mode="lines+markers", name=name,
+        low, high = [y(curve[k].low) for k in ks], [y(curve[k].high) for k in ks]
+        if curve[ks[0]].low is not None:
+            band = [(k, a, b) for k, a, b in zip(ks, high, low) if a is not None and b is not None]
+            xs = [k for k, _, _ in band]
+            fig.add_trace(go.Scatter(x=xs + xs[::-1], y=[a for _, a, _ in band] + [b for _, _, b in band][::-1],
+                                     fill="toself", mode="lines", line=dict(width=0), fillcolor=_rgba(color, 0.15),
+                                     hoverinfo="skip", showlegend=False, legendgroup=model))
+        label = "1 − pass@%{x}" if missed else "pass@%{x}"
+        fig.add_trace(go.Scatter(x=ks, y=[y(curve[k].estimate) for k in ks], mode="lines+markers", name=name,
                                  line=dict(color=color, dash="dot" if model == "base" else None), legendgroup=model,
-                                 hovertemplate=f"{name}<br>pass@%{{x}} = %{{y:.3f}}<extra></extra>"))
+                                 hovertemplate=f"{name}<br>{label} = %{{y:.4f}}<extra></extra>"))
     fig.update_xaxes(type="log", title="k (samples per problem)", tickvals=ks, ticktext=[str(k) for k in ks])
-    fig.update_yaxes(title="pass@k", range=[0, 1.02])
+    if missed:
+        fig.update_yaxes(type="log", title="1 − pass@k (share of problems not solved)")
+    else:
+        fig.update_yaxes(title="pass@k", range=[0, 1.02])
     return _layout(fig, title or "pass@k", 420)
 
 

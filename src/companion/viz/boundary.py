@@ -75,7 +75,9 @@ def passk_figure(records: dict[str, dict], *, title: str = "", n_bootstrap: int 
                                  hovertemplate=f"{name}<br>{label} = %{{y:.4f}}<extra></extra>"))
     fig.update_xaxes(type="log", title="k (samples per problem)", tickvals=ks, ticktext=[str(k) for k in ks])
     if missed:
-        fig.update_yaxes(type="log", title="1 − pass@k (share of problems not solved)")
+        ticks = [1, 0.1, 0.01, 0.001, 0.0001]
+        fig.update_yaxes(type="log", title="1 − pass@k (problems not solved)", range=[-4.2, 0.05], tickvals=ticks,
+                         ticktext=[f"{100 * t:g}%" for t in ticks])
     else:
         fig.update_yaxes(title="pass@k", range=[0, 1.02])
     return _layout(fig, title or "pass@k", 420)

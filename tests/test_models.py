@@ -223,7 +223,7 @@ def test_fp16_compute_in_4bit_with_lora_the_t4_policy_matches_float32_on_the_cpu
             if "lora_B" in name:  # off zero, so the gradients reach the A matrices too
                 p.data = 0.05 * torch.randn(p.shape, generator=generator)
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         model.train()
         logps = per_token_logps(model, prompt, torch.ones_like(prompt), completion, mask, share_prompts=not checkpointing)

@@ -419,7 +419,7 @@ def enable_gradient_checkpointing(config: TrainConfig, model) -> None:
 
     if not config.gradient_checkpointing:
         return
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if is_lora(model):
         model.enable_input_require_grads()  # a frozen embedding's output must carry gradients into block 1
 

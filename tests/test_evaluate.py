@@ -583,6 +583,45 @@ def test_on_a_gpu_the_batch_is_what_the_planner_fits(tiny_policy_dir, tmp_path):
         gpu_batch_size(config, files, 40, needs(1) - 1)
 
 
+def test_on_the_cpu_the_default_batch_is_what_the_planner_fits_in_half_the_free_memory(tiny_policy_dir, tmp_path):
+    from transformers import LlamaConfig
+
+    from companion.evaluate import CPU_BATCH_SIZE, CPU_MEMORY_SHARE, batch_plan, cpu_batch_size
+    from companion.models import ModelFiles, read_model_files
+    from companion.planner import CONTEXT_BYTES
+
+    config = small_config(tmp_path / "run", num_generations=64, batch_size=0, max_completion_length=256)
+    tiny = read_model_files(str(tiny_policy_dir))
+    assert cpu_batch_size(config, tiny, 80, 2**30) == CPU_BATCH_SIZE  # the tiny model: 1024 fits in 1 GiB's half
+    # SmolLM2-135M's shape (30 layers, 3 key-value heads of 64, vocabulary 49,152): its caches need ~15 GiB at 1024
+    smollm = ModelFiles(config=LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                           num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                           tie_word_embeddings=True), tokenizer=None)
+
+    def needs(batch):
+        return (batch_plan(config, smollm, 80, batch, dtype_bytes=4).peak - CONTEXT_BYTES) / CPU_MEMORY_SHARE
+
+    assert needs(1024) > 20 * 2**30
+    assert cpu_batch_size(config, smollm, 80, 22 * 2**30) == 512  # this 24 GiB machine, idle
+    assert cpu_batch_size(config, smollm, 80, int(needs(128))) == 128
+    assert cpu_batch_size(config, smollm, 80, int(needs(128)) - 1) == 64
+    assert cpu_batch_size(config, smollm, 80, 0) == 1  # nothing fits: one at a time, and the machine's own limit
+
+
+def test_a_cpu_evaluation_with_little_memory_free_samples_in_smaller_batches_and_says_so(tiny_policy_dir, tmp_path,
+                                                                                         monkeypatch, capsys):
+    from companion import evaluate as evaluation
+
+    monkeypatch.setattr(evaluation, "available_memory", lambda: 2**20)  # 1 MiB: less than the weights
+    out = tmp_path / "run"
+    planned = small_config(out, model=str(tiny_policy_dir), batch_size=0, problems=2, num_generations=2)
+    summary = evaluate(planned, progress=False)
+    assert "eval: 1 samples per batch" in capsys.readouterr().err
+    again = evaluate(small_config(tmp_path / "again", model=str(tiny_policy_dir), batch_size=4, problems=2,
+                                  num_generations=2), progress=False)
+    assert summary["pass_at_k"] == again["pass_at_k"]  # the batch does not change the samples
+
+
 def test_on_a_gpu_a_model_that_does_not_fit_stops_before_loading_and_leaves_no_run(tiny_policy_dir, tmp_path,
                                                                                     monkeypatch):
     from companion import models

@@ -56,8 +56,8 @@ import numpy as np
 
 from companion.config import (MAX_COMPLETION_LENGTH, SamplingOptions, add_dataclass_arguments, config_from_args,
                               load_config, need, need_finite, save_config)
-from companion.runs import (BAD_INPUT, CONFIG_FILE, RunError, append_jsonl, jsonable, open_run_dir, read_jsonl,
-                            run_lock, torch_threads, write_atomically)
+from companion.runs import (BAD_INPUT, CONFIG_FILE, RunError, append_jsonl, available_memory, jsonable, open_run_dir,
+                            read_jsonl, run_lock, torch_threads, write_atomically)
 from companion.decode import problem_seed
 from companion.verify import is_correct
 
@@ -65,6 +65,13 @@ ROWS_FILE, SUMMARY_FILE, MODEL_FILE = "problems.jsonl", "summary.json", "model.j
 
 GPU_BATCH_SIZE = 512
 """Samples decoded together on a GPU by default, when the memory planner fits them (:func:`gpu_batch_size`)."""
+CPU_BATCH_SIZE = 1024
+"""Samples decoded together on the CPU by default, when the planner fits them in :data:`CPU_MEMORY_SHARE` of the free
+memory (:func:`cpu_batch_size`): the fastest for the tiny model at n = 256 (bench/bench_eval.py). A 30-layer model's
+caches take far more room per sample, and get a smaller batch."""
+CPU_MEMORY_SHARE = 0.5
+"""The share of the machine's free memory a CPU evaluation plans its default batch in: the rest is left to a run
+beside it (``companion reproduce`` runs two at a time)."""
 
 RESUMABLE_FIELDS = ("problems", "batch_size", "num_threads", "device", "fast_sampler", "out", "overwrite")
 """Fields that may differ between runs in one directory: none of them changes what problem i's samples are."""
@@ -98,9 +105,10 @@ class EvalConfig(SamplingOptions):
                                                          "probability mass"})
     seed: int = field(default=0, metadata={"help": "sampling seed; problem i uses a seed derived from it and i"})
     batch_size: int = field(default=0, metadata={
-        "help": "samples decoded together (memory grows with it); 0: 1024 on the CPU (the fastest for the tiny "
-                "model at n = 256 in bench/bench_eval.py, with 2048 as fast); on a GPU, 512 or the largest power of "
-                "two below it that the memory planner fits in the free memory (checked before the weights load)"})
+        "help": "samples decoded together (memory grows with it); 0: the largest power of two up to 1024 on the "
+                "CPU (the fastest for the tiny model at n = 256 in bench/bench_eval.py) that the memory planner fits "
+                "in half of the free memory, and up to 512 on a GPU in its free memory (checked before the weights "
+                "load)"})
     num_threads: int = field(default=1, metadata={"help": "torch CPU threads, 0 for torch's default (one per core). "
                                                           "One decodes the tiny model fastest when other processes "
                                                           "share the cores (see bench/bench_eval.py)"})
@@ -134,7 +142,7 @@ class EvalConfig(SamplingOptions):
         512 on a GPU."""
         import torch
 
-        return self.batch_size or (1024 if torch.device(device).type == "cpu" else GPU_BATCH_SIZE)
+        return self.batch_size or (CPU_BATCH_SIZE if torch.device(device).type == "cpu" else GPU_BATCH_SIZE)
 
 
 # --- 1. score: problems -> rows --------------------------------------------------------------------------------
@@ -425,15 +433,16 @@ def _load_model(config: EvalConfig):
         raise RunError(f"cannot load the model {config.model!r}: {error}") from error
 
 
-def batch_plan(config: EvalConfig, files, prompt_length: int, batch_size: int):
+def batch_plan(config: EvalConfig, files, prompt_length: int, batch_size: int, *, dtype_bytes: int = 2):
     """:func:`companion.planner.plan_eval` of a batch of ``batch_size`` samples of this evaluation, for the model
-    ``files`` (:func:`companion.models.read_model_files`) describes, with prompts of ``prompt_length`` tokens."""
+    ``files`` (:func:`companion.models.read_model_files`) describes, with prompts of ``prompt_length`` tokens, in
+    half precision (a GPU's) or ``dtype_bytes`` = 4 (the CPU's float32)."""
     from companion.planner import ModelShape, plan_eval
 
     return plan_eval(ModelShape.from_config(files.config), batch_size=batch_size,
                      num_generations=config.num_generations, prompt_length=prompt_length,
                      completion_length=config.max_completion_length, load_in_4bit=files.load_in_4bit,
-                     lora_r=files.lora_r, dtype_bytes=2, fast=config.fast_sampler,
+                     lora_r=files.lora_r, dtype_bytes=dtype_bytes, fast=config.fast_sampler,
                      top_p=config.top_p if config.temperature > 0 else 1.0)
 
 
@@ -459,6 +468,38 @@ def gpu_batch_size(config: EvalConfig, files, prompt_length: int, free_bytes: in
     raise RunError(f"--batch-size {asked} needs about {(estimate.peak - CONTEXT_BYTES) / GIB:.2f} GiB (its samples' "
                    f"KV cache and scores: {estimate.sampling / GIB:.2f} GiB) and {have}: use --batch-size {largest} "
                    "(or 0 to let the planner choose; the samples do not depend on the batch)")
+
+
+def cpu_batch_size(config: EvalConfig, files, prompt_length: int, free_bytes: int) -> int:
+    """Samples per batch on the CPU for ``--batch-size 0``: the largest of 1024, 512, ..., 1 whose planned peak
+    (float32 weights, the samples' caches and scores) fits in :data:`CPU_MEMORY_SHARE` of ``free_bytes``; 1 when none
+    does (the run then meets the machine's own limit, as any other would)."""
+    from companion.planner import CONTEXT_BYTES, largest_fitting_batch
+
+    budget = CPU_MEMORY_SHARE * free_bytes
+    return largest_fitting_batch(
+        lambda b: batch_plan(config, files, prompt_length, b, dtype_bytes=4).peak - CONTEXT_BYTES <= budget,
+        start=CPU_BATCH_SIZE) or 1
+
+
+def _cpu_rows(config: EvalConfig, task, problems: list[dict]) -> int | None:
+    """On the CPU with ``--batch-size 0``, the batch :func:`cpu_batch_size` plans in the memory free now, before the
+    weights load; None when a batch is given, or the model's files cannot be read without loading it."""
+    from companion.models import read_model_files
+
+    free = available_memory()
+    files = read_model_files(config.model) if free and not config.batch_size else None
+    if files is None:
+        return None
+    try:
+        longest = longest_prompt(config, task, problems, files.tokenizer)
+    except ValueError:  # e.g. no chat template: the check after loading says so
+        return None
+    rows = cpu_batch_size(config, files, longest, free)
+    if rows < CPU_BATCH_SIZE:
+        print(f"eval: {rows} samples per batch, the most whose caches the planner fits in {CPU_MEMORY_SHARE:.0%} of "
+              f"the {free / 2**30:.1f} GiB free (--batch-size sets it)", file=sys.stderr)
+    return rows
 
 
 def _gpu_rows(config: EvalConfig, task, problems: list[dict]) -> int | None:
@@ -497,6 +538,15 @@ def _check_prompts(model, tokenizer, task, problems: list[dict], config: EvalCon
         raise RunError(str(error)) from error
 
 
+def _planned_rows(config: EvalConfig, task, problems: list[dict]) -> int | None:
+    """The batch the memory planner chooses on the evaluation's device (None: ``rows_per_batch``'s default)."""
+    from companion.models import resolve_device
+
+    if resolve_device(config.device).type == "cuda":
+        return _gpu_rows(config, task, problems)
+    return _cpu_rows(config, task, problems)
+
+
 def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool = True) -> dict:
     """Run (or resume) the evaluation ``config`` describes; returns the summary also written to ``summary.json``.
 
@@ -520,7 +570,7 @@ def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool =
         rows_per_batch, loaded = None, model is None
         if todo:  # the model and the prompts are checked before anything is written: a failed start leaves no run
             if loaded:  # behind that would refuse the corrected command as "a different config"
-                rows_per_batch = _gpu_rows(config, task, problems)  # on a GPU: what fits, before the weights load
+                rows_per_batch = _planned_rows(config, task, problems)  # what fits, before the weights load
                 model, tokenizer = _load_model(config)
             _check_prompts(model, tokenizer, task, problems, config)
             _claim_model(out, model, config, resuming, files=_weight_files(config) if loaded else None)

@@ -249,6 +249,16 @@ def quiet_progress():
             hf_logging.enable_progress_bar()
 
 
+def available_memory() -> int | None:
+    """The memory this machine can give a new allocation now (Linux's MemAvailable, in bytes), or None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub accepts a TCP connection within ``timeout`` seconds.
 

@@ -27,7 +27,7 @@ from companion.decode import check_prompts_fit
 from companion.parallel import Processes, check_processes
 from companion.records import heldout_metrics, write_record
 from companion.rollout import per_token_logps
-from companion.runs import RunError, open_run_dir, read_jsonl, run_lock, write_atomically
+from companion.runs import RunError, available_memory, open_run_dir, read_jsonl, run_lock, write_atomically
 from companion.train_config import TrainConfig
 
 MODEL_SOURCE = "model_source.json"
@@ -176,16 +176,6 @@ def check_gpu_memory(config: TrainConfig, free_bytes: int, *, gpu: str = "the GP
         # no evaluation batch is enough: what else must change, as planned with the smallest one
         estimate, what = planned(dataclasses.replace(config, eval_batch_size=1)), what + " even with --eval-batch-size 1"
     check_fits(estimate, free_bytes, gpu=gpu, in_4bit=config.load_in_4bit, what=what)
-
-
-def available_memory() -> int | None:
-    """The memory this machine can give a new allocation now (Linux's MemAvailable, in bytes), or None elsewhere."""
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def check_cpu_memory(config: TrainConfig, problems: list[dict] | None = None) -> None:

@@ -169,6 +169,32 @@ def test_the_claims_experiments_change_one_thing_each_against_the_comparison():
         assert set(changed(train)) <= set(variant)
 
 
+def test_the_real_model_runs_share_one_recipe_on_the_chat_prompt_and_the_seed0_policies_get_n64():
+    sweep_only = experiments.real_configs()  # before the sweep chose a rate: the sweep and the base
+    assert set(sweep_only) == {"tinygsm-base"} | {experiments.real_run_name("grpo", 0, r) for r in experiments.REAL_RATES}
+    runs = experiments.real_configs(3e-4)
+    trained = {name: t for name, (t, _) in runs.items() if t is not None}
+    at_rate = {name: t for name, t in trained.items() if t["learning_rate"] == 3e-4}
+    assert {(t["algo"], t["seed"]) for t in at_rate.values()} == {
+        (a, s) for a in experiments.ALGOS for s in experiments.SEEDS}
+    recipes = {json.dumps({k: v for k, v in t.items() if k not in ("algo", "seed", "learning_rate")}, sort_keys=True)
+               for t in trained.values()}
+    assert len(recipes) == 1  # the sweep's runs too: they are the experiment's runs
+    recipe = next(iter(trained.values()))
+    assert (recipe["model"], recipe["prompt_style"], recipe["lora"]) == ("smollm2-135m", "chat", True)
+    for name, (train, evaluation) in runs.items():
+        EvalConfig(**evaluation)
+        TrainConfig(**train) if train else None
+        assert evaluation["prompt_style"] == "chat"
+        assert evaluation["max_completion_length"] == recipe["max_completion_length"]  # lengths judged with one cap
+    base = runs["tinygsm-base"][1]
+    assert base["model"] == "smollm2-135m" and base["num_generations"] == experiments.REAL_N
+    for algo in experiments.ALGOS:
+        evaluation = runs[f"tinygsm-{algo}-n64"][1]
+        assert evaluation == dict(base, model=f"runs/reproduce/real/{experiments.real_run_name(algo, 0, 3e-4)}/policy")
+        assert experiments.producer(evaluation["model"]) == f"real/{experiments.real_run_name(algo, 0, 3e-4)}"
+
+
 def test_init_writes_loadable_configs_and_keeps_what_is_there(tmp_path):
     written = experiments.init("compare", tmp_path)
     assert len(written) == 42  # 4 algorithms x 2 tasks x 5 seeds, and the base on each task

@@ -396,23 +396,52 @@ A step costs ~50 s at one thread: generation and the forward/backward of 135M pa
 ~3 s."""
 REAL_RATES = (3e-4, 1e-3)
 """The learning rates the recipe sweep tries, for GRPO at seed 0 (the sweep's runs are the experiment's runs)."""
-REAL_EVAL = dict(FINAL_EVAL, task=REAL_TASK, prompt_style="chat", max_completion_length=REAL_CAP, batch_size=128)
-"""The held-out evaluation of each final policy: the comparison's 200 problems, n = 16, T = 1, on the chat prompt. The
-batch is 128 samples: the CPU's default 1024 would hold 1024 caches of a 30-layer model (about 12 GB)."""
+REAL_EVAL = dict(FINAL_EVAL, task=REAL_TASK, prompt_style="chat", max_completion_length=REAL_CAP, batch_size=128,
+                 num_generations=8)
+"""The held-out evaluation of each final policy: the comparison's 200 problems, T = 1, on the chat prompt, n = 8 (1,600
+samples a policy: at ~100 tokens/s a sample costs about as much as a training step's share of one, and the seeds'
+spread, not these samples, is the noise that decides the verdicts; the seed-0 policies get n = 64 besides). The batch
+is 128 samples: fast at one thread, and a fraction of the memory of 1024 caches of a 30-layer model (~15 GiB)."""
+
+
+REAL_RATE: float | None = None
+"""The sweep's choice, the rate every algorithm and seed of chapter 10 trains at: None until the sweep has run."""
+REAL_N = 64
+"""Samples per held-out problem for chapter 10's pass@k curves: the base's and each seed-0 policy's."""
 
 
 def _rate_name(rate: float) -> str:
     return f"lr{rate:.0e}".replace("e-0", "e-")
 
 
-def real_configs() -> dict[str, tuple[dict | None, dict]]:
-    """Run name -> configs of chapter 10: the recipe sweep (GRPO, seed 0, each rate of :data:`REAL_RATES`) and the
-    base model evaluated at n = 64 on the held-out problems (``tinygsm-base``), for pass@k to k = 64."""
+def real_run_name(algo: str, seed: int, rate: float) -> str:
+    """The name of chapter 10's run of ``algo`` at ``seed`` and learning rate ``rate``.
+
+    >>> real_run_name("fisft_pm", 2, 3e-4)
+    'tinygsm-fisft_pm-lr3e-4-seed2'
+    """
+    return f"{REAL_TASK}-{algo}-{_rate_name(rate)}-seed{seed}"
+
+
+def real_configs(rate: float | None = None) -> dict[str, tuple[dict | None, dict]]:
+    """Run name -> configs of chapter 10: the recipe sweep (GRPO, seed 0, each rate of :data:`REAL_RATES`), the base
+    model evaluated at n = :data:`REAL_N` on the held-out problems (``tinygsm-base``); and once the sweep has chosen
+    ``rate`` (default :data:`REAL_RATE`), the four algorithms x 3 seeds at it, with each seed-0 policy evaluated at
+    n = :data:`REAL_N` too (``tinygsm-<algo>-n64``)."""
+    rate = REAL_RATE if rate is None else rate
     runs: dict[str, tuple[dict | None, dict]] = {
-        f"{REAL_TASK}-base": (None, dict(REAL_EVAL, model=REAL_MODEL, num_generations=64))}
-    for rate in REAL_RATES:
-        train = dict(REAL_RECIPE, algo="grpo", seed=0, learning_rate=rate)
-        runs[f"{REAL_TASK}-grpo-{_rate_name(rate)}-seed0"] = (train, REAL_EVAL)
+        f"{REAL_TASK}-base": (None, dict(REAL_EVAL, model=REAL_MODEL, num_generations=REAL_N))}
+    for swept in REAL_RATES:
+        runs[real_run_name("grpo", 0, swept)] = (dict(REAL_RECIPE, algo="grpo", seed=0, learning_rate=swept), REAL_EVAL)
+    if rate is None:
+        return runs
+    for seed in SEEDS:
+        for algo in ALGOS:
+            runs[real_run_name(algo, seed, rate)] = (dict(REAL_RECIPE, algo=algo, seed=seed, learning_rate=rate),
+                                                     REAL_EVAL)
+    for algo in ALGOS:
+        policy = str(RUNS / "real" / real_run_name(algo, 0, rate) / "policy")
+        runs[f"{REAL_TASK}-{algo}-n{REAL_N}"] = (None, dict(REAL_EVAL, model=policy, num_generations=REAL_N))
     return runs
 
 
@@ -531,7 +560,7 @@ def model_key(model: str) -> str:
     ('base', 'grpo')
     """
     names = {evaluation["model"]: name.split("-")[1]
-             for configs in (boundary_configs, length_configs, negatives_configs, normalizers_configs)
+             for configs in (boundary_configs, length_configs, negatives_configs, normalizers_configs, real_configs)
              for name, (train, evaluation) in configs().items() if train is None}
     return names.get(model, model)
 

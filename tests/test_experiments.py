@@ -330,7 +330,10 @@ def test_a_kept_policy_is_saved_in_half_precision_and_loads_back(tmp_path, capsy
     assert _reproduce(data, out, capsys=capsys)[0] == 0
     run = experiments.committed_runs(data)[0][0]
     run = experiments.Run(run.experiment, run.name, run.train, run.eval, keep_policy=True, data=data)
+    source = {"model": "smollm2-135m", "gguf_sha256": "ab" * 32, "weights_sha256": "cd" * 32}
+    (out / "tiny" / "run" / "model_source.json").write_text(json.dumps(source))  # as a model known by name writes
     target = experiments.save(run, out)
+    assert json.loads((target / "model_source.json").read_text()) == source  # where the weights came from, kept
     stored = json.loads((target / "policy" / "config.json").read_text())
     assert stored.get("dtype", stored.get("torch_dtype")) == "float16"
     half, _ = load_policy(str(target / "policy"), device="cpu")

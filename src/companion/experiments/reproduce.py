@@ -332,6 +332,10 @@ def save(run: Run, runs: Path = RUNS) -> Path:
         train = json.loads((source / "config.json").read_text())
         (staging / "config.json").write_text(json.dumps(dict(train, out=out), indent=2, sort_keys=True) + "\n")
         write_jsonl_gz(source / "metrics.jsonl", staging / "metrics.jsonl.gz")
+        from companion.train_setup import MODEL_SOURCE
+
+        if (source / MODEL_SOURCE).exists():  # a model known by name: the GGUF and the weights it trained from
+            shutil.copy2(source / MODEL_SOURCE, staging / MODEL_SOURCE)
     evaluation = json.loads((source / "eval" / "config.json").read_text())
     (staging / "eval" / "config.json").write_text(json.dumps(
         dict(evaluation, model=model, out=f"{out}/eval"), indent=2, sort_keys=True) + "\n")

@@ -317,15 +317,45 @@ def test_kl_to_the_reference_is_zero_before_the_first_update_and_logged(tiny_pol
         assert kls[0] == 0.0 and kls[1] > 0.0, (lora, kls)
 
 
-def test_micro_batches_change_memory_not_the_update(tiny_policy_dir, tmp_path, seven_reward):
+@pytest.mark.parametrize("algo", ["dr_grpo", "ppo"])  # ppo: per-token weights and returns, cut with the pass
+def test_micro_batches_change_memory_not_the_update(tiny_policy_dir, tmp_path, seven_reward, algo):
     runs = [train(_run_config(tmp_path, f"mb{size}", micro_batch_size=size, model=str(tiny_policy_dir), device="cpu",
-                              algo="dr_grpo"), progress=False)
+                              algo=algo), progress=False)
             for size in (0, 3)]
     whole, micro = (_comparable(r.metrics) for r in runs)
     for a, b in zip(whole, micro):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == (b[key] if b[key] is None else pytest.approx(b[key], rel=1e-4, abs=1e-6)), key
+
+
+def test_several_passes_group_rows_of_similar_length_and_cut_each_to_its_longest():
+    from types import SimpleNamespace
+
+    from companion.parallel import Processes
+    from companion.rollout import Rollout
+    from companion.trainer import micro_batches_of
+
+    lengths = torch.tensor([9, 2, 7, 3, 0, 5])  # the fifth row has weight 0: it is not trained
+    mask = (torch.arange(10)[None, :] < lengths[:, None]).long()  # (6, 10)
+    rollout = Rollout(prompt_ids=torch.ones(6, 4, dtype=torch.long), prompt_mask=torch.ones(6, 4, dtype=torch.long),
+                      completion_ids=torch.arange(60).view(6, 10), completion_mask=mask, per_token_logps=None,
+                      texts=[""] * 6, num_generations=2)
+    weights = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0, 2.0])
+    batch = SimpleNamespace(rollout=rollout)
+
+    def run(size):
+        config = SimpleNamespace(beta=0.0, micro_batch_size=size, loss_normalizer="sequence")
+        return SimpleNamespace(config=config, processes=Processes(), algorithm=SimpleNamespace(
+            rows=lambda w, beta: (w != 0).nonzero().squeeze(1)))
+
+    passes = micro_batches_of(run(2), batch, weights)
+    assert [mb.rows.tolist() for mb in passes] == [[1, 3], [5, 2], [0]]  # by length: 2, 3 | 5, 7 | 9
+    assert [mb.mask.shape[1] for mb in passes] == [3, 7, 9]
+    assert all(torch.equal(mb.inputs[2], rollout.completion_ids[mb.rows, :mb.mask.shape[1]]) for mb in passes)
+    whole = micro_batches_of(run(0), batch, weights)  # one pass: the rows and the width as they are
+    assert len(whole) == 1 and whole[0].rows.tolist() == [0, 1, 2, 3, 5] and whole[0].mask.shape[1] == 10
+    assert sum(mb.scale for mb in passes) == pytest.approx(whole[0].scale)  # one denominator, shared out
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_policy, tmp_path, seven_reward):

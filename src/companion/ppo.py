@@ -181,7 +181,8 @@ class PPO:
 
     def extra_loss(self, model, micro_batch) -> tuple[torch.Tensor, dict]:
         """``value_coef`` × the critic's squared error on the micro-batch, and its value for the record."""
-        critic = value_loss(per_token_values(model, self.head, *micro_batch.inputs), self.returns[micro_batch.rows],
+        returns = self.returns[micro_batch.rows][:, :micro_batch.mask.shape[1]]  # (n, T) as the pass is cut
+        critic = value_loss(per_token_values(model, self.head, *micro_batch.inputs), returns,
                             micro_batch.mask, normalizer=self.config.loss_normalizer,
                             max_completion_length=self.config.max_completion_length)
         return self.config.value_coef * critic, {"value_loss": critic.item()}

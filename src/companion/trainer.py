@@ -146,15 +146,35 @@ def update(run: Training, batch: Samples, weights: torch.Tensor, clock: Clock, n
 
 def micro_batches_of(run: Training, batch: Samples, weights: torch.Tensor) -> list[MicroBatch]:
     """The rows the update runs (the algorithm's choice), ``micro_batch_size`` at a time, each with its part of the
-    whole batch's loss denominator: the denominator is taken once, over every process's rows."""
+    whole batch's loss denominator: the denominator is taken once, over every process's rows.
+
+    In several passes, rows of similar length share one (sorted by completion length), and each pass is cut to its
+    longest completion: a pass of short answers no longer runs the padding of the batch's longest. The sum over the
+    passes is the same loss. In one pass (``micro_batch_size`` 0, every committed tiny-world run) nothing moves."""
     rollout, c = batch.rollout, run.config
     rows = run.algorithm.rows(weights, c.beta)
     size = c.micro_batch_size or max(len(rows), 1)
     counts = loss_denominators(c.loss_normalizer, rollout.completion_mask, weights)  # (B*G,)
     total = run.processes.sum(counts.sum()).clamp(min=1)
+    lengths = rollout.completion_mask.sum(dim=1)  # (B*G,)
+    several = size < len(rows)
+    if several:
+        rows = rows[torch.argsort(lengths[rows], stable=True)]
     chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
-    return [MicroBatch(chunk, rollout.model_inputs(chunk), weights[chunk], (counts[chunk].sum() / total).item())
-            for chunk in chunks]
+    return [micro_batch(rollout, chunk, weights, (counts[chunk].sum() / total).item(),
+                        width=int(lengths[chunk].max()) if several else None) for chunk in chunks]
+
+
+def micro_batch(rollout, chunk: torch.Tensor, weights: torch.Tensor, scale: float, *,
+                width: int | None = None) -> MicroBatch:
+    """The micro-batch of rows ``chunk``, its completions (and per-token weights) cut to ``width`` tokens (None: the
+    rollout's width)."""
+    prompt_ids, prompt_mask, ids, mask = rollout.model_inputs(chunk)
+    chunk_weights = weights[chunk]  # (n,) or (n, T)
+    if width is not None:
+        ids, mask = ids[:, :width], mask[:, :width]
+        chunk_weights = chunk_weights[:, :width] if chunk_weights.dim() == 2 else chunk_weights
+    return MicroBatch(chunk, (prompt_ids, prompt_mask, ids, mask), chunk_weights, scale)
 
 
 def zero_grad(params: list) -> None:

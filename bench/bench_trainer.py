@@ -12,9 +12,16 @@ told apart.
 
     .venv/bin/python bench/bench_trainer.py                 # the shipped tiny base model
     .venv/bin/python bench/bench_trainer.py --reps 5 --steps 6 --threads 2 --json bench/trainer.json
+    # SmolLM2-135M-Instruct with LoRA on the word problems, as chapter 10 trains it (minutes per step)
+    .venv/bin/python bench/bench_trainer.py --model smollm2-135m --lora --task tinygsm --prompt-style chat \
+        --micro-batch-size 8 --max-completion-length 256 --reps 2 --steps 3 --threads 2
 
 TRL is configured for a CPU the way its own docs and source (trl/trainer/grpo_config.py) allow: ``use_cpu``,
 no vLLM, no bf16/fp16, ``report_to="none"``, ``loss_type="grpo"``, ``scale_rewards="group"``, no checkpoints.
+With ``--lora`` both train the same adapters (peft's LoraConfig: rank 16, alpha 32, every linear layer of the
+blocks, :class:`companion.models.LoraSettings`' defaults), TRL through its ``peft_config``; with
+``--micro-batch-size`` both run the update in passes of that many completions (TRL: ``per_device_train_batch_size``
+with gradient accumulation over one step's completions, generated at once).
 """
 
 from __future__ import annotations
@@ -31,10 +38,10 @@ import time
 from pathlib import Path
 
 
-def _problems(n: int, seed: int) -> list[dict]:
+def _problems(task: str, n: int, seed: int) -> list[dict]:
     from companion.tasks import get_task
 
-    return get_task("countdown").generate(n, seed=seed, split="train")
+    return get_task(task).generate(n, seed=seed, split="train")
 
 
 def run_ours(args, rep: int, workdir: Path, *, all_rows: bool = False) -> list[dict]:
@@ -61,10 +68,11 @@ def run_ours(args, rep: int, workdir: Path, *, all_rows: bool = False) -> list[d
 
     model, tokenizer = load_policy(args.model, device="cpu")
     config = TrainConfig(
-        out=str(workdir / f"ours-{rep}"), algo="grpo", task="countdown", steps=args.steps, seed=rep,
+        out=str(workdir / f"ours-{rep}"), algo="grpo", task=args.task, steps=args.steps, seed=rep,
         train_problems=args.pool, prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
         max_completion_length=args.max_completion_length, learning_rate=args.learning_rate, eval_every=0,
-        save_every=0, num_threads=args.threads, device="cpu",
+        save_every=0, num_threads=args.threads, device="cpu", lora=args.lora, prompt_style=args.prompt_style,
+        micro_batch_size=args.micro_batch_size,
     )
     with patch:
         result = train(config, model=model, tokenizer=tokenizer, overwrite=True, progress=False)
@@ -86,17 +94,16 @@ def run_trl(args, rep: int, workdir: Path) -> list[dict]:
 
     from companion.models import load_policy
     from companion.tasks import get_task
-    from companion.verify import countdown_reward
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_policy(args.model, device="cpu")
-    task = get_task("countdown")
-    problems = _problems(args.pool, rep)
-    dataset = Dataset.from_list([{"prompt": task.prompt(p), "numbers": p["numbers"], "target": p["target"]}
-                                 for p in problems])
+    task = get_task(args.task)
+    problems = _problems(args.task, args.pool, rep)
+    dataset = Dataset.from_list([{"prompt": task.prompt(p, style=args.prompt_style, tokenizer=tokenizer),
+                                  "problem": json.dumps(p)} for p in problems])
 
-    def reward(completions, numbers, target, **_):
-        return [countdown_reward(c, n, t) for c, n, t in zip(completions, numbers, target)]
+    def reward(completions, problem, **_):  # the task's own verifier, as our trainer scores
+        return [task.reward(c, json.loads(p)) for c, p in zip(completions, problem)]
 
     records: list[dict] = []
     generation = {"seconds": 0.0, "tokens": 0}
@@ -124,17 +131,30 @@ def run_trl(args, rep: int, workdir: Path) -> list[dict]:
                             "rest": seconds - generation["seconds"], "completion_tokens": generation["tokens"],
                             "gen_tokens_per_s": generation["tokens"] / max(generation["seconds"], 1e-9)})
 
+    completions = args.prompts_per_step * args.num_generations
+    micro = args.micro_batch_size or completions
+    if completions % micro:
+        raise SystemExit(f"--micro-batch-size {micro} must divide the step's {completions} completions for TRL")
     config = GRPOConfig(
         output_dir=str(workdir / f"trl-{rep}"), use_cpu=True, bf16=False, fp16=False, report_to="none",
-        use_vllm=False, seed=rep, max_steps=args.steps, per_device_train_batch_size=args.prompts_per_step *
-        args.num_generations, gradient_accumulation_steps=1, num_generations=args.num_generations,
+        use_vllm=False, seed=rep, max_steps=args.steps, per_device_train_batch_size=micro,
+        gradient_accumulation_steps=completions // micro, num_generations=args.num_generations,
         max_completion_length=args.max_completion_length, temperature=1.0, top_p=1.0, top_k=0, beta=0.0,
         epsilon=0.2, num_iterations=1, loss_type="grpo", scale_rewards="group", learning_rate=args.learning_rate,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
         save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, log_completions=False,
     )
+    peft_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        from companion.models import LoraSettings
+
+        lora = LoraSettings()
+        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                 target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[StepTimer()])
+                          processing_class=tokenizer, callbacks=[StepTimer()], peft_config=peft_config)
     with contextlib.redirect_stdout(io.StringIO()):  # TRL prints every step's logs
         trainer.train()
     return records
@@ -146,7 +166,14 @@ def _median(records: list[dict], key: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny", help="'tiny' (the shipped base model) or a model directory")
+    parser.add_argument("--model", default="tiny", help="'tiny' (the shipped base model), a model known by name "
+                                                        "(smollm2-135m) or a model directory")
+    parser.add_argument("--task", default="countdown", choices=("countdown", "tinygsm"))
+    parser.add_argument("--prompt-style", default="base", choices=("base", "chat"),
+                        help="'chat' for an instruct model (its chat template)")
+    parser.add_argument("--lora", action="store_true", help="train LoRA adapters (rank 16, alpha 32), both trainers")
+    parser.add_argument("--micro-batch-size", type=int, default=0,
+                        help="completions per forward/backward pass, both trainers (0: the whole step at once)")
     parser.add_argument("--reps", type=int, default=3, help="runs of each trainer, alternating")
     parser.add_argument("--steps", type=int, default=5, help="steps per run (the first is dropped as warm-up)")
     parser.add_argument("--prompts-per-step", type=int, default=8)
@@ -176,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"median step {_median(records[1:], 'step_time'):.2f}s", file=sys.stderr, flush=True)
 
     ratio = _median(trl, "step_time") / _median(ours, "step_time")
-    print(f"\nmodel {args.model}: {args.prompts_per_step} prompts x {args.num_generations} completions, "
+    print(f"\nmodel {args.model}{' with LoRA' if args.lora else ''}, {args.task} ({args.prompt_style} prompt): "
+          f"{args.prompts_per_step} prompts x {args.num_generations} completions, "
           f"max_completion_length {args.max_completion_length}, {args.threads} thread(s), "
           f"{args.reps} runs x {args.steps - 1} timed steps each")
     print(f"{'':<16}{'s/step':>8}{'generate':>10}{'logps+loss':>12}{'bwd+step':>10}{'other':>8}"

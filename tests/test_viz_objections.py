@@ -67,6 +67,7 @@ def test_rows_judge_each_condition_against_its_own_baseline(runs):
     assert base["pass1"] == pytest.approx(0.86) and "vs_baseline" not in base and base["sft_cosine"] is None
     assert kl["vs_baseline"] == pytest.approx(-0.16) and kl["distinguishable"]
     assert mu["vs_baseline"] == pytest.approx(0.0, abs=1e-12) and not mu["distinguishable"]
+    assert kl["vs_baseline_outcome"] == "less" and mu["vs_baseline_outcome"] in ("equivalent", "cannot tell")
     # cosines measured at steps 5, 10, 15, 20: 0.89 ... 0.86, mean 0.875, last two 0.865
     assert kl["sft_cosine"] == pytest.approx(0.875) and kl["sft_cosine_late"] == pytest.approx(0.865)
     assert kl["kl"] == pytest.approx(0.05) and base["kl"] is None

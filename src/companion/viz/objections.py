@@ -15,7 +15,7 @@ from typing import NamedTuple
 import plotly.graph_objects as go
 
 from companion.viz.base_model import _layout
-from companion.stats import difference
+from companion.stats import compare
 from companion.viz.compare import ALGO_COLORS, ALGO_NAMES, _band, smoothed
 
 DASHES = (None, "dash", "dot", "dashdot")
@@ -111,7 +111,9 @@ def condition_rows(runs: list[dict], task: str, algos: tuple[str, ...] | None = 
     runs of the condition's own seeds (the same problem streams; chapter 6's baselines have more seeds than most
     conditions):
     ``vs_baseline``, its Welch 95% interval ``vs_baseline_interval`` (:func:`companion.stats.difference`, None with
-    one seed on a side) and whether that interval excludes 0 (``distinguishable``)."""
+    one seed on a side), whether that interval excludes 0 (``distinguishable``) and the outcome of
+    :func:`companion.stats.compare` (``vs_baseline_outcome``: greater, less, equivalent within ±0.03, or cannot
+    tell)."""
     groups = conditions(runs, task, algos)
     rows = []
     for key, group in groups.items():
@@ -134,9 +136,11 @@ def condition_rows(runs: list[dict], task: str, algos: tuple[str, ...] | None = 
         if baseline is not None and key != key.baseline:  # the baseline's runs of this condition's seeds
             seeds = {r["seed"] for r in group}
             base_values = [_pass1(r) for r in baseline if r["seed"] in seeds]
-            interval = difference(values, base_values) if min(len(values), len(base_values)) >= 2 else None
+            judged = compare(values, base_values) if min(len(values), len(base_values)) >= 2 else None
+            interval = judged.difference if judged else None
             row["vs_baseline"] = mean(values) - mean(base_values)
             row["vs_baseline_interval"] = interval
+            row["vs_baseline_outcome"] = judged.outcome if judged else None
             row["distinguishable"] = interval is not None and interval.excludes_zero  # as compare.distinguishable
         rows.append(row)
     return rows

@@ -39,3 +39,4 @@ def test_the_sweep_figure_has_a_line_per_rate_and_panel_and_the_held_out_points(
     assert len(lines) == 2 * 3 and sum(t.showlegend for t in lines) == 2
     markers = [t for t in fig.data if t.mode == "markers"]
     assert [list(t.x) for t in markers] == [[0, 12], [0, 12]]
+

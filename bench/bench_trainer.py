@@ -144,15 +144,9 @@ def run_trl(args, rep: int, workdir: Path) -> list[dict]:
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
         save_strategy="no", logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, log_completions=False,
     )
-    peft_config = None
-    if args.lora:
-        from peft import LoraConfig
+    from companion.models import LoraSettings
 
-        from companion.models import LoraSettings
-
-        lora = LoraSettings()
-        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+    peft_config = LoraSettings().peft_config() if args.lora else None  # the adapters our trainer's --lora trains
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=[StepTimer()], peft_config=peft_config)
     with contextlib.redirect_stdout(io.StringIO()):  # TRL prints every step's logs

@@ -489,11 +489,8 @@ def _cpu_rows(config: EvalConfig, task, problems: list[dict]) -> int | None:
 
     free = available_memory()
     files = read_model_files(config.model) if free and not config.batch_size else None
-    if files is None:
-        return None
-    try:
-        longest = longest_prompt(config, task, problems, files.tokenizer)
-    except ValueError:  # e.g. no chat template: the check after loading says so
+    longest = None if files is None else _planned_prompt_length(config, task, problems, files.tokenizer)
+    if longest is None:
         return None
     rows = cpu_batch_size(config, files, longest, free)
     if rows < CPU_BATCH_SIZE:
@@ -508,17 +505,23 @@ def _gpu_rows(config: EvalConfig, task, problems: list[dict]) -> int | None:
     from companion.models import gpu_budget, resolve_device
 
     budget = gpu_budget(config.model, resolve_device(config.device))
-    if budget is None:
-        return None
-    try:
-        longest = longest_prompt(config, task, problems, budget.files.tokenizer)
-    except ValueError:  # e.g. no chat template: the check after loading says so
+    longest = None if budget is None else _planned_prompt_length(config, task, problems, budget.files.tokenizer)
+    if longest is None:
         return None
     rows = gpu_batch_size(config, budget.files, longest, budget.free_bytes, gpu=budget.gpu)
     if not config.batch_size and rows < GPU_BATCH_SIZE:
         print(f"eval: {rows} samples per batch, the most that the planner fits in {budget.free_bytes / 2**30:.1f} "
               "GiB free (--batch-size sets it)", file=sys.stderr)
     return rows
+
+
+def _planned_prompt_length(config: EvalConfig, task, problems: list[dict], tokenizer) -> int | None:
+    """:func:`longest_prompt` for the planners, or None when a prompt cannot be built (e.g. no chat template: the
+    check after loading says so)."""
+    try:
+        return longest_prompt(config, task, problems, tokenizer)
+    except ValueError:
+        return None
 
 
 def longest_prompt(config: EvalConfig, task, problems: list[dict], tokenizer) -> int:

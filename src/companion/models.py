@@ -62,6 +62,13 @@ class LoraSettings:
         if not self.target_modules:
             raise ValueError("LoRA needs at least one target module, e.g. q_proj")
 
+    def peft_config(self):
+        """These settings as peft's ``LoraConfig`` for a causal LM (no bias adapters)."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=list(self.target_modules), bias="none", task_type="CAUSAL_LM")
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` is CUDA when there is a GPU, else CPU; anything else is passed to ``torch.device``.
@@ -192,13 +199,11 @@ def load_policy(
     model, tokenizer = _load_base(name_or_path, load_in_4bit=load_in_4bit, device=device, dtype=dtype,
                                   hub_timeout=hub_timeout)
     if lora is not None:
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         if load_in_4bit:
             model = _prepare_4bit(model)
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, lora.peft_config())
     return model, tokenizer
 
 

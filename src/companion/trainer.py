@@ -156,7 +156,7 @@ def micro_batches_of(run: Training, batch: Samples, weights: torch.Tensor) -> li
     size = c.micro_batch_size or max(len(rows), 1)
     counts = loss_denominators(c.loss_normalizer, rollout.completion_mask, weights)  # (B*G,)
     total = run.processes.sum(counts.sum()).clamp(min=1)
-    lengths = rollout.completion_mask.sum(dim=1)  # (B*G,)
+    lengths = rollout.lengths  # (B*G,)
     several = size < len(rows)
     if several:
         rows = rows[torch.argsort(lengths[rows], stable=True)]

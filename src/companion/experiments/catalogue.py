@@ -404,7 +404,7 @@ spread, not these samples, is the noise that decides the verdicts; the seed-0 po
 is 128 samples: fast at one thread, and a fraction of the memory of 1024 caches of a 30-layer model (~15 GiB)."""
 
 
-REAL_RATE: float | None = 3e-4
+REAL_RATE = 3e-4
 """The sweep's choice, the rate every algorithm and seed of chapter 10 trains at. At 1e-3 GRPO's completions ran to
 the 256-token limit within 15 steps (95% of them cut off, batch accuracy 0.02: the length blow-up of chapter 6's
 stability map), while at 3e-4 they settled near 45 tokens with batch accuracy 0.1-0.2 by step 20; the choice was made
@@ -426,18 +426,15 @@ def real_run_name(algo: str, seed: int, rate: float) -> str:
     return f"{REAL_TASK}-{algo}-{_rate_name(rate)}-seed{seed}"
 
 
-def real_configs(rate: float | None = None) -> dict[str, tuple[dict | None, dict]]:
+def real_configs(rate: float = REAL_RATE) -> dict[str, tuple[dict | None, dict]]:
     """Run name -> configs of chapter 10: the recipe sweep (GRPO, seed 0, each rate of :data:`REAL_RATES`), the base
-    model evaluated at n = :data:`REAL_N` on the held-out problems (``tinygsm-base``); and once the sweep has chosen
-    ``rate`` (default :data:`REAL_RATE`), the four algorithms x 3 seeds at it, with each seed-0 policy evaluated at
-    n = :data:`REAL_N` too (``tinygsm-<algo>-n64``)."""
-    rate = REAL_RATE if rate is None else rate
+    model evaluated at n = :data:`REAL_N` on the held-out problems (``tinygsm-base``), and the four algorithms x 3
+    seeds at the sweep's choice ``rate``, with each seed-0 policy evaluated at n = :data:`REAL_N` too
+    (``tinygsm-<algo>-n64``)."""
     runs: dict[str, tuple[dict | None, dict]] = {
         f"{REAL_TASK}-base": (None, dict(REAL_EVAL, model=REAL_MODEL, num_generations=REAL_N))}
     for swept in REAL_RATES:
         runs[real_run_name("grpo", 0, swept)] = (dict(REAL_RECIPE, algo="grpo", seed=0, learning_rate=swept), REAL_EVAL)
-    if rate is None:
-        return runs
     for seed in SEEDS:
         for algo in ALGOS:
             runs[real_run_name(algo, seed, rate)] = (dict(REAL_RECIPE, algo=algo, seed=seed, learning_rate=rate),

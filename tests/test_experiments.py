@@ -345,6 +345,37 @@ def test_a_kept_policy_is_saved_in_half_precision_and_loads_back(tmp_path, capsy
     assert experiments.committed_runs(data)[0][0].keep_policy  # the saved policy marks the run as keeping it
 
 
+def test_kept_adapters_are_stored_in_half_precision_with_their_base_by_name(tmp_path, capsys):
+    import torch
+
+    from companion.models import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_policy
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    _commit(data, lora=True, learning_rate=3e-2)  # a rate that moves the adapters off their zero start
+    assert _reproduce(data, out, capsys=capsys)[0] == 0
+    run = experiments.committed_runs(data)[0][0]
+    run = experiments.Run(run.experiment, run.name, run.train, run.eval, keep_policy=True, data=data)
+    target = experiments.save(run, out) / "policy"
+    stored = sorted(p.name for p in target.iterdir())
+    assert stored == sorted([ADAPTER_CONFIG, ADAPTER_WEIGHTS, "companion_policy.json"])
+    assert json.loads((target / ADAPTER_CONFIG).read_text())["base_model_name_or_path"] == "tiny"  # no cache path
+    half, _ = load_policy(str(target), device="cpu")
+    full, _ = load_policy(str(out / "tiny" / "run" / "policy"), device="cpu")
+    moved = 0
+    for (name, a), (_, b) in zip(half.named_parameters(), full.named_parameters()):
+        assert a.dtype == torch.float32 and a.requires_grad == b.requires_grad, name
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3, msg=name)
+        moved += "lora_B" in name and bool(b.abs().max() > 0)
+    assert moved  # the comparison saw trained adapters, not their all-zero start
+
+
+def test_chapter_10_commits_the_adapters_of_grpo_seed_0_at_the_chosen_rate_only():
+    runs = experiments.generated_runs("real")
+    assert [r.name for r in runs if r.keep_policy] == [experiments.real_run_name("grpo", 0, experiments.REAL_RATE)]
+    assert experiments.keeps_policy("compare", {"seed": 0}) and not experiments.keeps_policy("compare", {"seed": 1})
+    assert not experiments.keeps_policy("stability", {"seed": 0}) and not experiments.keeps_policy("real", None)
+
+
 def test_a_killed_reproduce_stops_its_runs_and_resumes(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     _commit(data, steps=40)

@@ -40,3 +40,20 @@ def test_the_sweep_figure_has_a_line_per_rate_and_panel_and_the_held_out_points(
     markers = [t for t in fig.data if t.mode == "markers"]
     assert [list(t.x) for t in markers] == [[0, 12], [0, 12]]
 
+
+
+def test_the_rules_are_the_trained_runs_at_the_chosen_rate_and_the_curves_the_n64_evaluations():
+    def evaluation(algo, n):
+        return {"name": f"{algo}-n{n}", "algo": algo, "task": "tinygsm", "config": None, "temperature": 1.0,
+                "num_generations": n}
+
+    trained = [dict(_run(rate, algo=algo, seed=seed), task="tinygsm", temperature=1.0)
+               for rate in (3e-4, 1e-3) for algo in ("grpo", "fisft_pm") for seed in (0, 1)]
+    results = [*trained, evaluation("base", 64), evaluation("grpo", 64), evaluation("fisft_pm", 64),
+               evaluation("base", 8)]
+    rules = viz.rule_runs(results, 3e-4)
+    assert len(rules) == 4 and {r["learning_rate"] for r in rules} == {3e-4}
+    assert all(r["config"] is not None for r in rules)  # not the n = 64 records of the same algorithms
+    records = viz.passk_records(results, 64)
+    assert list(records) == ["base", "grpo", "fisft_pm"]  # the book's order
+    assert {r["num_generations"] for r in records.values()} == {64}

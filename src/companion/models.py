@@ -157,6 +157,38 @@ def _tiny_dir() -> Path:
     return tiny_dir()
 
 
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+"""The two files peft's ``save_pretrained`` writes for LoRA adapters."""
+
+
+def store_half_precision(source: str | Path, target: str | Path) -> Path:
+    """Copy the policy that :func:`save_policy` wrote in ``source`` to ``target`` with its weights in half precision,
+    for committing: a full model through transformers (with its tokenizer); adapters as their weights file converted
+    tensor by tensor, with their config and base record (the tokenizer is the base's, loaded with it).
+    :func:`load_policy` loads either back in float32 on a CPU."""
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    if (source / POLICY_FILE).is_file():
+        from safetensors.torch import load_file, save_file
+
+        meta = json.loads((source / POLICY_FILE).read_text())
+        config = json.loads((source / ADAPTER_CONFIG).read_text())
+        # the base by the name it loads from, not the path of one machine's cache
+        (target / ADAPTER_CONFIG).write_text(json.dumps(dict(config, base_model_name_or_path=meta["base"]),
+                                                        indent=2, sort_keys=True) + "\n")
+        (target / POLICY_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        tensors = load_file(source / ADAPTER_WEIGHTS)
+        save_file({name: t.to(torch.float16) for name, t in tensors.items()}, target / ADAPTER_WEIGHTS)
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with quiet_progress():
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        model.to(torch.float16).save_pretrained(target)
+    AutoTokenizer.from_pretrained(source).save_pretrained(target)
+    return target
+
+
 def load_policy(
     name_or_path: str = "tiny",
     *,
@@ -261,7 +293,7 @@ def read_model_files(name_or_path: str = "tiny", *, hub_timeout: float = 5.0) ->
     if saved.is_file():  # adapters: the shapes are their base's, the rank is theirs
         try:
             meta = json.loads(saved.read_text())
-            r, source = int(json.loads((path / "adapter_config.json").read_text())["r"]), meta["base"]
+            r, source = int(json.loads((path / ADAPTER_CONFIG).read_text())["r"]), meta["base"]
         except (OSError, KeyError, ValueError):
             return None
     if source == "tiny" and not Path(source).is_dir():

@@ -45,11 +45,6 @@ FINAL_EVAL = dict(problems=200, problem_seed=2025, num_generations=16, temperatu
 OTHERS = ("tiny-base", "recipe")
 """Committed results that are not run directories (:func:`other_experiments`): reproduce runs them last."""
 
-POLICY_SEEDS = {"compare": (0,), "distill": (0,), "negatives": (0,)}
-"""Per experiment, the seeds whose trained policies are committed (in half precision): chapter 7 evaluates the
-comparison's again. The stability map keeps none (its runs are read for their training records only)."""
-
-
 def comparison_configs() -> dict[str, tuple[dict, dict]]:
     """Run name -> (TrainConfig fields, EvalConfig fields) of chapter 6's comparison, 4 algos x 2 tasks x 5 seeds,
     and per task the base model itself on the same problems (``<task>-base``: no training, ``None`` for its config).
@@ -412,6 +407,20 @@ there, and the 1e-3 run goes on to 50 steps for the sweep's record."""
 REAL_N = 64
 """Samples per held-out problem for chapter 10's pass@k curves: the base's and each seed-0 policy's."""
 
+POLICY_KEPT = {"compare": {"seed": 0}, "distill": {"seed": 0}, "negatives": {"seed": 0},
+               "real": {"algo": "grpo", "seed": 0, "learning_rate": REAL_RATE}}
+"""Per experiment, which trained policies are committed (in half precision): those whose training config holds these
+values. Chapter 7 evaluates the comparison's seed-0 policies again. Chapter 10 keeps GRPO's seed-0 adapters (9.8 MB):
+the other rules' seed-0 adapters, evaluated at n = 64 like it, would take data/ past its 50 MB, and
+``companion reproduce`` trains them again. The stability map keeps none (its runs are read for their training
+records only)."""
+
+
+def keeps_policy(experiment: str, train: dict | None) -> bool:
+    """Whether :data:`POLICY_KEPT` commits the policy that ``train`` (a training config's fields) makes."""
+    kept = POLICY_KEPT.get(experiment)
+    return train is not None and kept is not None and all(train.get(k) == v for k, v in kept.items())
+
 
 def _rate_name(rate: float) -> str:
     return f"lr{rate:.0e}".replace("e-0", "e-")
@@ -490,7 +499,7 @@ class Run:
 def generated_runs(experiment: str) -> list[Run]:
     """The runs :data:`GENERATED` defines for ``experiment``, before anything is committed."""
     return [Run(experiment, name, train, evaluation,
-                keep_policy=train is not None and train["seed"] in POLICY_SEEDS.get(experiment, ()))
+                keep_policy=keeps_policy(experiment, train))
             for name, (train, evaluation) in GENERATED[experiment]().items()]
 
 
@@ -525,7 +534,7 @@ def committed_runs(data: Path = DATA) -> tuple[list[Run], list[str]]:
 
 def _keeps_policy(experiment: str, train: dict, directory: Path) -> bool:
     """Whether a run's trained policy is committed: it is there already, or the generator says so."""
-    return (directory / "policy").is_dir() or train["seed"] in POLICY_SEEDS.get(experiment, ())
+    return (directory / "policy").is_dir() or keeps_policy(experiment, train)
 
 
 def select(runs: list[Run], only: list[str] | None, others: tuple[str, ...] = ()) -> list[Run]:

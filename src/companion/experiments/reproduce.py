@@ -40,7 +40,7 @@ from pathlib import Path
 
 from companion.experiments.catalogue import (DATA, GENERATED, OTHERS, RUNS, SWEEP, Run, committed_runs,
                                              generated_runs, policy_for, producer, relative_out, select)
-from companion.runs import BAD_INPUT, RunError, jsonable, quiet_progress, read_jsonl, write_jsonl_gz
+from companion.runs import BAD_INPUT, RunError, jsonable, read_jsonl, write_jsonl_gz
 
 def _companion() -> list[str]:
     return [sys.executable, "-m", "companion.cli"]
@@ -344,13 +344,9 @@ def save(run: Run, runs: Path = RUNS) -> Path:
     summary = json.loads((source / "eval" / "summary.json").read_text())
     (staging / "eval" / "summary.json").write_text(json.dumps(dict(summary, model=model), indent=2) + "\n")
     if run.keep_policy:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from companion.models import store_half_precision
 
-        with quiet_progress():
-            model = AutoModelForCausalLM.from_pretrained(source / "policy", dtype=torch.float32)
-            model.to(torch.float16).save_pretrained(staging / "policy")
-        AutoTokenizer.from_pretrained(source / "policy").save_pretrained(staging / "policy")
+        store_half_precision(source / "policy", staging / "policy")
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)

@@ -75,3 +75,19 @@ def sweep_figure(runs: dict[float, dict]) -> go.Figure:
     fig.update_yaxes(rangemode="tozero")
     fig.update_xaxes(title_text="training step", row=3, col=1)
     return _layout(fig, "SmolLM2-135M-Instruct, GRPO on the word problems: the recipe sweep", 640)
+
+
+def rule_runs(results: list[dict], rate: float) -> list[dict]:
+    """The trained runs at learning rate ``rate`` (the sweep's choice), every rule and seed: the records that
+    chapter 6's functions (:mod:`companion.viz.compare`) read as a comparison. The sweep's other rates are left out,
+    and so are the evaluation-only records (the base, and the seed-0 policies sampled again at n = 64)."""
+    return [r for r in results if r["config"] is not None and r["learning_rate"] == rate]
+
+
+def passk_records(results: list[dict], n: int) -> dict[str, dict]:
+    """The models evaluated with ``n`` samples a problem at T = 1 (the base, and each rule's seed-0 policy), by model
+    in the book's order: the records of chapter 7's pass@k curves (:mod:`companion.viz.boundary`)."""
+    from companion.viz.boundary import select
+
+    return select([r for r in results if r["config"] is None and r["num_generations"] == n],
+                  next((r["task"] for r in results), ""), 1.0)

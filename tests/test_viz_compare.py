@@ -24,7 +24,7 @@ def _run(algo, task, seed, *, final, wrong_slope=0.0, right_slope=0.0, truncated
                "length_correct": {"mean": 40.0}, "length_wrong": {"mean": 60.0}, "truncated_fraction": truncated}
     return {"name": f"{task}-{algo}-seed{seed}", "algo": algo, "task": task, "seed": seed, "learning_rate": lr,
             "normalizer": normalizer or resolve_normalizer(algo), "steps": STEPS, "records": records,
-            "summary": summary}
+            "summary": summary, "num_generations": 16}
 
 
 @pytest.fixture
@@ -79,6 +79,7 @@ def test_final_table_reports_mean_sd_each_seed_and_the_ratio_to_the_base_with_it
     assert "ratio" not in viz.final_table(runs)[0]  # no base given: no ratio
     fig = viz.final_figure(runs, base)
     assert len(fig.data) == 2 * (1 + 4)  # per task: the bars, and each algorithm's seed dots
+    assert fig.layout.yaxis.title.text == "pass@1 (200 problems, n = 16)"  # the samples the runs were scored with
 
 
 def test_the_claims_follow_the_numbers(runs):

@@ -145,7 +145,8 @@ def final_figure(runs: list[dict], base: dict[str, dict] | None = None) -> go.Fi
             fig.add_hline(y=rows[0]["base_pass@1"], line=dict(color="gray", dash="dash"), row=1, col=col,
                           annotation_text="base", annotation_position="bottom right")
         fig.update_yaxes(rangemode="tozero", row=1, col=col)
-    fig.update_yaxes(title_text="pass@1 (200 problems, n = 16)", row=1, col=1)
+    n = "/".join(str(v) for v in sorted({r["num_generations"] for r in runs if r["algo"] in ALGO_NAMES}))
+    fig.update_yaxes(title_text=f"pass@1 (200 problems, n = {n})", row=1, col=1)
     return _layout(fig, "Final policies on held-out problems (bars: mean of the seeds; circles: each seed)", 430)
 
 

@@ -207,3 +207,20 @@ def test_the_readme_s_comparison_tables_are_what_their_script_prints(capsys):
     from conftest import script_tables_in_readme
 
     assert len(script_tables_in_readme("comparison_table", capsys)) > 10
+
+
+def test_each_variant_is_compared_with_both_ends(runs):
+    from companion.stats import compare
+
+    variants = [dict(_run("dr_grpo", "countdown", seed, final=0.40 + noise), name=f"countdown-dr_grpo-sequence-seed{seed}")
+                for seed, noise in enumerate((-0.01, 0.0, 0.01))]
+    assert {viz.variant_of(r) for r in variants} == {"dr_grpo-sequence"}
+    ends = {algo: viz.by_algo(runs, "countdown")[algo] for algo in ("grpo", "fisft_plus")}
+    (row,) = viz.against({"dr_grpo-sequence": variants}, ends)
+    assert row["pass@1"] == pytest.approx(0.40) and row["per_seed"] == pytest.approx([0.39, 0.40, 0.41])
+    assert row["vs"]["grpo"].outcome == "equivalent"  # the same numbers as GRPO's seeds
+    assert row["vs"]["fisft_plus"].outcome == "greater"  # 0.40 against 0.25
+    expected = compare([0.39, 0.40, 0.41], [0.24, 0.25, 0.26])
+    assert row["vs"]["fisft_plus"].difference == pytest.approx(expected.difference)
+    (one,) = viz.against({"x": variants[:1]}, ends)
+    assert one["vs"] == {"grpo": None, "fisft_plus": None}  # one seed: no interval

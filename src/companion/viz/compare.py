@@ -431,3 +431,34 @@ def format_score_effect(results: list[dict], reward_results: list[dict], task: s
                    for a, b in pairs for metric in ("pass1", "truncated", "wrong_length")}
     return {"problems": matched["problems"], "base_length": matched["algos"]["base"]["mean"], "arms": rows,
             "differences": differences}
+
+
+# --- one cause at a time ---------------------------------------------------------------------------------------
+
+
+def variant_of(run: dict) -> str:
+    """The variant a run of a one-cause-at-a-time experiment tests: its name between the task and the seed.
+
+    >>> variant_of({"name": "countdown-dr_grpo-sequence-seed3", "task": "countdown"})
+    'dr_grpo-sequence'
+    """
+    return run["name"].removeprefix(f"{run['task']}-").rsplit("-seed", 1)[0]
+
+
+def against(groups: dict[str, list[dict]], references: dict[str, list[dict]]) -> list[dict]:
+    """Each group of runs (a variant's seeds) against each reference group (e.g. the comparison's GRPO and Dr. GRPO):
+    the group's final pass@1 (mean, standard deviation, each seed's) and, per reference, :func:`companion.stats.compare`
+    of the two (``vs[name]``: the difference with its Welch 95% interval and the outcome; None with fewer than two
+    seeds on a side)."""
+    from companion.stats import compare
+
+    rows = []
+    for name, group in groups.items():
+        values = [r["summary"]["pass_at_k"][0]["estimate"] for r in sorted(group, key=lambda r: r["seed"])]
+        row = {"variant": name, "seeds": len(values), "pass@1": mean(values), "sd": _sd(values), "per_seed": values,
+               "vs": {}}
+        for reference, runs in references.items():
+            other = [r["summary"]["pass_at_k"][0]["estimate"] for r in runs]
+            row["vs"][reference] = compare(values, other) if min(len(values), len(other)) >= 2 else None
+        rows.append(row)
+    return rows

@@ -221,6 +221,20 @@ def rows_without_timing(out: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in load_results(out).rows]
 
 
+def test_a_tier_is_evaluated_on_its_own_problems_and_the_trainer_draws_the_same_tier(tiny_policy, tmp_path):
+    from companion.train_config import TrainConfig
+    from companion.train_setup import run_problems
+
+    model, tokenizer = tiny_policy
+    config = small_config(tmp_path / "hard", problems=20, num_generations=1, tier="hard")
+    evaluate(config, model=model, tokenizer=tokenizer, progress=False)
+    expected = get_task("countdown", tier="hard").generate(20, seed=0, split="test")
+    assert [row["problem"] for row in load_results(tmp_path / "hard").rows] == expected
+    assert max(max(p["numbers"]) for p in expected) > 20  # not the default tier's
+    _, pool, held_out = run_problems(TrainConfig(tier="hard", train_problems=50, eval_every=1, eval_problems=20))
+    assert held_out == expected and max(max(p["numbers"]) for p in pool) > 20
+
+
 def test_evaluate_end_to_end_on_the_tiny_random_policy(tiny_policy, tmp_path):
     model, tokenizer = tiny_policy
     config = small_config(tmp_path / "run", problems=3, num_generations=8, save_completions=True)
@@ -362,6 +376,8 @@ def test_problem_seeds_are_distinct_and_stable():
     (dict(top_p=0.0), "top_p must be in"),
     (dict(problems=0), "problems must be at least 1"),
     (dict(data_file="x.jsonl"), "data_file is for --task gsm8k only"),
+    (dict(task="tinygsm", tier="hard"), "has one tier, 'default': drop --tier"),
+    (dict(tier="harder"), "no tier 'harder'; its tiers: default, hard"),
 ])
 def test_config_errors_say_what_to_change(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):

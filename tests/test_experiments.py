@@ -475,3 +475,14 @@ def test_the_committed_data_stays_small():
     policies = [p for p in data_dir().glob("experiments/*/*/policy/config.json")]
     assert all(json.loads(p.read_text()).get("dtype", json.loads(p.read_text()).get("torch_dtype")) == "float16"
                for p in policies), "committed policies are stored in half precision"
+
+
+def test_the_hard_tier_is_the_base_at_n256_on_its_own_held_out_problems_at_both_samplings():
+    runs = experiments.hard_configs()
+    assert sorted(runs) == ["countdown-base-T0.6", "countdown-base-T1.0"]
+    for name, (train, evaluation) in runs.items():
+        config = EvalConfig(**evaluation)
+        assert train is None and (config.tier, config.model, config.num_generations) == ("hard", "tiny", 256)
+        boundary = experiments.boundary_configs()[name][1]  # the same names
+        assert evaluation == dict(boundary, tier="hard")  # chapter 7's evaluation of the base, on the other tier
+        assert experiments.model_key(evaluation["model"]) == "base"

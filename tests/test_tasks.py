@@ -51,6 +51,22 @@ def test_countdown_splits_are_disjoint_and_cover_the_test_fraction():
     assert 0.07 < share < 0.13  # TEST_FRACTION = 0.1
 
 
+def test_countdown_hard_tier_draws_larger_numbers_from_its_own_held_out_split():
+    from companion.tasks import TIERS, tier_options
+
+    hard = get_task("countdown", **tier_options("countdown", "hard"))
+    test, train = hard.generate(300, seed=0, split="test"), hard.generate(2000, seed=0, split="train")
+    assert max(max(p["numbers"]) for p in test) == TIERS["countdown"]["hard"]["high"] == 40
+    assert all(1 <= p["target"] <= 100 and countdown.split_of(p) == "test" for p in test)
+    assert all(countdown.split_of(p) == "train" for p in train)
+    assert hard.generate(5, seed=0, split="test", high=30) != hard.generate(5, seed=0, split="test")  # options win
+    assert get_task("countdown").generate(50, seed=0) == countdown.generate(50, seed=0)  # the default tier as it was
+    with pytest.raises(ValueError, match="its tiers: default, hard"):
+        tier_options("countdown", "extreme")
+    with pytest.raises(ValueError, match="drop --tier"):
+        tier_options("tinygsm", "hard")
+
+
 def test_countdown_split_ignores_number_order():
     for p in countdown.generate(200, seed=5):
         for perm in itertools.permutations(p["numbers"]):

@@ -91,6 +91,9 @@ class EvalConfig(SamplingOptions):
                 "Qwen/Qwen2.5-0.5B"})
     task: str = field(default="countdown", metadata={"help": "the task whose problems and verifier to use",
                                                      "choices": ("countdown", "tinygsm", "gsm8k")})
+    tier: str = field(default="default", metadata={
+        "help": "which problems of the task: countdown has default (numbers 1..20) and hard (numbers 1..40); the "
+                "word problems have default only"})
     problems: int = field(default=200, metadata={"help": "number of problems (may grow when resuming)"})
     split: str = field(default="test", metadata={"help": "problem split: 'test' is held out from pretraining "
                                                          "and training", "choices": ("train", "test")})
@@ -133,6 +136,9 @@ class EvalConfig(SamplingOptions):
         need(self.batch_size >= 0, f"batch_size must be at least 1 (or 0 for the device's default), got "
                                    f"{self.batch_size}")
         need(self.num_threads >= 0, f"num_threads must be 0 (torch's default) or a positive count, got {self.num_threads}")
+        from companion.tasks import tier_options
+
+        tier_options(self.task, self.tier)  # raises with the task's tiers
         need(not self.data_file or self.task == "gsm8k", f"data_file is for --task gsm8k only; {self.task} problems "
                                                          "are generated")
         need(bool(self.out), "out is empty: pass an output directory")
@@ -557,7 +563,7 @@ def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool =
     otherwise ``config.model`` is loaded with :func:`companion.models.load_policy`. The run directory is locked while
     it runs (:func:`companion.runs.run_lock`): a second evaluation into it is refused, not mixed in.
     """
-    from companion.tasks import get_task
+    from companion.tasks import get_task, tier_options
 
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer, or neither (then config.model is loaded)")
@@ -566,7 +572,7 @@ def evaluate(config: EvalConfig, *, model=None, tokenizer=None, progress: bool =
                                      SUMMARY_FILE), overwrite=config.overwrite, may_differ=RESUMABLE_FIELDS,
                                      defaults={f.name: f.default for f in dataclasses.fields(EvalConfig)
                                                if f.default is not dataclasses.MISSING})
-        task = get_task(config.task)
+        task = get_task(config.task, **tier_options(config.task, config.tier))
         problems = _load_problems(config, task)
         done = _finished_rows(out / ROWS_FILE, problems)
         todo = [i for i in range(len(problems)) if i not in done]

@@ -61,6 +61,9 @@ class DataOptions:
         "help": "reward shape: '' is the task's own; countdown has format (1 / 0.1 well-formed / 0, TinyZero's, its "
                 "own), binary (1 / 0) and graded (format plus credit for closeness to the target); the word "
                 "problems have binary"})
+    tier: str = field(default="default", metadata={
+        "help": "which problems of the task: countdown has default (numbers 1..20) and hard (numbers 1..40, beyond "
+                "what the tiny base was pretrained on); the word problems have default only"})
     train_problems: int = field(default=2000, metadata={"help": "size of the training pool, reshuffled every epoch"})
     data_file: str = field(default="", metadata={
         "help": "gsm8k only: a local JSONL file (question, answer) of training problems instead of the hub's train "
@@ -80,10 +83,11 @@ class DataOptions:
                 "SFT rule (fisft_plus, fisft_pm)"})
 
     def check(self) -> None:
-        from companion.tasks import get_task, reward_options
+        from companion.tasks import get_task, reward_options, tier_options
 
         get_task(self.task)  # raises with the list of known tasks
         reward_options(self.task, self.reward)  # raises with the task's reward shapes
+        tier_options(self.task, self.tier)  # raises with the task's tiers
         need(self.source in SOURCES, f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         need(self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
         need(self.num_generations >= 2, f"num_generations must be >= 2 (a group needs a reward spread), got {self.num_generations}")

@@ -95,9 +95,9 @@ def _file_option(path: str) -> dict:
 def run_problems(config: TrainConfig):
     """The run's task (with its reward shape), training pool and held-out problems (none without ``eval_every``);
     GSM8K's come from the hub, or from ``data_file`` and ``eval_data_file``."""
-    from companion.tasks import get_task, reward_options
+    from companion.tasks import get_task, reward_options, tier_options
 
-    task = get_task(config.task, **reward_options(config.task, config.reward))
+    task = get_task(config.task, **reward_options(config.task, config.reward), **tier_options(config.task, config.tier))
     pool = task.generate(config.train_problems, seed=config.seed, split="train", **_file_option(config.data_file))
     held_out = (task.generate(config.eval_problems, seed=0, split="test", **_file_option(config.eval_data_file))
                 if config.eval_every else [])
@@ -126,9 +126,9 @@ def longest_prompt(config: TrainConfig, tokenizer, problems: list[dict] | None =
     """Tokens in the longest prompt among the first 200 of this run's training problems (``problems``, or drawn
     again): the prompt length :func:`memory_plan` is asked with."""
     from companion.evaluate import longest_prompt as longest
-    from companion.tasks import get_task
+    from companion.tasks import get_task, tier_options
 
-    task = get_task(config.task)
+    task = get_task(config.task, **tier_options(config.task, config.tier))
     problems = problems or task.generate(min(config.train_problems, 200), seed=config.seed, split="train",
                                          **_file_option(config.data_file))
     return longest(config, task, problems[:200], tokenizer)

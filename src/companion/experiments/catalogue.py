@@ -129,6 +129,20 @@ def boundary_configs() -> dict[str, tuple[None, dict]]:
     return runs
 
 
+HARD_TIER = "hard"
+"""The Countdown tier of chapter 7's second boundary test (:data:`companion.tasks.TIERS`): numbers from 1..40, where
+the base has problems left to miss at k = 256."""
+
+
+def hard_configs() -> dict[str, tuple[None, dict]]:
+    """Run name -> configs of chapter 7's hard tier: the base model on 200 held-out problems of Countdown's
+    :data:`HARD_TIER`, n = 256, at each of :data:`BOUNDARY_SAMPLING` (the tier is chosen so that its pass@256 at T = 1
+    lies well inside 0..1)."""
+    return {f"countdown-base-{label}": (None, dict(FINAL_EVAL, task="countdown", tier=HARD_TIER, model="tiny",
+                                                   num_generations=256, **sampling))
+            for label, sampling in BOUNDARY_SAMPLING.items()}
+
+
 LENGTH_STEPS = (25, 50, 75, 100)
 """Chapter 7's training-length checkpoints: one GRPO run on Countdown keeps its policy at these steps (step 100 is
 its final policy). The run is the comparison's seed-0 run again; on another kind of CPU it is not bit for bit the
@@ -458,7 +472,7 @@ GENERATED = {"compare": comparison_configs, "stability": stability_configs, "dis
              "boundary": boundary_configs, "length": length_configs, "kl": kl_configs,
              "iterations": iterations_configs, "refresh": refresh_configs, "rewards": rewards_configs,
              "ppo": ppo_configs, "precision": precision_configs, "negatives": negatives_configs,
-             "normalizers": normalizers_configs, "drgrpo": dr_grpo_configs,
+             "normalizers": normalizers_configs, "drgrpo": dr_grpo_configs, "hard": hard_configs,
              "real": real_configs}
 """Experiments whose configs the package generates (``--init``)."""
 

@@ -33,12 +33,15 @@ class CountdownTask:
     """Reward for a well-formed but wrong answer (0 turns the format bonus off)."""
     graded: bool = False
     """Add credit for a wrong answer's closeness to the target (:func:`companion.verify.countdown_reward`)."""
+    tier: str = "default"
+    """Which problems :meth:`generate` draws: a key of :data:`TIERS` ``["countdown"]``."""
 
     name = "countdown"
 
     def generate(self, n_problems: int, *, seed: int = 0, split: str | None = None, **options) -> list[dict]:
-        """Problems ``{"numbers", "target"}``; ``options`` go to :func:`countdown.generate`."""
-        return countdown.generate(n_problems, seed=seed, split=split, **options)
+        """Problems ``{"numbers", "target"}`` of this task's tier; ``options`` go to :func:`countdown.generate`
+        (over the tier's own)."""
+        return countdown.generate(n_problems, seed=seed, split=split, **{**TIERS[self.name][self.tier], **options})
 
     def prompt(self, problem: dict, *, style: str = "base", tokenizer=None) -> str:
         """The prompt for one problem (see :func:`prompts.format_prompt`)."""
@@ -111,6 +114,35 @@ is the task's own. ``format`` is TinyZero's three values (1 right, 0.1 well-form
 right or not, ``graded`` the format values plus credit for a wrong answer's closeness to the target."""
 
 
+TIERS = {"countdown": {"default": {}, "hard": {"high": 40}}}
+"""Per task, its tiers of difficulty (``--tier``) and the generator options of each (:func:`countdown.generate`'s);
+a task not listed has one tier, ``default``. Countdown's ``hard`` tier draws its numbers from 1..40 instead of 1..20
+(targets 1..100 as before). The tiny base was pretrained on the default tier and solves almost every held-out problem
+of it at k = 256, which leaves a trained model nothing to solve that the base never does; on the hard tier it misses
+many (chapter 7 measures how many), and a trained model has room to move either way. Each tier has its own held-out split (:func:`countdown.split_of` hashes the problem itself,
+so a problem both tiers can draw is held out in both or in neither)."""
+
+
+def tier_options(task: str, tier: str = "default") -> dict:
+    """The :func:`get_task` options that select ``tier`` of ``task``.
+
+    >>> tier_options("countdown", "hard"), tier_options("tinygsm")
+    ({'tier': 'hard'}, {})
+    >>> tier_options("tinygsm", "hard")
+    Traceback (most recent call last):
+    ...
+    ValueError: task 'tinygsm' has one tier, 'default': drop --tier (tiers exist for: countdown)
+    """
+    tiers = TIERS.get(task)
+    if tiers is None:
+        if tier in ("", "default"):
+            return {}
+        raise ValueError(f"task {task!r} has one tier, 'default': drop --tier (tiers exist for: {', '.join(TIERS)})")
+    if tier not in tiers:
+        raise ValueError(f"task {task!r} has no tier {tier!r}; its tiers: {', '.join(tiers)}")
+    return {} if tier == "default" else {"tier": tier}
+
+
 def reward_options(task: str, reward: str = "") -> dict:
     """The :func:`get_task` options of reward shape ``reward`` on ``task`` ('' is the task's own).
 
@@ -144,5 +176,5 @@ def get_task(name: str, **options):
     return _TASKS[name](**options)
 
 
-__all__ = ["REWARDS", "CountdownTask", "GSM8KTask", "TinyGSMTask", "countdown", "get_task", "gsm8k", "prompts",
-           "reward_options", "tinygsm"]
+__all__ = ["REWARDS", "TIERS", "CountdownTask", "GSM8KTask", "TinyGSMTask", "countdown", "get_task", "gsm8k", "prompts",
+           "reward_options", "tier_options", "tinygsm"]

@@ -221,6 +221,29 @@ def rows_without_timing(out: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in load_results(out).rows]
 
 
+def test_countdown_rows_count_the_right_answers_whose_written_steps_hold(tmp_path):
+    from companion import verify
+    from companion.models import load_policy
+
+    model, tokenizer = load_policy("tiny", device="cpu")  # the base writes traces, and sometimes slips in them
+    config = small_config(tmp_path / "run", model="tiny", problems=12, num_generations=16, max_completion_length=256,
+                          temperature=1.0, top_p=1.0, save_completions=True)
+    summary = evaluate(config, model=model, tokenizer=tokenizer, progress=False)
+    rows = load_results(tmp_path / "run").rows
+    task = get_task("countdown")
+    for row in rows:
+        expected = sum(task.reward(text, row["problem"]) == 1.0 and verify.countdown_steps_right(text)
+                       for text in row["completions"])
+        assert row["num_checked"] == expected <= row["num_correct"]
+    checked = {p["k"]: p["estimate"] for p in summary["pass_at_k_checked"]}
+    plain = {p["k"]: p["estimate"] for p in summary["pass_at_k"]}
+    assert checked.keys() == plain.keys() and all(checked[k] <= plain[k] for k in plain)
+    assert sum(row["num_correct"] for row in rows) > 0  # the check had right answers to look at
+    words = small_config(tmp_path / "words", model="tiny", task="tinygsm", problems=2, num_generations=2)
+    assert "pass_at_k_checked" not in evaluate(words, model=model, tokenizer=tokenizer, progress=False)
+    assert all("num_checked" not in row for row in load_results(tmp_path / "words").rows)  # not checked there
+
+
 def test_a_tier_is_evaluated_on_its_own_problems_and_the_trainer_draws_the_same_tier(tiny_policy, tmp_path):
     from companion.train_config import TrainConfig
     from companion.train_setup import run_problems

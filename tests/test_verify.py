@@ -6,6 +6,7 @@ parts (a string, or ``[text, count]`` for ``text`` repeated ``count`` times, whi
 megabyte cases small on disk), the ``expected`` reward and ``why``.
 """
 
+import itertools
 import json
 import random
 import time
@@ -216,3 +217,36 @@ NUMBERISH = st.lists(st.sampled_from(list("0123456789,.$- a)") + ["1" * 30, ",00
 def test_fast_paths_match_full_scans(text):
     assert verify._last_number(text) == _slow_last_number(text)
     assert verify._boxed(text) == _slow_boxed(text)
+
+
+# -- the process check of checked pass@k -------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c["task"] == "countdown"], ids=lambda c: c["name"])
+def test_the_step_check_is_bounded_and_never_raises_on_adversarial_completions(case):
+    start = time.perf_counter()
+    assert verify.countdown_steps_right(_text(case["completion"])) in (True, False)
+    assert time.perf_counter() - start < BUDGET_S
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789+-*/()= ,:\n<>answer", max_size=200))
+def test_the_step_check_never_raises(text):
+    assert verify.countdown_steps_right(text) in (True, False)
+
+
+def test_the_solvers_traces_pass_the_step_check_and_a_slip_fails_it():
+    from companion.tasks import countdown
+    from companion.traces import Noise, countdown_clean_trace, countdown_trace
+
+    rng = random.Random(0)
+    problems = countdown.generate(300, seed=4)
+    for problem in problems:  # the exact solver's every step, fractions and negatives included
+        assert verify.countdown_steps_right(countdown_clean_trace(problem, rng))
+        for steps in itertools.islice(countdown.solution_steps(problem["numbers"], problem["target"]), 3):
+            assert verify.countdown_steps_right(", ".join(step.text() for step in steps))
+    slipped = [countdown_trace(p, random.Random(i), Noise(slip=1.0, guided=1.0, max_attempts=1))
+               for i, p in enumerate(problems[:100])]
+    assert not any(verify.countdown_steps_right(t) for t in slipped)  # every step's result miscalculated
+    honest = [countdown_trace(p, random.Random(i), Noise(slip=0.0)) for i, p in enumerate(problems[:100])]
+    assert all(verify.countdown_steps_right(t) for t in honest)

@@ -164,7 +164,9 @@ def score_problems(model, tokenizer, task, problems: list[dict], *, num_generati
     Problem ``indices[j]`` (default ``j``) is sampled with :func:`problem_seed` ``(seed, indices[j])``, so its
     samples do not depend on which problems share the call. A row holds ``index``, ``problem``, ``num_correct``,
     ``rewards``, ``lengths`` (tokens, EOS included), ``finished`` (ended with EOS within the budget), ``seconds``
-    (sampling time per problem) and, with ``save_completions``, ``completions`` (the texts).
+    (sampling time per problem), for a task that checks written steps (Countdown: ``task.steps_right``)
+    ``num_checked`` (right answers whose every written step holds: checked pass@k's count) and, with
+    ``save_completions``, ``completions`` (the texts).
     ``on_progress(samples, tokens)`` is called after every decoding step (samples ended, tokens decoded), for
     progress bars. ``fast``: the sampler's fast
     path (:func:`companion.sampler.sample_completions`); off by default, so that the trainers' and pretraining's
@@ -186,6 +188,9 @@ def score_problems(model, tokenizer, task, problems: list[dict], *, num_generati
         row = {"index": index, "problem": jsonable(problem), "num_correct": sum(map(is_correct, rewards)),
                "rewards": rewards, "lengths": [c.length for c in completions],
                "finished": [c.finished for c in completions], "seconds": seconds}
+        checked = [task.steps_right(c.text) for c in completions]
+        if None not in checked:  # a task that checks the written steps: right answers whose every step holds
+            row["num_checked"] = sum(is_correct(r) and ok for r, ok in zip(rewards, checked))
         if save_completions:
             row["completions"] = [c.text for c in completions]
         rows.append(row)
@@ -271,7 +276,8 @@ def length_summary(lengths) -> dict:
 
 def summarize(rows: list[dict]) -> dict:
     """One summary of scored rows: pass@k curve (bootstrap 95% intervals over problems), coverage, rewards,
-    the length distributions of correct and of wrong completions, and sampling speed.
+    the length distributions of correct and of wrong completions, and sampling speed; when every row has
+    ``num_checked``, also ``pass_at_k_checked``: the curve that counts a right answer only when its written steps hold.
 
     >>> rows = [{"index": 0, "num_correct": 1, "rewards": [1.0, 0.1], "lengths": [10, 30], "finished": [True, True],
     ...          "seconds": 1.0},
@@ -294,6 +300,10 @@ def summarize(rows: list[dict]) -> dict:
     counts = correct.sum(axis=1).tolist()
     curve = pass_at_k_curve(counts, n, n_bootstrap=N_BOOTSTRAP, seed=0)
     seconds = sum(row["seconds"] for row in rows)
+    checked = {}
+    if all("num_checked" in row for row in rows):  # the task checks written steps (Countdown)
+        checked_curve = pass_at_k_curve([row["num_checked"] for row in rows], n, n_bootstrap=N_BOOTSTRAP, seed=0)
+        checked = {"pass_at_k_checked": [point._asdict() for point in checked_curve.values()]}
     return {
         "num_problems": num_problems,
         "num_generations": n,
@@ -312,6 +322,7 @@ def summarize(rows: list[dict]) -> dict:
         "sampling_seconds": seconds,
         "samples_per_s": rewards.size / seconds if seconds > 0 else None,
         "tokens_per_s": float(lengths.sum()) / seconds if seconds > 0 else None,
+        **checked,
     }
 
 

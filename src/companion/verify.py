@@ -190,6 +190,45 @@ GRADED_MAX = 0.9
 well below a solve's 1.0, so the best wrong answer of a group still ranks under every right one."""
 
 
+_OPERAND = r"\(-?\d{1,40}/\d{1,40}\)|-?\d{1,40}"
+_STEP = re.compile(rf"(?<![\d/)])({_OPERAND})\s*([-+*/])\s*({_OPERAND})\s*=\s*(-?\d{{1,40}}(?:/\d{{1,40}})?)(?![\d/])")
+
+
+_STEP_OPS = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "/": lambda x, y: x / y}
+
+
+def _step_value(text: str) -> Fraction | None:
+    numerator, _, denominator = text.strip("()").partition("/")
+    return None if denominator and int(denominator) == 0 else Fraction(text.strip("()"))
+
+
+def countdown_steps_right(completion: str) -> bool:
+    """Whether every arithmetic step the completion writes before its answer, ``a op b = c`` (a trace's
+    ``13+1=14``, ``8/(1/3)=24``), is exact: the process check of chapter 7's checked pass@k, under which a right
+    answer counts as solved only when the work written for it holds. A completion that writes no step passes (there
+    is nothing wrong in it); only the text before the last ``<answer>`` is read.
+
+    >>> countdown_steps_right("13 2 1: 2*13=26, 26*1=26, 26 vs 28, no\\n13 1 2: 13+1=14, 14*2=28, yes\\n"
+    ...                       "<answer>(13+1)*2</answer>")
+    True
+    >>> countdown_steps_right("13 1 2: 13+1=15, 15*2=28, 28 vs 28, yes\\n<answer>(13+1)*2</answer>")  # a slip
+    False
+    >>> countdown_steps_right("13-14=-1, 8/(1/3)=24, 7/2=7/2"), countdown_steps_right("<answer>3+5</answer>")
+    (True, True)
+    >>> countdown_steps_right("4/0=4"), countdown_steps_right("(1/0)*2=2")  # never a ZeroDivisionError
+    (False, False)
+    """
+    if len(completion) > MAX_COMPLETION_CHARS:
+        return False
+    end = completion.rfind("<answer>")
+    work = completion if end < 0 else completion[:end]
+    for a, op, b, result in _STEP.findall(work):
+        x, y, claimed = _step_value(a), _step_value(b), _step_value(result)
+        if None in (x, y, claimed) or (op == "/" and y == 0) or _STEP_OPS[op](x, y) != claimed:
+            return False
+    return True
+
+
 def countdown_reward(completion: str, numbers: list[int], target: int, *, format_score: float = 0.1,
                      graded: bool = False) -> float:
     """1.0 for a correct Countdown answer, ``format_score`` for a well-formed wrong one, else 0.0.

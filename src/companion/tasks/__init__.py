@@ -56,6 +56,11 @@ class CountdownTask:
         """A correct answer (the exact solver's expression), as it goes inside ``<answer>``."""
         return countdown.solve(problem["numbers"], problem["target"])
 
+    def steps_right(self, completion: str) -> bool | None:
+        """Whether every arithmetic step the completion writes holds (:func:`companion.verify.countdown_steps_right`):
+        checked pass@k counts a right answer only with it."""
+        return verify.countdown_steps_right(completion)
+
 
 @dataclass(frozen=True)
 class _WordProblemTask:
@@ -78,6 +83,10 @@ class _WordProblemTask:
     def reference(self, problem: dict) -> str:
         """The gold answer, as it goes inside ``<answer>``."""
         return gsm8k.extract_gold(problem["answer"])
+
+    def steps_right(self, completion: str) -> bool | None:
+        """None: a word problem's written steps are not checked here (only Countdown's are)."""
+        return None
 
 
 @dataclass(frozen=True)

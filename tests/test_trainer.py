@@ -676,3 +676,33 @@ def test_a_graded_reward_pushes_up_wrong_answers_that_binary_and_fisft_leave_alo
     binary = train(_run_config(tmp_path, "binary", reward="binary", **settings), progress=False).metrics
     assert all(r["frac_wrong_up"] in (0.0, None) for r in binary)  # every wrong answer earns 0: none above the mean
     assert json.loads((tmp_path / "graded" / "config.json").read_text())["reward"] == "graded"
+
+
+def test_a_reference_reset_makes_the_kl_start_again_from_the_policy_and_resumes_exactly(tiny_policy_dir, tmp_path,
+                                                                                         seven_reward):
+    from companion.models import trainable_state_dict
+
+    config = dict(model=str(tiny_policy_dir), beta=0.1, ref_reset_every=2, steps=4, save_every=1, learning_rate=1e-2,
+                  device="cpu")
+    straight = train(_run_config(tmp_path, "straight", **config), progress=False)
+    kl = [r["kl"] for r in straight.metrics]
+    assert kl[0] == pytest.approx(0.0, abs=1e-7) and kl[1] > 1e-6  # step 1 samples the reference itself; step 2 not
+    assert kl[2] == pytest.approx(0.0, abs=1e-7) and kl[3] > 1e-6  # reset after step 2: step 3 starts at KL 0
+    never = train(_run_config(tmp_path, "never", **dict(config, ref_reset_every=0)), progress=False)
+    assert never.metrics[2]["kl"] > 1e-6  # without the reset the KL keeps its distance
+    halves = _run_config(tmp_path, "halves", **config)
+    train(halves, until_step=3, progress=False)  # after the reset, before the next: the checkpoint holds the reference
+    resumed = train(halves, resume=True, progress=False)
+    assert _comparable(resumed.metrics) == _comparable(straight.metrics)
+    a, b = trainable_state_dict(straight.model), trainable_state_dict(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(ref_reset_every=10), "with --beta 0 there is none"),
+    (dict(ref_reset_every=10, beta=0.1, lora=True), "needs full-parameter training"),
+    (dict(ref_reset_every=-1, beta=0.1), "ref_reset_every must be >= 0"),
+])
+def test_a_reference_reset_says_what_it_needs(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**overrides)

@@ -128,6 +128,10 @@ class ObjectiveOptions:
     normalizer: str = field(default="", metadata={"help": "length normaliser ('': the algorithm's own)",
                                                   "choices": ("",) + NORMALIZERS})
     beta: float = field(default=0.0, metadata={"help": "weight of the KL penalty to the reference (initial) policy"})
+    ref_reset_every: int = field(default=0, metadata={
+        "help": "with --beta > 0 and full-parameter training: every N steps the KL's reference becomes the policy of "
+                "that moment and the optimizer's moments start again (ProRL's reference reset, arXiv 2505.24864); 0: "
+                "the reference stays the initial policy"})
     epsilon: float = field(default=0.2, metadata={"help": "clip range of the ratio: [1 - epsilon, 1 + epsilon]"})
     num_iterations: int = field(default=1, metadata={"help": "optimizer updates per sampled batch (mu)"})
 
@@ -138,6 +142,9 @@ class ObjectiveOptions:
         need(self.std in STD_KINDS, f"std must be one of {STD_KINDS}, got {self.std!r}")
         resolve_normalizer(self.algo, self.normalizer)  # raises with the known normalisers
         need(self.beta >= 0, f"beta must be >= 0, got {self.beta}")
+        need(self.ref_reset_every >= 0, f"ref_reset_every must be >= 0 (0: never), got {self.ref_reset_every}")
+        need(not self.ref_reset_every or self.beta > 0, "--ref-reset-every moves the reference of the KL penalty, "
+                                                        "and with --beta 0 there is none: add --beta")
         need(self.epsilon >= 0, f"epsilon must be >= 0, got {self.epsilon}")
         need(self.num_iterations >= 1, f"num_iterations must be >= 1, got {self.num_iterations}")
 
@@ -281,6 +288,9 @@ class TrainConfig(*reversed(GROUPS)):  # a dataclass lists the fields of its las
             need(self.algo == "fisft_plus", f"--source teacher trains on the solver's traces, which are all right: "
                                             f"every rule but fisft_plus gives such a group weight 0 (use --algo "
                                             f"fisft_plus: weight 1 on every trace), got --algo {self.algo}")
+        need(not (self.ref_reset_every and self.lora), "--ref-reset-every needs full-parameter training: with --lora "
+                                                       "the reference is the base with the adapters off, which a reset "
+                                                       "cannot move (drop --lora, or the reset)")
         if self.refresh_every > 1:
             need(self.algo in ("fisft_plus", "fisft_pm"),
                  f"refresh_every > 1 trains on samples of an earlier policy, which only the SFT rules weight as they "

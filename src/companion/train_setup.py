@@ -241,7 +241,8 @@ def load_model(config: TrainConfig, model=None, tokenizer=None, device: torch.de
 class Reference:
     """π_ref of the KL penalty, the initial policy: a frozen copy of its weights (full-parameter training), or the
     model itself with its LoRA adapters switched off (the base is frozen). Without a KL term (β = 0) there is none,
-    and :meth:`logps` gives None."""
+    and :meth:`logps` gives None. With ``ref_reset_every``, :meth:`reset` makes the frozen copy the policy of that
+    moment, and checkpoints carry it (:attr:`state`)."""
 
     def __init__(self, config: TrainConfig, model):
         from companion.models import is_lora
@@ -249,6 +250,22 @@ class Reference:
         self.lora = config.beta > 0 and is_lora(model)
         self.frozen = copy.deepcopy(model).eval().requires_grad_(False) if config.beta > 0 and not self.lora else None
         self.model = model if config.beta > 0 else None
+        self.resets = config.ref_reset_every > 0
+
+    @torch.no_grad()
+    def reset(self, model, optimizer) -> None:
+        """ProRL's reference reset: the KL now pulls toward ``model`` as it is, and AdamW's moments start again."""
+        self.frozen.load_state_dict(model.state_dict())
+        optimizer.state.clear()
+
+    @property
+    def state(self) -> dict | None:
+        """What a checkpoint keeps: the reference's weights once resets move it (else it is the initial policy)."""
+        return {"reference": self.frozen.state_dict()} if self.resets else None
+
+    def load_state(self, state: dict) -> None:
+        if self.resets:
+            self.frozen.load_state_dict(state["reference"])
 
     @torch.no_grad()
     def logps(self, inputs: tuple, **options) -> torch.Tensor | None:
@@ -336,7 +353,8 @@ class Training:
         """Save everything exact resume needs after step ``number`` (:func:`companion.checkpoint.save_checkpoint`)."""
         save_checkpoint(self.out / "checkpoint.pt", model=self.model, optimizer=self.optimizer,
                         scheduler=self.scheduler, step=number, data_position=self.stream.position,
-                        processes=self.processes, parts={**(self.source.state or {}), **(self.algorithm.state or {})})
+                        processes=self.processes, parts={**(self.source.state or {}), **(self.algorithm.state or {}),
+                                                         **(self.reference.state or {})})
         self.last_saved = number
 
     def save_policy(self, name: str) -> None:
@@ -420,12 +438,13 @@ def resume_run(run: Training) -> int:
     path, _, note = usable_checkpoint(run.out)
     if note and run.processes.is_main:
         print(note, file=sys.stderr)
-    parts = tuple(run.source.state or ()) + tuple(run.algorithm.state or ())
+    parts = tuple(run.source.state or ()) + tuple(run.algorithm.state or ()) + tuple(run.reference.state or ())
     state = load_checkpoint(path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
                             processes=run.processes, parts=parts)
     run.stream.position = state["data_position"]
     run.source.load_state(state, next(run.model.parameters()).device)
     run.algorithm.load_state(state)
+    run.reference.load_state(state)
     run.last_saved = state["step"]
     if run.processes.is_main:
         metrics = run.out / "metrics.jsonl"

@@ -254,6 +254,8 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, resume: bool = Fal
         run.model.train()
         for number in range(start + 1, stop + 1):
             record = step(run, number)
+            if c.ref_reset_every and number % c.ref_reset_every == 0:
+                run.reference.reset(run.model, run.optimizer)  # ProRL: the KL now pulls toward this policy
             if c.eval_every and (number % c.eval_every == 0 or number == c.steps) and main_process:
                 record.update(timed_evaluation(run, number))
             if main_process:

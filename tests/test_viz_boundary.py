@@ -109,3 +109,23 @@ def test_perplexity_rows_and_figure():
     fig = viz.perplexity_figure(scored)
     assert [t.name for t in fig.data] == ["base model", "GRPO"] and fig.layout.yaxis.type == "log"
     assert all(t.boxpoints == "outliers" for t in fig.data)  # whiskers at 1.5 IQR, as the chapter says
+
+
+def test_checked_curves_count_only_the_solves_whose_steps_hold_and_old_rows_say_what_to_do(records):
+    import copy
+
+    checked = copy.deepcopy(records)
+    for record in checked.values():
+        for row in record["rows"]:
+            row["num_checked"] = row["num_correct"] // 2  # half of each problem's right answers slipped somewhere
+    answer = viz.curves(checked, ks=[1, 64], n_bootstrap=0)
+    steps = viz.curves(checked, ks=[1, 64], n_bootstrap=0, solved="checked")
+    for model in checked:
+        assert steps[model][1].estimate <= answer[model][1].estimate
+        assert steps[model][1].estimate == pytest.approx(
+            np.mean([row["num_correct"] // 2 for row in checked[model]["rows"]]) / 64)
+    fig = viz.passk_figure(checked, n_bootstrap=0, solved=("answer", "checked"))
+    names = [t.name for t in fig.data if t.name]
+    assert "GRPO, steps checked" in names and "GRPO" in names and len(names) == 2 * len(checked)
+    with pytest.raises(ValueError, match="has no num_checked in its rows: .* evaluate it again"):
+        viz.curves(records, solved="checked")

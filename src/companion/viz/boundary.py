@@ -25,9 +25,18 @@ def select(results: list[dict], task: str, temperature: float) -> dict[str, dict
     return {m: found[m] for m in MODEL_ORDER if m in found} | {m: r for m, r in found.items() if m not in MODEL_ORDER}
 
 
-def counts(result: dict) -> dict[int, int]:
-    """Correct samples per problem, keyed by the problem's index."""
-    return {row["index"]: row["num_correct"] for row in result["rows"]}
+SOLVED = {"answer": "num_correct", "checked": "num_checked"}
+"""What counts as a solve, by name: a right answer (``answer``), or a right answer whose every written step holds
+(``checked``, Countdown's process check: :func:`companion.verify.countdown_steps_right`)."""
+
+
+def counts(result: dict, solved: str = "answer") -> dict[int, int]:
+    """Solved samples per problem (by :data:`SOLVED`'s rule ``solved``), keyed by the problem's index."""
+    key = SOLVED[solved]
+    if any(key not in row for row in result["rows"]):
+        raise ValueError(f"{result.get('name', 'this evaluation')} has no {key} in its rows: it was scored before "
+                         f"the {solved} check existed, or on a task without it; evaluate it again to count that way")
+    return {row["index"]: row[key] for row in result["rows"]}
 
 
 def _same_problems(records: dict[str, dict]) -> int:
@@ -44,35 +53,43 @@ def _same_problems(records: dict[str, dict]) -> int:
     return next(iter(ns.values()))
 
 
-def curves(records: dict[str, dict], ks: list[int] | None = None, *, n_bootstrap: int = 1000) -> dict[str, dict]:
-    """pass@k with its 95% bootstrap band over problems, per model: ``{model: {k: PassAtK}}``."""
+def curves(records: dict[str, dict], ks: list[int] | None = None, *, n_bootstrap: int = 1000,
+           solved: str = "answer") -> dict[str, dict]:
+    """pass@k with its 95% bootstrap band over problems, per model: ``{model: {k: PassAtK}}`` (``solved``: a key of
+    :data:`SOLVED`, what counts as a solve)."""
     n = _same_problems(records)
-    return {m: passk.pass_at_k_curve(counts(r), n, ks, n_bootstrap=n_bootstrap) for m, r in records.items()}
+    return {m: passk.pass_at_k_curve(counts(r, solved), n, ks, n_bootstrap=n_bootstrap) for m, r in records.items()}
 
 
 def passk_figure(records: dict[str, dict], *, title: str = "", n_bootstrap: int = 1000,
-                 missed: bool = False) -> go.Figure:
+                 missed: bool = False, solved: tuple[str, ...] = ("answer",)) -> go.Figure:
     """pass@k against k (log scale), a line and its 95% band per model. ``missed``: plot the share of problems not
     yet solved, 1 − pass@k, on a log axis instead, which spreads out curves that all end near 1 (a curve that
-    reaches 0, every problem solved, stops there)."""
+    reaches 0, every problem solved, stops there). ``solved``: the rules of :data:`SOLVED` to draw, each model's
+    ``checked`` curve (right answers whose written steps hold) in its colour, thinner and without a band."""
     def y(value):
         return value if not missed else (1 - value if value is not None and 1 - value > passk.TIE else None)
 
     fig = go.Figure()
-    for model, curve in curves(records, n_bootstrap=n_bootstrap).items():
-        ks = list(curve)
-        color, name = MODEL_COLORS.get(model, "#333333"), MODEL_NAMES.get(model, model)
-        low, high = [y(curve[k].low) for k in ks], [y(curve[k].high) for k in ks]
-        if curve[ks[0]].low is not None:
-            band = [(k, a, b) for k, a, b in zip(ks, high, low) if a is not None and b is not None]
-            xs = [k for k, _, _ in band]
-            fig.add_trace(go.Scatter(x=xs + xs[::-1], y=[a for _, a, _ in band] + [b for _, _, b in band][::-1],
-                                     fill="toself", mode="lines", line=dict(width=0), fillcolor=_rgba(color, 0.15),
-                                     hoverinfo="skip", showlegend=False, legendgroup=model))
-        label = "1 − pass@%{x}" if missed else "pass@%{x}"
-        fig.add_trace(go.Scatter(x=ks, y=[y(curve[k].estimate) for k in ks], mode="lines+markers", name=name,
-                                 line=dict(color=color, dash="dot" if model == "base" else None), legendgroup=model,
-                                 hovertemplate=f"{name}<br>{label} = %{{y:.4f}}<extra></extra>"))
+    for rule in solved:
+        checked = rule == "checked"
+        for model, curve in curves(records, n_bootstrap=0 if checked else n_bootstrap, solved=rule).items():
+            ks = list(curve)
+            color = MODEL_COLORS.get(model, "#333333")
+            name = MODEL_NAMES.get(model, model) + (", steps checked" if checked else "")
+            low, high = [y(curve[k].low) for k in ks], [y(curve[k].high) for k in ks]
+            if curve[ks[0]].low is not None:
+                band = [(k, a, b) for k, a, b in zip(ks, high, low) if a is not None and b is not None]
+                xs = [k for k, _, _ in band]
+                fig.add_trace(go.Scatter(x=xs + xs[::-1], y=[a for _, a, _ in band] + [b for _, _, b in band][::-1],
+                                         fill="toself", mode="lines", line=dict(width=0), fillcolor=_rgba(color, 0.15),
+                                         hoverinfo="skip", showlegend=False, legendgroup=model))
+            label = "1 − pass@%{x}" if missed else "pass@%{x}"
+            dash = "dash" if checked else "dot" if model == "base" else None
+            fig.add_trace(go.Scatter(x=ks, y=[y(curve[k].estimate) for k in ks], mode="lines" if checked else
+                                     "lines+markers", name=name, legendgroup=model,
+                                     line=dict(color=color, dash=dash, width=1.5 if checked else 2),
+                                     hovertemplate=f"{name}<br>{label} = %{{y:.4f}}<extra></extra>"))
     fig.update_xaxes(type="log", title="k (samples per problem)", tickvals=ks, ticktext=[str(k) for k in ks])
     if missed:
         ticks = [1, 0.1, 0.01, 0.001, 0.0001]

@@ -477,12 +477,22 @@ def test_the_committed_data_stays_small():
                for p in policies), "committed policies are stored in half precision"
 
 
-def test_the_hard_tier_is_the_base_at_n256_on_its_own_held_out_problems_at_both_samplings():
+def test_the_hard_tier_scores_the_base_the_distilled_and_the_long_runs_on_the_same_problems():
     runs = experiments.hard_configs()
-    assert sorted(runs) == ["countdown-base-T0.6", "countdown-base-T1.0"]
-    for name, (train, evaluation) in runs.items():
-        config = EvalConfig(**evaluation)
-        assert train is None and (config.tier, config.model, config.num_generations) == ("hard", "tiny", 256)
-        boundary = experiments.boundary_configs()[name][1]  # the same names
-        assert evaluation == dict(boundary, tier="hard")  # chapter 7's evaluation of the base, on the other tier
-        assert experiments.model_key(evaluation["model"]) == "base"
+    evaluations = {name: EvalConfig(**evaluation) for name, (train, evaluation) in runs.items() if train is None}
+    for name in ("countdown-base-T0.6", "countdown-base-T1.0"):  # chapter 7's evaluation of the base, other tier
+        assert runs[name][1] == dict(experiments.boundary_configs()[name][1], tier="hard")
+    scored = {(e.problems, e.problem_seed, e.tier, e.num_generations, e.max_completion_length)
+              for e in evaluations.values()}
+    assert scored == {(200, 2025, "hard", 256, 256)}  # every curve over the same 200 hard problems, n = 256
+    trained = {name: TrainConfig(**train) for name, (train, _) in runs.items() if train is not None}
+    assert trained["countdown-distill-seed0"].source == "teacher" and trained["countdown-distill-seed0"].tier == "hard"
+    long = {name: c for name, c in trained.items() if c.steps == experiments.LONG_STEPS}
+    assert len(long) == len(experiments.LONG_RECIPES) * len(experiments.LONG_SEEDS) == 4
+    assert {(c.beta, c.ref_reset_every) for c in long.values()} == {(0.0, 0), (0.01, 250)}
+    assert all(c.tier == "hard" and c.policy_every == 100 and c.algo == "grpo" for c in long.values())
+    for name in long:  # the kept policies scored: step 100 and the final one, each produced by its run
+        for step in experiments.LONG_EVAL_STEPS:
+            model = evaluations[f"{name}-step{step}-T1.0"].model
+            assert experiments.producer(model) == f"hard/{name}" and experiments.model_key(model) == "grpo"
+            assert experiments.policy_step(model) == (None if step == experiments.LONG_STEPS else step)

@@ -132,15 +132,42 @@ def boundary_configs() -> dict[str, tuple[None, dict]]:
 HARD_TIER = "hard"
 """The Countdown tier of chapter 7's second boundary test (:data:`companion.tasks.TIERS`): numbers from 1..40, where
 the base has problems left to miss at k = 256."""
+LONG_STEPS = 1000
+"""How long chapter 7's long RL runs train on the hard tier: ten times the comparison's 100 steps."""
+LONG_RECIPES = {"grpo": {}, "grpo-kl-reset": dict(beta=0.01, ref_reset_every=250)}
+"""The long runs' two recipes: GRPO as the comparison trains it (no KL), and with a KL penalty (chapter 9's small β)
+toward a reference that is reset to the policy every 250 steps, ProRL's remedy for a KL that would otherwise hold
+the policy near the base (arXiv 2505.24864)."""
+LONG_SEEDS = (0, 1)
+LONG_EVAL_STEPS = (100, LONG_STEPS)
+"""The kept policies of each long run scored at n = 256: after the comparison's length, and at the end."""
 
 
-def hard_configs() -> dict[str, tuple[None, dict]]:
-    """Run name -> configs of chapter 7's hard tier: the base model on 200 held-out problems of Countdown's
-    :data:`HARD_TIER`, n = 256, at each of :data:`BOUNDARY_SAMPLING` (the tier is chosen so that its pass@256 at T = 1
-    lies well inside 0..1)."""
-    return {f"countdown-base-{label}": (None, dict(FINAL_EVAL, task="countdown", tier=HARD_TIER, model="tiny",
-                                                   num_generations=256, **sampling))
-            for label, sampling in BOUNDARY_SAMPLING.items()}
+def hard_configs() -> dict[str, tuple[dict | None, dict]]:
+    """Run name -> configs of chapter 7's hard tier (Countdown's :data:`HARD_TIER`, 200 held-out problems): the base at
+    n = 256 at each of :data:`BOUNDARY_SAMPLING` (the tier is chosen so that its pass@256 at T = 1 lies well inside
+    0..1); the base distilled on the exact solver's traces of this tier (a teacher that solves what the base does
+    not); and GRPO trained :data:`LONG_STEPS` steps by each of :data:`LONG_RECIPES`, :data:`LONG_SEEDS`, keeping its
+    policy every 100 steps. Each trained policy of :data:`LONG_EVAL_STEPS`, and the distilled one, is scored at n = 256,
+    T = 1: the same evaluation as the base's, so that every curve is over the same problems."""
+    evaluation = dict(FINAL_EVAL, task="countdown", tier=HARD_TIER, num_generations=256)
+    runs: dict[str, tuple[dict | None, dict]] = {
+        f"countdown-base-{label}": (None, dict(evaluation, model="tiny", **sampling))
+        for label, sampling in BOUNDARY_SAMPLING.items()}
+    distill = dict(COMPARISON, algo="fisft_plus", source="teacher", task="countdown", tier=HARD_TIER, seed=0)
+    runs["countdown-distill-seed0"] = (distill, dict(FINAL_EVAL, task="countdown", tier=HARD_TIER))
+    runs["countdown-distill-T1.0"] = (None, dict(evaluation, model=str(RUNS / "hard" / "countdown-distill-seed0"
+                                                                         / "policy")))
+    for recipe, options in LONG_RECIPES.items():
+        for seed in LONG_SEEDS:
+            name = f"countdown-{recipe}-seed{seed}"
+            train = dict(COMPARISON, algo="grpo", task="countdown", tier=HARD_TIER, seed=seed, steps=LONG_STEPS,
+                         policy_every=100, **options)
+            runs[name] = (train, dict(FINAL_EVAL, task="countdown", tier=HARD_TIER))
+            for step in LONG_EVAL_STEPS:
+                policy = RUNS / "hard" / name / ("policy" if step == LONG_STEPS else f"policy-step{step}")
+                runs[f"countdown-{recipe}-seed{seed}-step{step}-T1.0"] = (None, dict(evaluation, model=str(policy)))
+    return runs
 
 
 LENGTH_STEPS = (25, 50, 75, 100)
@@ -583,7 +610,8 @@ def model_key(model: str) -> str:
     ('base', 'grpo')
     """
     names = {evaluation["model"]: name.split("-")[1]
-             for configs in (boundary_configs, length_configs, negatives_configs, normalizers_configs, real_configs)
+             for configs in (boundary_configs, length_configs, negatives_configs, normalizers_configs, hard_configs,
+                             real_configs)
              for name, (train, evaluation) in configs().items() if train is None}
     return names.get(model, model)
 

@@ -366,8 +366,8 @@ def _status(run: Run, runs: Path) -> str:
 
 
 def _list(runs: list[Run], out: Path) -> None:
-    total = 0.0
-    print(f"{'run':40s} {'cost':>8s} {'committed pass@1':>17s}  reproduction in {out}")
+    total, width = 0.0, max([40, *(len(run.key) for run in runs)])
+    print(f"{'run':{width}s} {'cost':>8s} {'committed pass@1':>17s}  reproduction in {out}")
     for run in runs:
         seconds = cost_seconds(run.committed)
         total += seconds or 0.0
@@ -375,7 +375,7 @@ def _list(runs: list[Run], out: Path) -> None:
         score = (f"{json.loads(summary.read_text())['pass_at_k'][0]['estimate']:.3f}" if summary.exists()
                  else "configs only")
         cost = f"{seconds / 60:.1f} min" if seconds else "?"
-        print(f"{run.key:40s} {cost:>8s} {score:>17s}  {_status(run, out)}")
+        print(f"{run.key:{width}s} {cost:>8s} {score:>17s}  {_status(run, out)}")
     print(f"{len(runs)} runs, {total / 60:.0f} min of committed wall time at one thread each "
           "(two at a time: about half that)")
 

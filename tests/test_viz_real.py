@@ -57,3 +57,11 @@ def test_the_rules_are_the_trained_runs_at_the_chosen_rate_and_the_curves_the_n6
     records = viz.passk_records(results, 64)
     assert list(records) == ["base", "grpo", "fisft_pm"]  # the book's order
     assert {r["num_generations"] for r in records.values()} == {64}
+
+
+def test_the_readme_s_real_model_table_is_what_its_script_prints(capsys):
+    """README's chapter 10 table is scripts/real_table.py's output on the committed runs, so it changes with them."""
+    from conftest import script_tables_in_readme
+
+    lines = script_tables_in_readme("real_table", capsys)
+    assert len(lines) >= 3 and any("GRPO" in line for line in lines)  # the header, its rule, a run

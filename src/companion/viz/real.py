@@ -32,25 +32,28 @@ def minutes(run: dict) -> float:
     return (sum(r.get("step_time", 0.0) for r in run["records"]) + run["summary"]["sampling_seconds"]) / 60
 
 
-def sweep_rows(runs: dict[float, dict], base: dict | None = None) -> list[dict]:
-    """One row per swept learning rate: the final policy's held-out pass@1 with its bootstrap interval over problems,
-    its ratio to ``base``'s pass@1 (the base model's evaluation on the same problems, if given), the in-training
+def run_row(run: dict, base: dict | None = None) -> dict:
+    """One trained run in numbers: its final policy's held-out pass@1 with its bootstrap interval over problems, its
+    ratio to ``base``'s pass@1 (the base model's evaluation on the same problems, if given), the in-training
     held-out accuracy (sampled) at each evaluation, lengths of right and wrong answers and the cut-off share in the
     final evaluation, the batches' mean length over the first and the last :data:`WINDOW` steps, and the minutes."""
-    rows = []
-    for rate, run in runs.items():
-        summary, first = run["summary"], run["summary"]["pass_at_k"][0]
-        lengths = [r["length"] for r in run["records"] if r.get("length") is not None]
-        row = {"learning_rate": rate, "pass1": first["estimate"], "low": first["low"], "high": first["high"],
-               "n": run["num_generations"], "curve": dict(zip(*heldout_curve(run))),
-               "length_right": summary["length_correct"].get("mean"),
-               "length_wrong": summary["length_wrong"].get("mean"), "truncated": summary["truncated_fraction"],
-               "batch_length_first": mean(lengths[:WINDOW]), "batch_length_last": mean(lengths[-WINDOW:]),
-               "minutes": minutes(run)}
-        if base is not None:
-            row["ratio"] = first["estimate"] / base["summary"]["pass_at_k"][0]["estimate"]
-        rows.append(row)
-    return rows
+    summary, first = run["summary"], run["summary"]["pass_at_k"][0]
+    lengths = [r["length"] for r in run["records"] if r.get("length") is not None]
+    row = {"algo": run["algo"], "seed": run["seed"], "learning_rate": run["learning_rate"],
+           "pass1": first["estimate"], "low": first["low"], "high": first["high"],
+           "n": run["num_generations"], "curve": dict(zip(*heldout_curve(run))),
+           "length_right": summary["length_correct"].get("mean"),
+           "length_wrong": summary["length_wrong"].get("mean"), "truncated": summary["truncated_fraction"],
+           "batch_length_first": mean(lengths[:WINDOW]), "batch_length_last": mean(lengths[-WINDOW:]),
+           "minutes": minutes(run)}
+    if base is not None:
+        row["ratio"] = first["estimate"] / base["summary"]["pass_at_k"][0]["estimate"]
+    return row
+
+
+def sweep_rows(runs: dict[float, dict], base: dict | None = None) -> list[dict]:
+    """One :func:`run_row` per swept learning rate, in the sweep's order."""
+    return [run_row(run, base) for run in runs.values()]
 
 
 def sweep_figure(runs: dict[float, dict]) -> go.Figure:

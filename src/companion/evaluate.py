@@ -92,7 +92,7 @@ class EvalConfig(SamplingOptions):
     task: str = field(default="countdown", metadata={"help": "the task whose problems and verifier to use",
                                                      "choices": ("countdown", "tinygsm", "gsm8k")})
     tier: str = field(default="default", metadata={
-        "help": "which problems of the task: countdown has default (numbers 1..20) and hard (numbers 1..40); the "
+        "help": "which problems of the task: countdown has default (numbers 1..20) and hard (numbers 1..35); the "
                 "word problems have default only"})
     problems: int = field(default=200, metadata={"help": "number of problems (may grow when resuming)"})
     split: str = field(default="test", metadata={"help": "problem split: 'test' is held out from pretraining "

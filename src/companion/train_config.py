@@ -62,7 +62,7 @@ class DataOptions:
                 "own), binary (1 / 0) and graded (format plus credit for closeness to the target); the word "
                 "problems have binary"})
     tier: str = field(default="default", metadata={
-        "help": "which problems of the task: countdown has default (numbers 1..20) and hard (numbers 1..40, beyond "
+        "help": "which problems of the task: countdown has default (numbers 1..20) and hard (numbers 1..35, beyond "
                 "what the tiny base was pretrained on); the word problems have default only"})
     train_problems: int = field(default=2000, metadata={"help": "size of the training pool, reshuffled every epoch"})
     data_file: str = field(default="", metadata={

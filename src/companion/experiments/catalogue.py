@@ -130,7 +130,7 @@ def boundary_configs() -> dict[str, tuple[None, dict]]:
 
 
 HARD_TIER = "hard"
-"""The Countdown tier of chapter 7's second boundary test (:data:`companion.tasks.TIERS`): numbers from 1..40, where
+"""The Countdown tier of chapter 7's second boundary test (:data:`companion.tasks.TIERS`): numbers from 1..35, where
 the base has problems left to miss at k = 256."""
 LONG_STEPS = 1000
 """How long chapter 7's long RL runs train on the hard tier: ten times the comparison's 100 steps."""

@@ -129,3 +129,16 @@ def test_checked_curves_count_only_the_solves_whose_steps_hold_and_old_rows_say_
     assert "GRPO, steps checked" in names and "GRPO" in names and len(names) == 2 * len(checked)
     with pytest.raises(ValueError, match="has no num_checked in its rows: .* evaluate it again"):
         viz.curves(records, solved="checked")
+
+
+def test_against_the_base_says_whether_a_model_lifts_the_whole_curve(records):
+    gaps = viz.against_base(records, ks=[1, 4, 64], n_bootstrap=200)
+    distill, grpo = gaps["distill"], gaps["grpo"]
+    assert not distill["lifts"] and distill["below_from"] is None  # 0.15 against 0.1 on the same 80 problems:
+    assert distill["gaps"][1].low > 0 and distill["gaps"][4].low > 0  # above the base at small k,
+    assert distill["gaps"][64].low <= 0 <= distill["gaps"][64].high  # level with it where both solve all 80
+    assert viz.against_base(records, ks=[1, 4], n_bootstrap=200)["distill"]["lifts"]
+    assert not grpo["lifts"] and grpo["gaps"][1].low > 0 and grpo["below_from"] == 64  # sharp: ahead at 1, behind late
+    assert grpo["gaps"][64].difference == pytest.approx(
+        viz.curves(records, ks=[64], n_bootstrap=0)["grpo"][64].estimate
+        - viz.curves(records, ks=[64], n_bootstrap=0)["base"][64].estimate)

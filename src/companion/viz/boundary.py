@@ -119,6 +119,24 @@ def crossovers(records: dict[str, dict], *, n_bootstrap: int = 1000) -> list[dic
     return rows
 
 
+def against_base(records: dict[str, dict], ks: list[int] | None = None, *, solved: str = "answer",
+                 n_bootstrap: int = 1000) -> dict[str, dict]:
+    """Per model other than the base: its pass@k minus the base's at each k, with the paired 95% bootstrap interval
+    over problems (:func:`companion.passk.paired_difference`; ``solved``: a key of :data:`SOLVED`), and ``lifts``:
+    whether every k's interval lies above 0 (the whole curve above the base's), ``below_from``: the first k whose
+    interval lies below 0 (None if none does)."""
+    n = _same_problems(records)
+    base = counts(records["base"], solved)
+    out = {}
+    for model, record in records.items():
+        if model == "base":
+            continue
+        gaps = passk.paired_difference(base, counts(record, solved), n, ks, n_bootstrap=n_bootstrap)
+        out[model] = {"gaps": gaps, "lifts": all(g.low > 0 for g in gaps.values()),
+                      "below_from": next((k for k, g in gaps.items() if g.high < 0), None)}
+    return out
+
+
 def coverage_rows(records: dict[str, dict]) -> list[dict]:
     """Per trained model, against the base: how many problems each solves at least once in n samples, and how the
     two sets overlap (``only_trained``: solved by the trained model and never by the base, with their ids)."""

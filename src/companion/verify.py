@@ -198,8 +198,9 @@ _STEP_OPS = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y:
 
 
 def _step_value(text: str) -> Fraction | None:
-    numerator, _, denominator = text.strip("()").partition("/")
-    return None if denominator and int(denominator) == 0 else Fraction(text.strip("()"))
+    """A step's number (``13``, ``-1``, ``7/2``, ``(1/3)``) exactly; None for a zero denominator."""
+    numerator, slash, denominator = text.strip("()").partition("/")
+    return None if slash and int(denominator) == 0 else Fraction(int(numerator), int(denominator) if slash else 1)
 
 
 def countdown_steps_right(completion: str) -> bool:

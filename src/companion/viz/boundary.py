@@ -20,8 +20,11 @@ MODEL_COLORS = {"base": "#6c757d", **ALGO_COLORS}
 
 
 def select(results: list[dict], task: str, temperature: float) -> dict[str, dict]:
-    """The records of ``task`` sampled at ``temperature``, by model, in the book's order."""
-    found = {r["algo"]: r for r in results if r["task"] == task and r["temperature"] == temperature}
+    """The evaluations of ``task`` sampled at ``temperature``, by model, in the book's order: models evaluated as
+    they are (the base, a kept policy), not a training run's own final evaluation, which an experiment such as
+    ``hard`` holds beside them under the same model name."""
+    found = {r["algo"]: r for r in results
+             if r["task"] == task and r["temperature"] == temperature and r.get("config") is None}
     return {m: found[m] for m in MODEL_ORDER if m in found} | {m: r for m, r in found.items() if m not in MODEL_ORDER}
 
 

@@ -92,5 +92,5 @@ def passk_records(results: list[dict], n: int) -> dict[str, dict]:
     in the book's order: the records of chapter 7's pass@k curves (:mod:`companion.viz.boundary`)."""
     from companion.viz.boundary import select
 
-    return select([r for r in results if r["config"] is None and r["num_generations"] == n],
+    return select([r for r in results if r["num_generations"] == n],
                   next((r["task"] for r in results), ""), 1.0)

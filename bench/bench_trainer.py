@@ -216,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"share of our completions with a non-zero weight (run through the update): "
           f"{statistics.mean(r['frac_weighted'] for r in ours):.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "ours": ours,
+        from companion.pretrain import cpu_name
+
+        command = "python bench/bench_trainer.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        args.json.write_text(json.dumps({"command": command, "cpu": cpu_name(), "torch": torch.__version__,
+                                         "args": {k: str(v) for k, v in vars(args).items()}, "ours": ours,
                                          "ours_all_rows": ours_all, "trl": trl, "speedup": ratio}, indent=1) + "\n")
     return 0
 

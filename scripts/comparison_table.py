@@ -1,7 +1,8 @@
 """Print chapter 6's comparison as Markdown tables: final held-out pass@1 per task and algorithm (and chapter 7's
 distilled model, scored the same way), mean ± sd over the seeds, the multiple of the base model's pass@1 (measured
 with 256 samples per problem) with the 95% interval of its mean over seeds, and the mean length of right and wrong
-answers; then the verdicts on the accuracy claims, each difference with its 95% interval::
+answers; then the verdicts on the accuracy claims, each difference with its 95% interval; then why Dr. GRPO lags on
+Countdown: each one-change variant of the ``drgrpo`` experiment against the comparison's GRPO and Dr. GRPO::
 
     .venv/bin/python scripts/comparison_table.py            # the README's tables
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 from companion import experiments
 from companion.stats import interval_text
 from companion.viz.base_model import TASK_TITLES
-from companion.viz.compare import ALGO_NAMES, accuracy_claims, base_evaluations, comparison, final_table
+from companion.viz.compare import (ALGO_NAMES, accuracy_claims, against, base_evaluations, by_algo, comparison,
+                                   final_table, variant_of)
 
 CLAIMS = {1: "GRPO ≈ F-ISFT±", 2: "F-ISFT+ lags", "dr": "Dr. GRPO vs GRPO"}
 
@@ -41,6 +43,21 @@ def main() -> None:
     for c in claims:
         print(f"| {TASK_TITLES[c['task']]} | {CLAIMS[c['claim']]} | "
               f"{interval_text(c['difference'], c['low'], c['high'])} | {c['verdict'].split(':')[0]} |")
+    variants = {}
+    for r in experiments.load_results("drgrpo"):
+        variants.setdefault(variant_of(r), []).append(r)
+    countdown = by_algo(runs, "countdown")
+    lags = {row["variant"]: row for row in against(variants, {"GRPO": countdown["grpo"],
+                                                              "Dr. GRPO": countdown["dr_grpo"]})}
+    print()
+    print("| Countdown, one change | pass@1, mean ± sd (seeds) | vs GRPO [95% CI] | vs Dr. GRPO [95% CI] |")
+    print("|---|---|---|---|")
+    for name, change in experiments.DR_GRPO_CHANGES.items():
+        row = lags[name]
+        versus = [f"{interval_text(c.difference.estimate, c.difference.low, c.difference.high)} {c.outcome}"
+                  for c in row["vs"].values()]
+        print(f"| {change} | {row['pass@1']:.3f} ± {row['sd']:.3f} "
+              f"({', '.join(f'{v:.3f}' for v in row['per_seed'])}) | {' | '.join(versus)} |")
 
 
 if __name__ == "__main__":

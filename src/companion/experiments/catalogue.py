@@ -404,6 +404,11 @@ DR_GRPO_VARIANTS = {"dr_grpo-sequence": dict(algo="dr_grpo", normalizer="sequenc
 """Why Dr. GRPO lags GRPO on Countdown, one candidate cause at a time: its weights without the std but GRPO's
 normaliser, GRPO's weights with Dr. GRPO's normaliser, Dr. GRPO without the format score, and at twice the learning
 rate. The comparison's GRPO and Dr. GRPO runs are the two ends."""
+DR_GRPO_CHANGES = {"dr_grpo-sequence": "Dr. GRPO, with GRPO's normaliser (sequence)",
+                   "grpo-constant": "GRPO, with Dr. GRPO's normaliser (constant)",
+                   "dr_grpo-binary": "Dr. GRPO, without the format score",
+                   "dr_grpo-lr6e-4": "Dr. GRPO, at twice the learning rate"}
+"""What each variant of :data:`DR_GRPO_VARIANTS` changes, in words, for the book's and the README's tables."""
 
 
 def dr_grpo_configs() -> dict[str, tuple[dict, dict]]:

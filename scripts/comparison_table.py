@@ -12,8 +12,7 @@ from __future__ import annotations
 from companion import experiments
 from companion.stats import interval_text
 from companion.viz.base_model import TASK_TITLES
-from companion.viz.compare import (ALGO_NAMES, accuracy_claims, against, base_evaluations, by_algo, comparison,
-                                   final_table, variant_of)
+from companion.viz.compare import ALGO_NAMES, accuracy_claims, base_evaluations, comparison, dr_grpo_lags, final_table
 
 CLAIMS = {1: "GRPO ≈ F-ISFT±", 2: "F-ISFT+ lags", "dr": "Dr. GRPO vs GRPO"}
 
@@ -43,19 +42,13 @@ def main() -> None:
     for c in claims:
         print(f"| {TASK_TITLES[c['task']]} | {CLAIMS[c['claim']]} | "
               f"{interval_text(c['difference'], c['low'], c['high'])} | {c['verdict'].split(':')[0]} |")
-    variants = {}
-    for r in experiments.load_results("drgrpo"):
-        variants.setdefault(variant_of(r), []).append(r)
-    countdown = by_algo(runs, "countdown")
-    lags = {row["variant"]: row for row in against(variants, {"GRPO": countdown["grpo"],
-                                                              "Dr. GRPO": countdown["dr_grpo"]})}
+    lags = dr_grpo_lags(experiments.load_results("drgrpo"), runs)
     print()
     print("| Countdown, one change | pass@1, mean ± sd (seeds) | vs GRPO [95% CI] | vs Dr. GRPO [95% CI] |")
     print("|---|---|---|---|")
     for name, change in experiments.DR_GRPO_CHANGES.items():
         row = lags[name]
-        versus = [f"{interval_text(c.difference.estimate, c.difference.low, c.difference.high)} {c.outcome}"
-                  for c in row["vs"].values()]
+        versus = [f"{interval_text(*c.difference[:3])} {c.outcome}" for c in row["vs"].values()]
         print(f"| {change} | {row['pass@1']:.3f} ± {row['sd']:.3f} "
               f"({', '.join(f'{v:.3f}' for v in row['per_seed'])}) | {' | '.join(versus)} |")
 

@@ -224,3 +224,15 @@ def test_each_variant_is_compared_with_both_ends(runs):
     assert row["vs"]["fisft_plus"].difference == pytest.approx(expected.difference)
     (one,) = viz.against({"x": variants[:1]}, ends)
     assert one["vs"] == {"grpo": None, "fisft_plus": None}  # one seed: no interval
+
+
+def test_dr_grpo_s_variants_are_grouped_and_put_against_grpo_and_dr_grpo(runs):
+    variants = [dict(_run("dr_grpo", "countdown", seed, final=0.40 + noise), name=f"countdown-dr_grpo-{v}-seed{seed}")
+                for v in ("sequence", "binary") for seed, noise in enumerate((-0.01, 0.0, 0.01))]
+    groups = viz.by_variant(variants)
+    assert list(groups) == ["dr_grpo-sequence", "dr_grpo-binary"] and all(len(g) == 3 for g in groups.values())
+    lags = viz.dr_grpo_lags(variants, runs)
+    assert set(lags) == set(groups)
+    expected = viz.against(groups, {"GRPO": viz.by_algo(runs, "countdown")["grpo"],
+                                    "Dr. GRPO": viz.by_algo(runs, "countdown")["dr_grpo"]})
+    assert [lags[row["variant"]]["vs"] for row in expected] == [row["vs"] for row in expected]

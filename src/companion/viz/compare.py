@@ -462,3 +462,19 @@ def against(groups: dict[str, list[dict]], references: dict[str, list[dict]]) ->
             row["vs"][reference] = compare(values, other) if min(len(values), len(other)) >= 2 else None
         rows.append(row)
     return rows
+
+
+def by_variant(runs: list[dict]) -> dict[str, list[dict]]:
+    """The runs of a one-cause-at-a-time experiment grouped by :func:`variant_of`, in the order they come."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(variant_of(run), []).append(run)
+    return groups
+
+
+def dr_grpo_lags(variant_runs: list[dict], runs: list[dict]) -> dict[str, dict]:
+    """Why Dr. GRPO lags on Countdown: each variant of the ``drgrpo`` experiment (``variant_runs``) :func:`against`
+    the comparison's (``runs``) GRPO and Dr. GRPO on Countdown, by variant; ``vs`` is keyed "GRPO" and "Dr. GRPO"."""
+    countdown = by_algo(runs, "countdown")
+    ends = {"GRPO": countdown["grpo"], "Dr. GRPO": countdown["dr_grpo"]}
+    return {row["variant"]: row for row in against(by_variant(variant_runs), ends)}
